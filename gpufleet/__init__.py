@@ -1,0 +1,45 @@
+"""gpufleet: run any model on every GPU of a machine as if it were one fast device.
+
+>>> import gpufleet
+>>> with gpufleet.Pool(lambda batch: [x + 1 for x in batch], cpu_devices=2) as pool:
+...     list(pool.map([1, 2, 3]))
+[2, 3, 4]
+"""
+
+from gpufleet.config import PoolConfig
+from gpufleet.devices import Device, discover, select
+from gpufleet.engine import Pool
+from gpufleet.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    DeviceError,
+    GpufleetError,
+    InputError,
+    PoolClosed,
+    QueueFullError,
+    WorkerError,
+)
+from gpufleet.models import FunctionModel, Model, OnnxModel, TorchModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DeadlineExceeded",
+    "Device",
+    "DeviceError",
+    "FunctionModel",
+    "GpufleetError",
+    "InputError",
+    "Model",
+    "OnnxModel",
+    "Pool",
+    "PoolClosed",
+    "PoolConfig",
+    "QueueFullError",
+    "TorchModel",
+    "WorkerError",
+    "__version__",
+    "discover",
+    "select",
+]

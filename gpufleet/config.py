@@ -1,0 +1,131 @@
+"""Pool configuration: one frozen, validated dataclass, and its mapping from environment variables.
+
+Environment variables (``GPUFLEET_*``, plus the seed documents' names as aliases) only fill in values the
+caller did not give; explicit arguments and CLI flags always win.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from gpufleet.errors import ConfigError
+
+__all__ = ["BACKENDS", "BALANCERS", "PoolConfig", "env_overrides"]
+
+BALANCERS = ("round-robin", "queue-depth", "speed")
+BACKENDS = ("thread",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolConfig:
+    """How a :class:`gpufleet.Pool` places workers, batches items and admits work.
+
+    ``max_batch_size=0`` probes, per worker, the largest batch (up to ``max_probe_batch``) that fits and
+    still raises throughput. ``max_wait_ms`` is how long a worker waits, after the first item of a batch
+    arrived, for more items. ``max_queue`` bounds outstanding items (``QueueFullError`` beyond it);
+    ``timeout_s`` is the default per-item deadline (``None``: no deadline).
+    """
+
+    devices: str | Sequence[int] | None = None
+    cpu_devices: int | None = None
+    workers_per_device: int = 1
+    backend: str = "thread"
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    batch_buckets: tuple[int, ...] | None = None
+    balancer: str = "queue-depth"
+    max_queue: int = 10_000
+    timeout_s: float | None = None
+    max_probe_batch: int = 256
+    preprocess_threads: int | None = None
+    pipeline_depth: int = 2
+    allow_degraded: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.workers_per_device < 1:
+            raise ConfigError(f"workers_per_device must be >= 1, got {self.workers_per_device}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r}; available: {', '.join(BACKENDS)}")
+        if self.max_batch_size < 0:
+            raise ConfigError(f"max_batch_size must be >= 0 (0 = probe the best size), got {self.max_batch_size}")
+        if self.max_wait_ms < 0:
+            raise ConfigError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.balancer not in BALANCERS:
+            raise ConfigError(f"unknown balancer {self.balancer!r}; choose one of: {', '.join(BALANCERS)}")
+        if self.max_queue < 1:
+            raise ConfigError(f"max_queue must be >= 1, got {self.max_queue}")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ConfigError(f"timeout_s must be > 0 or None, got {self.timeout_s}")
+        if self.max_probe_batch < 1:
+            raise ConfigError(f"max_probe_batch must be >= 1, got {self.max_probe_batch}")
+        if self.pipeline_depth < 1:
+            raise ConfigError(f"pipeline_depth must be >= 1, got {self.pipeline_depth}")
+        if self.preprocess_threads is not None and self.preprocess_threads < 1:
+            raise ConfigError(f"preprocess_threads must be >= 1, got {self.preprocess_threads}")
+        if self.batch_buckets is not None:
+            buckets = tuple(sorted(set(int(b) for b in self.batch_buckets)))
+            if not buckets or buckets[0] < 1:
+                raise ConfigError(f"batch_buckets must be positive sizes, got {self.batch_buckets}")
+            object.__setattr__(self, "batch_buckets", buckets)
+
+    @classmethod
+    def names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+
+def _bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={value!r} is not a boolean; use true or false")
+
+
+def _number(name: str, value: str, kind: type) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a valid {kind.__name__}") from None
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """PoolConfig fields set by the environment: ``GPUFLEET_*`` first, then the seeds' aliases.
+
+    ``GPU_IDS``/``GPUFLEET_GPUS`` → devices, ``MAX_BATCH_SIZE``, ``MAX_BATCH_WAIT_TIME`` (seconds) →
+    max_wait_ms, ``GPU_LOAD_BALANCE_STRATEGY`` → balancer, ``ENABLE_BATCHING=false`` → max_batch_size 1.
+    """
+    env = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+
+    def first(*names: str) -> tuple[str, str] | None:
+        for n in names:
+            if env.get(n, "").strip():
+                return n, env[n].strip()
+        return None
+
+    if hit := first("GPUFLEET_GPUS", "GPU_IDS"):
+        out["devices"] = hit[1]
+    if hit := first("GPUFLEET_CPU_DEVICES"):
+        out["cpu_devices"] = _number(*hit, int)
+    if hit := first("GPUFLEET_WORKERS_PER_DEVICE"):
+        out["workers_per_device"] = _number(*hit, int)
+    if hit := first("GPUFLEET_MAX_BATCH_SIZE", "MAX_BATCH_SIZE"):
+        out["max_batch_size"] = _number(*hit, int)
+    if hit := first("GPUFLEET_MAX_WAIT_MS"):
+        out["max_wait_ms"] = _number(*hit, float)
+    elif hit := first("MAX_BATCH_WAIT_TIME"):
+        out["max_wait_ms"] = _number(*hit, float) * 1000.0
+    if hit := first("GPUFLEET_BALANCER", "GPU_LOAD_BALANCE_STRATEGY"):
+        out["balancer"] = hit[1].lower().replace("_", "-")
+    if hit := first("GPUFLEET_MAX_QUEUE"):
+        out["max_queue"] = _number(*hit, int)
+    if hit := first("GPUFLEET_TIMEOUT_S"):
+        out["timeout_s"] = _number(*hit, float)
+    if (hit := first("GPUFLEET_ENABLE_BATCHING", "ENABLE_BATCHING")) and not _bool(*hit):
+        out["max_batch_size"] = 1
+    return out

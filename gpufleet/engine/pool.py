@@ -1,0 +1,371 @@
+"""``Pool``: one model copy per worker on every device, behind one submit/map/infer front."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from queue import SimpleQueue
+from typing import Any
+
+import numpy as np
+
+from gpufleet.config import PoolConfig
+from gpufleet.devices import Device, select
+from gpufleet.engine.balancer import make_balancer
+from gpufleet.engine.request import Request
+from gpufleet.engine.stats import STAGES, percentiles
+from gpufleet.engine.worker import ThreadWorker
+from gpufleet.errors import (
+    ConfigError,
+    GpufleetError,
+    InputError,
+    PoolClosed,
+    QueueFullError,
+    WorkerError,
+)
+from gpufleet.models.base import model_factory
+
+__all__ = ["Pool"]
+
+log = logging.getLogger(__name__)
+
+
+class Pool:
+    """Serve one model on every selected device: a worker per device (or several), each with its own
+    model copy and dynamic batcher, behind a balancer.
+
+    >>> with Pool(lambda batch: [x * 2 for x in batch], cpu_devices=2) as pool:
+    ...     list(pool.map(range(5)))
+    [0, 2, 4, 6, 8]
+
+    ``model`` is a model class, a model instance (copied per worker), a function ``f(batch) -> list`` or an
+    embedded model name. Other arguments are the fields of :class:`gpufleet.config.PoolConfig`.
+    """
+
+    def __init__(self, model: Any, devices: str | Sequence[int] | None = None, *, config: PoolConfig | None = None,
+                 **options: Any) -> None:
+        unknown = set(options) - PoolConfig.names()
+        if unknown:
+            raise ConfigError(f"unknown Pool option(s) {sorted(unknown)}; see gpufleet.PoolConfig for the options")
+        cfg = config or PoolConfig()
+        if devices is not None:
+            options["devices"] = devices
+        self.config = cfg = replace(cfg, **options) if options else cfg
+        self.devices: list[Device] = select(cfg.devices, cpu_devices=cfg.cpu_devices)
+        self._balancer = make_balancer(cfg.balancer)
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._outstanding = 0
+        self._closing = False
+        self._closed = False
+        self._started = time.monotonic()
+        self._pre_lock = threading.Lock()
+        self._pre_stats: dict[str, Any] = {"count": 0, "samples": deque(maxlen=4096)}
+        threads = cfg.preprocess_threads or max(2, min(32, (os.cpu_count() or 2)))
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="gpufleet-cpu")
+        make_model = model_factory(model)
+        self.workers: list[ThreadWorker] = []
+        for _ in range(cfg.workers_per_device):
+            for dev in self.devices:
+                self.workers.append(ThreadWorker(
+                    index=len(self.workers), device=dev, make_model=make_model,
+                    max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_wait_ms,
+                    max_probe_batch=cfg.max_probe_batch, pipeline_depth=cfg.pipeline_depth,
+                    executor=self._executor, on_done=self._done,
+                ))
+        self._start()
+
+    # -- start-up -----------------------------------------------------------------------------------------
+    def _start(self) -> None:
+        for w in self.workers:  # set-up runs in parallel, one thread per worker
+            w.start()
+        for w in self.workers:
+            w.ready.wait()
+        failed = [w for w in self.workers if w.error is not None]
+        if failed and (len(failed) == len(self.workers) or not self.config.allow_degraded):
+            first = failed[0]
+            self._shutdown_workers()
+            raise WorkerError(f"{first.name} failed in setup: {type(first.error).__name__}: {first.error}") \
+                from first.error
+        if failed:
+            log.warning("pool started degraded: %d of %d workers failed in setup", len(failed), len(self.workers))
+        self._refresh_routes()
+        log.info("pool ready: %d worker(s) on %s", len(self._routes), ", ".join(d.label for d in self.devices))
+
+    def _refresh_routes(self) -> None:
+        self._routes = [w for w in self.workers if w.healthy and w.enabled]
+
+    # -- submitting ---------------------------------------------------------------------------------------
+    def submit(self, item: Any, *, timeout_s: float | None = None) -> Future:
+        """Queue one item; the future resolves to its result or raises a :class:`GpufleetError`.
+
+        Raises ``QueueFullError`` at once when ``max_queue`` items are outstanding, ``PoolClosed`` after
+        ``close()``.
+        """
+        if self._closing:
+            raise PoolClosed("the pool is closing and takes no new work")
+        fut: Future = Future()
+        now = time.monotonic()
+        t = timeout_s if timeout_s is not None else self.config.timeout_s
+        req = Request(item, fut, now, now + t if t else None)
+        with self._lock:
+            if self._outstanding >= self.config.max_queue:
+                raise QueueFullError(f"queue full: {self._outstanding} items outstanding (max_queue="
+                                     f"{self.config.max_queue})")
+            routes = self._routes
+            if not routes:
+                raise WorkerError("no healthy worker to serve the item")
+            w = self._balancer.pick(routes)
+            w.outstanding += 1
+            self._outstanding += 1
+        req.worker = w
+        if w.preprocess is None:
+            w.batcher.put(req)
+        else:
+            self._executor.submit(self._preprocess, w, req)
+        return fut
+
+    def _preprocess(self, w: ThreadWorker, req: Request) -> None:
+        if req.future.cancelled():
+            self._done(w, 1)
+            return
+        t0 = time.monotonic()
+        try:
+            req.item = w.preprocess(req.item)
+        except Exception as exc:  # noqa: BLE001 - a bad item fails alone
+            err = exc if isinstance(exc, GpufleetError) else InputError(f"preprocess failed: {exc}")
+            if err is not exc:
+                err.__cause__ = exc
+            self._done(w, 1)
+            if not req.future.cancelled():
+                try:
+                    req.future.set_exception(err)
+                except Exception:  # noqa: BLE001 - cancelled meanwhile
+                    pass
+            return
+        with self._pre_lock:
+            self._pre_stats["count"] += 1
+            self._pre_stats["samples"].append(time.monotonic() - t0)
+        if w.batcher.closed:
+            w._fail([req], PoolClosed("the pool closed before the item was served"), None)
+            return
+        w.batcher.put(req)
+
+    def _done(self, w: ThreadWorker, n: int) -> None:
+        with self._lock:
+            w.outstanding -= n
+            self._outstanding -= n
+            if self._outstanding <= 0 and self._closing:
+                self._idle.notify_all()
+
+    async def infer(self, item: Any, *, timeout_s: float | None = None) -> Any:
+        """Await one item's result; cancelling the awaiting task cancels the item if not yet running."""
+        return await asyncio.wrap_future(self.submit(item, timeout_s=timeout_s))
+
+    def __call__(self, item: Any) -> Any:
+        return self.submit(item).result()
+
+    def map(self, items: Iterable[Any], *, ordered: bool = True, max_in_flight: int | None = None,
+            return_exceptions: bool = False, timeout_s: float | None = None) -> Iterator[Any]:
+        """Stream results for ``items``: in input order (``ordered=True``) or as they finish.
+
+        At most ``max_in_flight`` items are queued at once (default: four full batches per worker), so
+        an endless iterator is consumed lazily. An item's error is raised when its turn comes, or yielded
+        as the exception object with ``return_exceptions=True``.
+        """
+        if max_in_flight is None:
+            per_worker = self.config.max_batch_size or self.config.max_probe_batch
+            max_in_flight = max(8, 4 * per_worker * max(1, len(self.workers)))
+        limit = max(1, min(max_in_flight, self.config.max_queue))
+        if ordered:
+            return self._map_ordered(items, limit, return_exceptions, timeout_s)
+        return self._map_unordered(items, limit, return_exceptions, timeout_s)
+
+    def _submit_waiting(self, item: Any, timeout_s: float | None, oldest: Future | None) -> Future:
+        """Submit; when other producers filled the queue, wait for our oldest item (or a moment) and retry."""
+        while True:
+            try:
+                return self.submit(item, timeout_s=timeout_s)
+            except QueueFullError:
+                if oldest is not None and not oldest.done():
+                    try:
+                        oldest.exception(timeout=0.05)
+                    except Exception:  # noqa: BLE001 - only waiting
+                        pass
+                else:
+                    time.sleep(0.001)
+
+    @staticmethod
+    def _value(fut: Future, return_exceptions: bool) -> Any:
+        if return_exceptions:
+            exc = fut.exception()
+            return exc if exc is not None else fut.result()
+        return fut.result()
+
+    def _map_ordered(self, items: Iterable[Any], limit: int, return_exceptions: bool,
+                     timeout_s: float | None) -> Iterator[Any]:
+        pending: deque[Future] = deque()
+        try:
+            for x in items:
+                pending.append(self._submit_waiting(x, timeout_s, pending[0] if pending else None))
+                while len(pending) >= limit:
+                    yield self._value(pending.popleft(), return_exceptions)
+            while pending:
+                yield self._value(pending.popleft(), return_exceptions)
+        finally:
+            for f in pending:  # the consumer stopped early: don't run what nobody will read
+                f.cancel()
+
+    def _map_unordered(self, items: Iterable[Any], limit: int, return_exceptions: bool,
+                       timeout_s: float | None) -> Iterator[Any]:
+        done: SimpleQueue[Future] = SimpleQueue()
+        live: set[Future] = set()
+        try:
+            for x in items:
+                f = self._submit_waiting(x, timeout_s, None)
+                live.add(f)
+                f.add_done_callback(done.put)
+                while len(live) >= limit:
+                    f = done.get()
+                    live.discard(f)
+                    yield self._value(f, return_exceptions)
+            while live:
+                f = done.get()
+                live.discard(f)
+                yield self._value(f, return_exceptions)
+        finally:
+            for f in live:
+                f.cancel()
+
+    # -- operations ---------------------------------------------------------------------------------------
+    def set_enabled(self, device_label: str, enabled: bool) -> list[int]:
+        """Stop (or resume) routing new items to a device's workers; queued items still finish."""
+        hit = [w for w in self.workers if w.device.label == device_label or str(w.device.index) == device_label]
+        if not hit:
+            raise ConfigError(f"no worker on device {device_label!r}; devices: "
+                              f"{', '.join(d.label for d in self.devices)}")
+        with self._lock:
+            for w in hit:
+                w.enabled = enabled
+            self._refresh_routes()
+        return [w.index for w in hit]
+
+    @property
+    def outstanding(self) -> int:
+        return self._outstanding
+
+    @property
+    def ready(self) -> bool:
+        return not self._closing and bool(self._routes)
+
+    def health(self) -> dict:
+        """Readiness and per-worker health in the seed's ``/health`` shape."""
+        backends = []
+        for w in self.workers:
+            snap = w.stats.snapshot()
+            backends.append({
+                "address": w.name, "device": w.device.label, "worker": w.index, "healthy": w.healthy,
+                "enabled": w.enabled, "total_requests": snap["total_requests"], "error_count": snap["errors"],
+                "error": None if w.error is None else str(w.error),
+            })
+        healthy = sum(1 for b in backends if b["healthy"])
+        return {"healthy": self.ready, "ready": self.ready, "draining": self._closing and not self._closed,
+                "total_backends": len(backends), "healthy_count": healthy, "backends": backends}
+
+    def stats(self) -> dict:
+        """Totals, throughput, per-GPU stats in the seed schema, per-worker stats and stage percentiles (ms)."""
+        workers = [(w, w.stats.snapshot()) for w in self.workers]
+        per_gpu = []
+        for dev in self.devices:
+            mine = [(w, s) for w, s in workers if w.device == dev]
+            reqs = sum(s["total_requests"] for _, s in mine)
+            batches = sum(s["total_batches"] for _, s in mine)
+            items = sum(w.stats.items_in_batches for w, _ in mine)
+            per_gpu.append({
+                "gpu_id": dev.index, "device": dev.label, "name": dev.name,
+                "current_queue_depth": sum(len(w.batcher) for w, _ in mine),
+                "outstanding": sum(w.outstanding for w, _ in mine),
+                "total_requests": reqs, "total_batches": batches,
+                "avg_batch_size": round(items / batches, 3) if batches else 0.0,
+                "errors": sum(s["errors"] for _, s in mine), "workers": len(mine),
+            })
+        total_req = sum(s["total_requests"] for _, s in workers)
+        total_batches = sum(s["total_batches"] for _, s in workers)
+        items = sum(w.stats.items_in_batches for w, _ in workers)
+        uptime = time.monotonic() - self._started
+        stages: dict[str, dict] = {}
+        names = {n for w, _ in workers for n in w.stats.stages} | set(STAGES)
+        for name in sorted(names):
+            parts = [w.stats.stages[name].samples() for w, _ in workers if name in w.stats.stages]
+            if name == "preprocess":
+                with self._pre_lock:
+                    parts = [np.fromiter(self._pre_stats["samples"], dtype=np.float64)]
+            samples = np.concatenate(parts) if parts else np.zeros(0)
+            if samples.size:
+                stages[name] = {"count": int(samples.size), "mean_ms": float(samples.mean() * 1e3),
+                                **percentiles(samples)}
+        return {
+            "num_gpus": len(self.devices), "num_workers": len(self.workers), "balancer": self._balancer.name,
+            "total_requests": total_req, "total_batches": total_batches,
+            "avg_batch_size": round(items / total_batches, 3) if total_batches else 0.0,
+            "errors": sum(s["errors"] for _, s in workers), "oom_events": sum(s["oom_events"] for _, s in workers),
+            "restarts": sum(s["restarts"] for _, s in workers), "queue_depth": self._outstanding,
+            "uptime_s": round(uptime, 3), "throughput_rps": round(total_req / uptime, 3) if uptime > 0 else 0.0,
+            "per_gpu_stats": per_gpu,
+            "per_worker_stats": [{**w.describe(), **{k: v for k, v in s.items() if k != "stages"}}
+                                 for w, s in workers],
+            "stages": stages,
+        }
+
+    # -- shutdown -----------------------------------------------------------------------------------------
+    def close(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop admitting work; with ``drain`` wait (up to ``timeout`` s) until every queued item is served,
+        then stop the workers. Items still queued after that fail with ``PoolClosed``.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closing = True
+            self._routes = []
+            if drain:
+                end = None if timeout is None else time.monotonic() + timeout
+                while self._outstanding > 0:
+                    remaining = None if end is None else end - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        break
+                    self._idle.wait(remaining if remaining is not None else 0.5)
+        self._shutdown_workers()
+        self._closed = True
+
+    def _shutdown_workers(self) -> None:
+        for w in self.workers:
+            w.fail_pending(PoolClosed("the pool closed before the item was served"))
+            w.batcher.close()
+        for w in self.workers:
+            w.join(timeout=30)
+        self._executor.shutdown(wait=True)
+        for w in self.workers:  # anything a preprocess thread queued after the batchers closed
+            w.fail_pending(PoolClosed("the pool closed before the item was served"))
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(drain=exc[0] is None)
+
+    async def __aenter__(self) -> Pool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.close, exc[0] is None)
+
+    def __repr__(self) -> str:
+        return (f"Pool(workers={len(self.workers)}, devices=[{', '.join(d.label for d in self.devices)}], "
+                f"balancer={self._balancer.name!r}, max_batch_size={self.config.max_batch_size})")

@@ -1,0 +1,92 @@
+"""The model contract: ``setup(device)``, ``predict(batch) -> list``, optional ``preprocess``/``postprocess``.
+
+The engine makes one model instance per worker and calls, in order: ``setup`` once on the worker's device,
+``preprocess`` per item (CPU threads, in parallel), ``predict`` per batch (always a list in, a list of the
+same length out), ``postprocess`` per output (CPU). A plain function ``f(batch) -> list`` works too.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from gpufleet.devices.device import Device
+from gpufleet.errors import ConfigError
+
+__all__ = ["FunctionModel", "Model", "model_factory", "optional_stage"]
+
+
+class Model:
+    """Base class for user models: implement ``setup`` and ``predict``; the rest is optional.
+
+    >>> class Double(Model):
+    ...     def setup(self, device): self.k = 2
+    ...     def predict(self, batch): return [self.k * x for x in batch]
+    """
+
+    def setup(self, device: Device) -> None:
+        """Load weights onto ``device`` (``device.torch`` is e.g. ``"cuda:1"``) and warm up."""
+
+    def predict(self, batch: list) -> list:
+        """Run one batch: a list of preprocessed items in, a list of the same length out."""
+        raise NotImplementedError(f"{type(self).__name__} must implement predict(batch) -> list")
+
+    def preprocess(self, item: Any) -> Any:
+        """Turn one raw item (bytes, JSON, array) into a model input; runs on CPU threads."""
+        return item
+
+    def postprocess(self, output: Any) -> Any:
+        """Turn one model output into the result returned to the caller."""
+        return output
+
+
+class FunctionModel(Model):
+    """Wraps a plain ``f(batch) -> list`` so it can be pooled."""
+
+    def __init__(self, fn: Callable[[list], list]) -> None:
+        self.fn = fn
+        self.device: Device | None = None
+
+    def setup(self, device: Device) -> None:
+        self.device = device
+
+    def predict(self, batch: list) -> list:
+        return self.fn(batch)
+
+
+def optional_stage(model: Any, name: str) -> Callable[[Any], Any] | None:
+    """The model's ``preprocess``/``postprocess`` if it defines a real one, else ``None`` (skipped)."""
+    fn = getattr(model, name, None)
+    if fn is None or not callable(fn):
+        return None
+    if isinstance(model, Model) and getattr(type(model), name, None) is getattr(Model, name):
+        return None
+    return fn
+
+
+def model_factory(model: Any) -> Callable[[], Any]:
+    """A zero-argument callable that makes one fresh model instance per worker.
+
+    Accepts a model class (instantiated per worker), a model instance (deep-copied per worker, so each
+    worker owns its weights), a plain function (wrapped in :class:`FunctionModel`), or the name of an
+    embedded model (``"orientation"``, ``"textdet"``).
+    """
+    if isinstance(model, str):
+        from gpufleet.models import zoo
+
+        template = zoo.get(model)
+        return lambda: copy.deepcopy(template)
+    if inspect.isclass(model):
+        if not callable(getattr(model, "predict", None)):
+            raise ConfigError(f"model class {model.__name__} has no predict(batch) method")
+        return model
+    if callable(getattr(model, "predict", None)):
+        return lambda: copy.deepcopy(model)
+    if callable(model):
+        return lambda: FunctionModel(model)
+    raise ConfigError(
+        f"cannot pool {type(model).__name__!r}: pass a model class, a model instance with predict(batch), "
+        "a function f(batch) -> list, or an embedded model name"
+    )

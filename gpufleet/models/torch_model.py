@@ -1,0 +1,240 @@
+"""``TorchModel``: a PyTorch module served fast — precision by architecture, channels_last, pinned and
+reused staging buffers, host→device copies on a side stream overlapped with the previous batch's compute.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from gpufleet.devices.device import Device
+from gpufleet.errors import ConfigError, InputError
+from gpufleet.models.base import Model
+
+__all__ = ["TorchModel", "resolve_dtype"]
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(precision: str, device: Device) -> torch.dtype:
+    """The compute dtype for ``precision`` ("auto" = the device's recommended one; always fp32 on CPU)."""
+    if precision == "auto":
+        precision = device.precision if device.is_cuda else "fp32"
+    try:
+        return _DTYPES[precision]
+    except KeyError:
+        raise ConfigError(f"unknown precision {precision!r}; choose auto, fp32, fp16 or bf16") from None
+
+
+class _Launch:
+    """One batch in flight: its size, host outputs (pinned, filled asynchronously) and the events to wait on."""
+
+    __slots__ = ("n", "out", "done", "marks")
+
+    def __init__(self, n: int, out: Any, done: Any = None, marks: tuple | None = None) -> None:
+        self.n, self.out, self.done, self.marks = n, out, done, marks
+
+
+class TorchModel(Model):
+    """Serve a ``torch.nn.Module``: pass one (or a zero-argument function that builds one), or override
+    :meth:`load`. Items are arrays/tensors of one shape; :meth:`transform` runs on the device batch (e.g.
+    uint8 → normalised float), :meth:`finalize` on the device output (e.g. softmax + top-1).
+
+    >>> import torch
+    >>> m = TorchModel(torch.nn.Linear(4, 2))
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module | Callable[[], torch.nn.Module] | None = None,
+        *,
+        precision: str = "auto",
+        channels_last: bool = True,
+        example_shape: Sequence[int] | None = None,
+        example_dtype: torch.dtype = torch.float32,
+        warmup_batch_sizes: Sequence[int] = (1,),
+        compile: bool = False,
+        staging_slots: int = 3,
+    ) -> None:
+        if precision != "auto" and precision not in _DTYPES:
+            raise ConfigError(f"unknown precision {precision!r}; choose auto, fp32, fp16 or bf16")
+        self._source = module
+        self.precision = precision
+        self.channels_last = channels_last
+        self.example_shape = tuple(example_shape) if example_shape is not None else None
+        self.example_dtype = example_dtype
+        self.warmup_batch_sizes = tuple(warmup_batch_sizes)
+        self.compile = compile
+        self.staging_slots = max(2, staging_slots)
+        self.last_timings: dict[str, float] = {}
+        self.module: torch.nn.Module | None = None
+
+    # -- hooks for subclasses -----------------------------------------------------------------------------
+    def load(self, device: Device) -> torch.nn.Module:
+        """Build the module (on CPU is fine: setup moves it). Default: the ``module`` given at construction."""
+        src = self._source
+        if src is None:
+            raise NotImplementedError(f"{type(self).__name__}: pass a module or override load(device)")
+        if isinstance(src, torch.nn.Module):
+            return copy.deepcopy(src)
+        return src()
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """On-device transform of the stacked batch before the module (identity by default)."""
+        return x
+
+    def finalize(self, y: Any) -> Any:
+        """On-device transform of the module's output before it is copied back (identity by default)."""
+        return y
+
+    # -- set-up -------------------------------------------------------------------------------------------
+    def setup(self, device: Device) -> None:
+        self.device = device
+        self.dtype = resolve_dtype(self.precision, device)
+        self._dev = torch.device(device.torch)
+        self._cuda = device.is_cuda
+        if self._cuda:
+            torch.cuda.set_device(self._dev)
+            if device.tf32:
+                torch.backends.cuda.matmul.allow_tf32 = True
+                torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+        module = self.load(device).eval().to(self._dev)
+        if self.dtype != torch.float32:
+            module = module.to(self.dtype)
+        self._channels_last = self.channels_last and any(
+            isinstance(m, (torch.nn.Conv2d, torch.nn.BatchNorm2d)) for m in module.modules())
+        if self._channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        if self.compile:
+            module = torch.compile(module)
+        self.module = module
+        self._staging: list[torch.Tensor | None] = [None] * self.staging_slots
+        self._staged: list[Any] = [None] * self.staging_slots  # event: slot's last copy finished
+        self._slot = 0
+        if self._cuda:
+            self._stream = torch.cuda.Stream(self._dev)
+            self._copy_stream = torch.cuda.Stream(self._dev)
+        if self.example_shape is not None:
+            for bs in self.warmup_batch_sizes:
+                example = torch.zeros((bs, *self.example_shape), dtype=self.example_dtype)
+                self.predict(list(example.unbind(0)))
+            if self._cuda:
+                torch.cuda.synchronize(self._dev)
+        log.info("%s on %s: dtype=%s channels_last=%s", type(self).__name__, device.label,
+                 str(self.dtype).replace("torch.", ""), self._channels_last)
+
+    # -- serving ------------------------------------------------------------------------------------------
+    def predict(self, batch: list) -> list:
+        return self.collect(self.launch(batch))
+
+    def launch(self, batch: list) -> _Launch:
+        """Stack, copy and run one batch without waiting for the device; :meth:`collect` waits."""
+        n = len(batch)
+        if not self._cuda:
+            with torch.inference_mode():
+                return _Launch(n, self._forward(self._stack(batch, None)))
+        slot = self._slot
+        self._slot = (slot + 1) % self.staging_slots
+        x = self._stack(batch, slot)
+        with torch.inference_mode():
+            marks = tuple(torch.cuda.Event(enable_timing=True) for _ in range(3))
+            if x.device.type == "cpu":
+                with torch.cuda.stream(self._copy_stream):
+                    marks[0].record()
+                    host = x
+                    x = host.to(self._dev, non_blocking=True)
+                    marks[1].record()
+                self._staged[slot] = marks[1]  # the staging slot is free again once this copy is done
+                self._stream.wait_event(marks[1])
+            else:
+                marks[0].record(self._stream)
+                marks[1].record(self._stream)
+            with torch.cuda.stream(self._stream):
+                x.record_stream(self._stream)
+                y = self._forward(x)
+                out = _tree(y, lambda t: _to_host_async(t))
+                marks[2].record()
+        return _Launch(n, out, marks[2], marks)
+
+    def collect(self, handle: _Launch) -> list:
+        """Wait for a launched batch and split its output into one entry per item."""
+        if handle.done is not None:
+            handle.done.synchronize()
+            m = handle.marks
+            self.last_timings = {"h2d": m[0].elapsed_time(m[1]) / 1e3, "compute": m[1].elapsed_time(m[2]) / 1e3}
+        return _split(handle.out, handle.n)
+
+    def _forward(self, x: torch.Tensor) -> Any:
+        x = self.transform(x)
+        if x.is_floating_point() and x.dtype != self.dtype:
+            x = x.to(self.dtype)
+        if self._channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = self.finalize(self.module(x))
+        return _tree(y, lambda t: t.float() if t.is_floating_point() and t.dtype != torch.float32 else t)
+
+    def _stack(self, batch: list, slot: int | None) -> torch.Tensor:
+        """Stack items into one tensor; for CUDA, into a reused pinned staging buffer of ``slot``."""
+        first = batch[0]
+        if isinstance(first, np.ndarray):
+            items = [torch.from_numpy(np.ascontiguousarray(a)) for a in batch]
+        elif isinstance(first, torch.Tensor):
+            items = batch
+        else:
+            try:
+                items = [torch.as_tensor(a) for a in batch]
+            except Exception as exc:
+                raise InputError(f"cannot make a tensor of a {type(first).__name__} item: {exc}") from exc
+        shape = items[0].shape
+        for t in items:
+            if t.shape != shape:
+                raise InputError(f"items of one batch must share a shape: got {tuple(shape)} and {tuple(t.shape)}")
+        if slot is None or items[0].device.type != "cpu":
+            return torch.stack(items)
+        n = len(items)
+        buf = self._staging[slot]
+        if buf is None or buf.shape[1:] != shape or buf.dtype != items[0].dtype or buf.shape[0] < n:
+            cap = max(n, buf.shape[0] if buf is not None and buf.shape[1:] == shape else 0)
+            buf = torch.empty((cap, *shape), dtype=items[0].dtype, pin_memory=True)
+            self._staging[slot] = buf
+        elif self._staged[slot] is not None:
+            self._staged[slot].synchronize()  # its previous copy to the device must have finished
+        torch.stack(items, out=buf[:n])
+        return buf[:n]
+
+
+def _tree(y: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    if isinstance(y, torch.Tensor):
+        return fn(y)
+    if isinstance(y, (list, tuple)):
+        return type(y)(_tree(v, fn) for v in y)
+    if isinstance(y, dict):
+        return {k: _tree(v, fn) for k, v in y.items()}
+    return y
+
+
+def _to_host_async(t: torch.Tensor) -> torch.Tensor:
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host
+
+
+def _split(out: Any, n: int) -> list:
+    """Per-item outputs: row i of every tensor in the (possibly nested) output."""
+    if isinstance(out, torch.Tensor):
+        return list(out.unbind(0))
+    if isinstance(out, (list, tuple)):
+        cols = [_split(v, n) for v in out]
+        return [type(out)(c[i] for c in cols) for i in range(n)]
+    if isinstance(out, dict):
+        cols = {k: _split(v, n) for k, v in out.items()}
+        return [{k: c[i] for k, c in cols.items()} for i in range(n)]
+    raise TypeError(f"cannot split a model output of type {type(out).__name__} into items")
