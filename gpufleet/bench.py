@@ -1,0 +1,196 @@
+"""``gpufleet bench``: the raw model ceiling (BENCH.md W1) beside the same model through ``Pool.map`` (W2).
+
+Raw: the module alone, input already on the device in the compute dtype. Pooled: uint8 CHW images on the
+host go through ``Pool.map`` (batching, pinned staging, host→device copy, normalisation on the device).
+"""
+
+from __future__ import annotations
+
+import itertools
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gpufleet.devices import Device, select
+from gpufleet.engine import Pool
+from gpufleet.errors import ConfigError
+from gpufleet.models.torch_model import TorchModel, resolve_dtype
+
+__all__ = ["BenchSpec", "ImageClassifier", "print_report", "run_bench"]
+
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchSpec:
+    model: str = "resnet50"
+    batch_sizes: tuple[int, ...] = (1, 8, 32, 64, 128, 256)
+    precision: str = "auto"
+    image_size: int = 224
+    seconds: float = 5.0
+    devices: str | None = None
+    cpu_devices: int | None = None
+    workers_per_device: int = 1
+    raw: bool = True
+    pool: bool = True
+
+
+def build_module(name: str) -> torch.nn.Module:
+    """A torchvision classifier with random weights (no downloads)."""
+    try:
+        import torchvision.models as tvm
+    except ImportError as exc:
+        raise ConfigError("gpufleet bench needs torchvision: pip install torchvision") from exc
+    try:
+        return tvm.get_model(name, weights=None)
+    except ValueError:
+        raise ConfigError(f"unknown torchvision model {name!r}; e.g. resnet18, resnet50, mobilenet_v3_large") \
+            from None
+
+
+class ImageClassifier(TorchModel):
+    """uint8 CHW images in; normalised on the device; top-1 class and score out."""
+
+    def __init__(self, name: str = "resnet50", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.name = name
+
+    def load(self, device: Device) -> torch.nn.Module:
+        torch.manual_seed(0)
+        return build_module(self.name)
+
+    def setup(self, device: Device) -> None:
+        super().setup(device)
+        dev = torch.device(device.torch)
+        self._mean = torch.tensor(_MEAN, device=dev).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(_STD, device=dev).view(1, 3, 1, 1) * 255
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.float() - self._mean) / self._std).to(self.dtype)
+
+    def finalize(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        score, cls = y.float().softmax(1).max(1)
+        return cls, score
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _raw(module: torch.nn.Module, dev: torch.device, dtype: torch.dtype, bs: int, size: int,
+         seconds: float, channels_last: bool) -> dict[str, float]:
+    x = torch.randn(bs, 3, size, size, device=dev).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for _ in range(3):
+            module(x)
+        _sync(dev)
+        lat = []
+        t_end = time.perf_counter() + seconds * 0.3
+        while time.perf_counter() < t_end or len(lat) < 3:
+            t0 = time.perf_counter()
+            module(x)
+            _sync(dev)
+            lat.append(time.perf_counter() - t0)
+        iters = max(3, int(seconds * 0.7 / statistics.median(lat)))
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            module(x)
+        _sync(dev)
+        elapsed = time.perf_counter() - t0
+    lat.sort()
+    return {"items_s": iters * bs / elapsed, "p50_ms": statistics.median(lat) * 1e3,
+            "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3}
+
+
+def _pooled(spec: BenchSpec, bs: int, expect_rate: float | None) -> dict[str, Any]:
+    size = spec.image_size
+    g = torch.Generator().manual_seed(bs)
+    images = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g) for _ in range(min(512, bs * 8))]
+    model = ImageClassifier(spec.model, precision=spec.precision)
+    with Pool(model, spec.devices, cpu_devices=spec.cpu_devices, workers_per_device=spec.workers_per_device,
+              max_batch_size=bs, max_wait_ms=2.0, max_queue=1_000_000) as pool:
+        for _ in pool.map(images[: bs * 4]):  # warm-up: every worker sees full batches
+            pass
+        rate = expect_rate or 0.0
+        if not rate:  # estimate from a short run
+            t0 = time.perf_counter()
+            n = bs * 4
+            for _ in pool.map(itertools.islice(itertools.cycle(images), n)):
+                pass
+            rate = n / (time.perf_counter() - t0)
+        n = max(bs * 10, int(rate * spec.seconds))
+        before = pool.stats()
+        t0 = time.perf_counter()
+        done = 0
+        for _ in pool.map(itertools.islice(itertools.cycle(images), n)):
+            done += 1
+        elapsed = time.perf_counter() - t0
+        st = pool.stats()
+    batches = st["total_batches"] - before["total_batches"]
+    e2e = st["stages"].get("e2e", {})
+    return {"items_s": done / elapsed, "p50_ms": e2e.get("p50_ms", 0.0), "p99_ms": e2e.get("p99_ms", 0.0),
+            "avg_batch": round(done / batches, 2) if batches else 0.0, "workers": st["num_workers"],
+            "per_device": {g["device"]: g["total_requests"] for g in st["per_gpu_stats"]},
+            "stages": {k: round(v["p50_ms"], 3) for k, v in st["stages"].items()}}
+
+
+def run_bench(spec: BenchSpec) -> dict[str, Any]:
+    """Measure every batch size of ``spec``; returns a JSON-able report."""
+    devices = select(spec.devices, cpu_devices=spec.cpu_devices)
+    dev0 = devices[0]
+    dtype = resolve_dtype(spec.precision, dev0)
+    dev = torch.device(dev0.torch)
+    module = None
+    if spec.raw:
+        ref = ImageClassifier(spec.model, precision=spec.precision)
+        ref.setup(dev0)
+        module = ref.module
+    rows = []
+    for bs in spec.batch_sizes:
+        row: dict[str, Any] = {"batch_size": bs}
+        if module is not None:
+            row["raw"] = _raw(module, dev, dtype, bs, spec.image_size, spec.seconds, ref._channels_last)
+        if spec.pool:
+            raw_rate = row["raw"]["items_s"] * len(devices) * spec.workers_per_device if "raw" in row else None
+            row["pool"] = _pooled(spec, bs, raw_rate)
+            if "raw" in row:
+                per_device = row["pool"]["items_s"] / len(devices)
+                row["pool_vs_raw"] = round(per_device / row["raw"]["items_s"], 4)
+        rows.append(row)
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "device": f"{dev0.name} ({dev0.label})", "devices": [d.label for d in devices],
+        "model": spec.model, "precision": str(dtype).replace("torch.", ""), "image_size": spec.image_size,
+        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "workers_per_device": spec.workers_per_device, "rows": rows,
+    }
+
+
+def print_report(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]gpufleet bench[/] {report['model']} {report['precision']} {report['image_size']}px on "
+                  f"{report['device']} · pool devices {', '.join(report['devices'])} · torch {report['torch']} "
+                  f"cuda {report['cuda']} · {report['date']}")
+    table = Table("batch", "raw items/s", "raw p50 ms", "pool items/s", "pool p50 ms", "pool p99 ms", "avg batch",
+                  "pool/raw per device")
+    for r in report["rows"]:
+        raw, pool = r.get("raw", {}), r.get("pool", {})
+
+        def f(d: dict, k: str, spec: str = ",.0f") -> str:
+            return format(d[k], spec) if k in d else "-"
+
+        table.add_row(str(r["batch_size"]), f(raw, "items_s"), f(raw, "p50_ms", ".2f"), f(pool, "items_s"),
+                      f(pool, "p50_ms", ".2f"), f(pool, "p99_ms", ".2f"), f(pool, "avg_batch", ".1f"),
+                      f"{r['pool_vs_raw']:.1%}" if "pool_vs_raw" in r else "-")
+    console.print(table)

@@ -1,0 +1,124 @@
+"""The ``gpufleet`` command line (typer): gpus, demo, bench. Thin: it maps flags onto the library."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Optional
+
+import typer
+
+from gpufleet.errors import GpufleetError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Run any model on every GPU of a machine as if it were one fast device.")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level.")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def gpus(
+    json_output: bool = typer.Option(False, "--json", help="Machine-readable JSON instead of a table."),
+    cpu_devices: Optional[int] = typer.Option(None, "--cpu-devices", help="Simulate N CPU devices."),  # noqa: UP045
+) -> None:
+    """List the devices gpufleet would use: architecture, precision, utilisation, MPS."""
+    from gpufleet.cli.gpus import gpus as show
+
+    raise typer.Exit(show(json_output=json_output, cpu_devices=cpu_devices))
+
+
+@app.command()
+def demo(
+    out: str = typer.Option("out/demo", "--out", help="Folder for frames.jsonl, input.mp4 and summary.json."),
+    frames: int = typer.Option(120, "--frames", min=1, help="Number of frames to render."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help='Devices: "all", "0,2" (default: all / GPU_IDS).'),  # noqa: UP045
+    cpu_devices: Optional[int] = typer.Option(None, "--cpu-devices", min=1, help="Use N CPU devices."),  # noqa: UP045
+    runtime: str = typer.Option("auto", "--runtime", help="auto | onnx | torch"),
+    max_batch_size: int = typer.Option(16, "--max-batch-size", min=1),
+    json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """The main job: detect moving text in a rendered video on every device, check it against ground truth."""
+    from gpufleet.demo import run_demo
+
+    try:
+        summary = run_demo(out, frames=frames, devices=gpus, cpu_devices=cpu_devices, runtime=runtime,
+                           max_batch_size=max_batch_size)
+    except GpufleetError as exc:
+        _fail(str(exc))
+    if json_output:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]gpufleet demo[/]: textdet on {summary['frames']} frames {summary['resolution']} "
+                  f"({summary['runtime']} runtime) on {', '.join(summary['devices'])}")
+    table = Table("device", "items", "batches", "avg batch")
+    for d in summary["per_device"]:
+        table.add_row(d["device"], str(d["total_requests"]), str(d["total_batches"]), f"{d['avg_batch_size']:.1f}")
+    console.print(table)
+    console.print(f"throughput: {summary['fps']:.1f} frames/s   recall vs ground truth: {summary['recall']:.1%}   "
+                  f"(setup {summary['setup_s']:.1f}s)")
+    console.print(f"wrote {summary['jsonl']}" + (f" and {summary['video']}" if summary["video"] else ""))
+
+
+@app.command()
+def bench(
+    model: str = typer.Option("resnet50", "--model", help="torchvision architecture (random weights)."),
+    batch_sizes: str = typer.Option("1,8,32,64,128,256", "--batch-sizes", help="Comma-separated batch sizes."),
+    precision: str = typer.Option("auto", "--precision", help="auto | fp32 | fp16 | bf16"),
+    image_size: int = typer.Option(224, "--image-size", min=16),
+    seconds: float = typer.Option(5.0, "--seconds", min=0.1, help="Time per measurement."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help='Devices for the pooled run: "all", "0", "0,1".'),  # noqa: UP045
+    cpu_devices: Optional[int] = typer.Option(None, "--cpu-devices", min=1),  # noqa: UP045
+    workers_per_device: int = typer.Option(1, "--workers-per-device", min=1),
+    raw: bool = typer.Option(True, "--raw/--no-raw", help="Measure the model's own ceiling (W1)."),
+    pool: bool = typer.Option(True, "--pool/--no-pool", help="Measure the same model through Pool.map (W2)."),
+    json_output: bool = typer.Option(False, "--json", help="JSON records instead of a table."),
+) -> None:
+    """Raw model ceiling (W1) beside the pooled figure (W2), side by side in one run."""
+    from gpufleet.bench import BenchSpec, print_report, run_bench
+
+    try:
+        sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
+        if not sizes or min(sizes) < 1:
+            raise ValueError
+    except ValueError:
+        _fail(f"--batch-sizes must be positive integers separated by commas, got {batch_sizes!r}")
+    spec = BenchSpec(model=model, batch_sizes=tuple(sizes), precision=precision, image_size=image_size,
+                     seconds=seconds, devices=gpus, cpu_devices=cpu_devices, workers_per_device=workers_per_device,
+                     raw=raw, pool=pool)
+    try:
+        report = run_bench(spec)
+    except GpufleetError as exc:
+        _fail(str(exc))
+    if json_output:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except GpufleetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
