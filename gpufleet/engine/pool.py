@@ -116,6 +116,8 @@ class Pool:
         t = timeout_s if timeout_s is not None else self.config.timeout_s
         req = Request(item, fut, now, now + t if t else None)
         with self._lock:
+            if self._closing:  # close() may have begun since the check above; its routes are gone
+                raise PoolClosed("the pool is closing and takes no new work")
             if self._outstanding >= self.config.max_queue:
                 raise QueueFullError(f"queue full: {self._outstanding} items outstanding (max_queue="
                                      f"{self.config.max_queue})")
@@ -301,9 +303,9 @@ class Pool:
         items = sum(w.stats.items_in_batches for w, _ in workers)
         uptime = time.monotonic() - self._started
         stages: dict[str, dict] = {}
-        names = {n for w, _ in workers for n in w.stats.stages} | set(STAGES)
+        names = {n for w, _ in workers for n in list(w.stats.stages)} | set(STAGES)
         for name in sorted(names):
-            parts = [w.stats.stages[name].samples() for w, _ in workers if name in w.stats.stages]
+            parts = [w.stats.stages[name].samples() for w, _ in workers if name in list(w.stats.stages)]
             if name == "preprocess":
                 with self._pre_lock:
                     parts = [np.fromiter(self._pre_stats["samples"], dtype=np.float64)]

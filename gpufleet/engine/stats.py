@@ -43,15 +43,16 @@ class LatencyWindow:
         """Count, mean and p50/p90/p99 in milliseconds."""
         s = self.samples()
         out = {"count": self.count, "mean_ms": (self.total / self.count * 1e3) if self.count else 0.0}
-        out.update({k: v * 1e3 for k, v in percentiles(s).items()})
+        out.update(percentiles(s))
         return out
 
 
 def percentiles(samples: np.ndarray, qs: tuple[int, ...] = (50, 90, 99)) -> dict[str, float]:
+    """``{"p50_ms": ..., ...}`` of ``samples`` given in seconds."""
     if samples.size == 0:
         return {f"p{q}_ms": 0.0 for q in qs}
     values = np.percentile(samples, qs)
-    return {f"p{q}_ms": float(v) for q, v in zip(qs, values)}
+    return {f"p{q}_ms": float(v) * 1e3 for q, v in zip(qs, values)}
 
 
 class WorkerStats:
@@ -72,6 +73,7 @@ class WorkerStats:
     def stage(self, name: str) -> LatencyWindow:
         w = self.stages.get(name)
         if w is None:
+            # Readers copy the dict before iterating (``list(stages.items())``), so adding a key here is safe.
             w = self.stages.setdefault(name, LatencyWindow())
         return w
 
@@ -92,5 +94,5 @@ class WorkerStats:
                 "oom_events": self.oom_events,
                 "restarts": self.restarts,
                 "busy_s": round(self.busy_s, 4),
-                "stages": {k: w.summary() for k, w in self.stages.items()},
+                "stages": {k: w.summary() for k, w in list(self.stages.items())},
             }

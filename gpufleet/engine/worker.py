@@ -172,7 +172,10 @@ class ThreadWorker:
     def _recover(self, batch: list[Request], exc: Exception, t0: float) -> None:
         """Out of memory: free the cache and serve the batch in halves; any other error fails the batch."""
         if not is_oom(exc):
-            self._fail(batch, WorkerError(f"{self.name}: predict failed: {type(exc).__name__}: {exc}"), exc)
+            # The model's own GpufleetErrors (e.g. InputError for mismatched shapes) reach the caller as they are.
+            err = exc if isinstance(exc, GpufleetError) else WorkerError(
+                f"{self.name}: predict failed: {type(exc).__name__}: {exc}")
+            self._fail(batch, err, exc)
             return
         with self.stats.lock:
             self.stats.oom_events += 1

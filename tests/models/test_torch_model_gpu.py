@@ -1,0 +1,69 @@
+"""TorchModel on a real GPU: results match eager PyTorch through the pipelined, pinned, side-stream path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpufleet import Pool, TorchModel
+from gpufleet.devices import select
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5),
+    ).eval()
+
+
+def test_pooled_results_match_eager_fp32() -> None:
+    net = _net()
+    xs = [torch.randn(3, 32, 32) for _ in range(300)]
+    with torch.inference_mode():
+        ref = net(torch.stack(xs))
+    with Pool(TorchModel(net, precision="fp32"), "0", max_batch_size=16, max_wait_ms=1) as pool:
+        out = torch.stack(list(pool.map(xs)))
+    assert out.device.type == "cpu"
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+
+
+def test_auto_precision_uses_architecture_dtype() -> None:
+    dev = select("0")[0]
+    m = TorchModel(_net())
+    m.setup(dev)
+    expected = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dev.precision]
+    assert m.dtype == expected
+    assert next(m.module.parameters()).dtype == expected
+    y = m.predict([torch.randn(3, 16, 16) for _ in range(4)])
+    assert len(y) == 4 and y[0].dtype == torch.float32  # outputs come back as float32
+
+
+def test_staging_buffers_are_reused_not_grown() -> None:
+    dev = select("0")[0]
+    m = TorchModel(_net(), precision="fp16")
+    m.setup(dev)
+    items = [torch.randn(3, 16, 16) for _ in range(8)]
+    for _ in range(20):
+        m.predict(items)
+    ptrs = {b.data_ptr() for b in m._staging if b is not None}
+    for i in range(1000):
+        m.collect(m.launch(items[: 1 + i % 8]))
+    assert {b.data_ptr() for b in m._staging if b is not None} == ptrs
+    assert all(b.is_pinned() for b in m._staging if b is not None)
+
+
+def test_items_already_on_gpu_skip_the_copy() -> None:
+    dev = select("0")[0]
+    m = TorchModel(_net(), precision="fp32")
+    m.setup(dev)
+    xs = [torch.randn(3, 16, 16, device=dev.torch) for _ in range(4)]
+    out = m.predict(xs)
+    with torch.inference_mode():
+        ref = m.module(torch.stack(xs)).cpu()
+    torch.testing.assert_close(torch.stack(out), ref, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,79 @@
+"""The engine and device layers import and run without server, CLI, video or Ray code; exports resolve."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import gpufleet
+
+BLOCKED = (
+    "starlette", "uvicorn", "fastapi", "ray", "typer", "av", "PyNvVideoCodec",
+    "gpufleet.server", "gpufleet.cli", "gpufleet.video",
+)
+
+SCRIPT = textwrap.dedent("""
+    import sys
+
+    BLOCKED = {blocked!r}
+
+    def blocked(name):
+        return any(name == b or name.startswith(b + ".") for b in BLOCKED)
+
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if blocked(name):
+                raise ImportError(f"import of {{name}} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Block())
+
+    import gpufleet
+    import gpufleet.devices
+    import gpufleet.engine
+
+    with gpufleet.Pool(lambda batch: [x + 1 for x in batch], cpu_devices=2) as pool:
+        assert list(pool.map(range(20))) == list(range(1, 21))
+        assert len(pool.stats()["per_gpu_stats"]) == 2
+
+    try:
+        import gpufleet.cli  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise AssertionError("the import blocker does not work")
+
+    leaked = sorted(m for m in sys.modules if blocked(m))
+    assert not leaked, leaked
+    print("engine-ok")
+""")
+
+
+@pytest.mark.timeout(120)
+def test_engine_runs_without_server_cli_video_or_ray() -> None:
+    env_script = SCRIPT.format(blocked=BLOCKED)
+    env = {k: v for k, v in os.environ.items() if k not in ("GPU_IDS", "GPUFLEET_GPUS")}
+    proc = subprocess.run([sys.executable, "-c", env_script], capture_output=True, text=True, timeout=110, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "engine-ok" in proc.stdout
+
+
+def test_public_exports_resolve() -> None:
+    assert len(gpufleet.__all__) == len(set(gpufleet.__all__))
+    for name in gpufleet.__all__:
+        assert hasattr(gpufleet, name), name
+    assert issubclass(gpufleet.WorkerError, gpufleet.GpufleetError)
+
+
+@pytest.mark.parametrize("module", ["gpufleet.engine", "gpufleet.devices", "gpufleet.errors", "gpufleet.config",
+                                    "gpufleet.engine.balancer", "gpufleet.engine.batcher", "gpufleet.models"])
+def test_module_exports_resolve(module: str) -> None:
+    import importlib
+
+    mod = importlib.import_module(module)
+    for name in mod.__all__:
+        assert hasattr(mod, name), f"{module}.{name}"
