@@ -38,6 +38,8 @@ class BenchSpec:
     workers_per_device: int = 1
     raw: bool = True
     pool: bool = True
+    cuda_graphs: bool = False
+    compile: bool = False
 
 
 def build_module(name: str) -> torch.nn.Module:
@@ -65,10 +67,10 @@ class ImageClassifier(TorchModel):
         return build_module(self.name)
 
     def setup(self, device: Device) -> None:
-        super().setup(device)
         dev = torch.device(device.torch)
         self._mean = torch.tensor(_MEAN, device=dev).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(_STD, device=dev).view(1, 3, 1, 1) * 255
+        super().setup(device)  # warms up (and captures graphs) through transform
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         return ((x.float() - self._mean) / self._std).to(self.dtype)
@@ -110,11 +112,44 @@ def _raw(module: torch.nn.Module, dev: torch.device, dtype: torch.dtype, bs: int
             "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3}
 
 
+def _raw_graph(module: torch.nn.Module, dev: torch.device, dtype: torch.dtype, bs: int, size: int,
+               seconds: float, channels_last: bool) -> dict[str, float]:
+    """The model's ceiling when the whole forward is one CUDA graph replay (input already on the device)."""
+    from gpufleet.models.cuda_graphs import GraphCache
+
+    def fwd(x: torch.Tensor) -> torch.Tensor:
+        return module(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+
+    cap = GraphCache(fwd, dev, (bs,), buffers=1).get(bs, torch.Size((3, size, size)), dtype)
+    for _ in range(3):
+        cap.graph.replay()
+    _sync(dev)
+    lat = []
+    t_end = time.perf_counter() + seconds * 0.3
+    while time.perf_counter() < t_end or len(lat) < 3:
+        t0 = time.perf_counter()
+        cap.graph.replay()
+        _sync(dev)
+        lat.append(time.perf_counter() - t0)
+    iters = max(3, int(seconds * 0.7 / statistics.median(lat)))
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        cap.graph.replay()
+    _sync(dev)
+    elapsed = time.perf_counter() - t0
+    lat.sort()
+    return {"items_s": iters * bs / elapsed, "p50_ms": statistics.median(lat) * 1e3,
+            "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3}
+
+
 def _pooled(spec: BenchSpec, bs: int, expect_rate: float | None) -> dict[str, Any]:
     size = spec.image_size
     g = torch.Generator().manual_seed(bs)
     images = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g) for _ in range(min(512, bs * 8))]
-    model = ImageClassifier(spec.model, precision=spec.precision)
+    buckets = tuple(b for b in sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, bs}) if b <= bs)
+    model = ImageClassifier(spec.model, precision=spec.precision, cuda_graphs=spec.cuda_graphs,
+                            compile=spec.compile, batch_buckets=buckets, example_shape=(3, size, size),
+                            example_dtype=torch.uint8, warmup_batch_sizes=buckets if spec.cuda_graphs else (bs,))
     with Pool(model, spec.devices, cpu_devices=spec.cpu_devices, workers_per_device=spec.workers_per_device,
               max_batch_size=bs, max_wait_ms=2.0, max_queue=1_000_000) as pool:
         for _ in pool.map(images[: bs * 4]):  # warm-up: every worker sees full batches
@@ -150,7 +185,7 @@ def run_bench(spec: BenchSpec) -> dict[str, Any]:
     dev = torch.device(dev0.torch)
     module = None
     if spec.raw:
-        ref = ImageClassifier(spec.model, precision=spec.precision)
+        ref = ImageClassifier(spec.model, precision=spec.precision, compile=spec.compile)
         ref.setup(dev0)
         module = ref.module
     rows = []
@@ -158,6 +193,9 @@ def run_bench(spec: BenchSpec) -> dict[str, Any]:
         row: dict[str, Any] = {"batch_size": bs}
         if module is not None:
             row["raw"] = _raw(module, dev, dtype, bs, spec.image_size, spec.seconds, ref._channels_last)
+            if spec.cuda_graphs and dev.type == "cuda":
+                row["raw_graph"] = _raw_graph(module, dev, dtype, bs, spec.image_size, spec.seconds,
+                                              ref._channels_last)
         if spec.pool:
             raw_rate = row["raw"]["items_s"] * len(devices) * spec.workers_per_device if "raw" in row else None
             row["pool"] = _pooled(spec, bs, raw_rate)
@@ -170,7 +208,8 @@ def run_bench(spec: BenchSpec) -> dict[str, Any]:
         "device": f"{dev0.name} ({dev0.label})", "devices": [d.label for d in devices],
         "model": spec.model, "precision": str(dtype).replace("torch.", ""), "image_size": spec.image_size,
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "workers_per_device": spec.workers_per_device, "rows": rows,
+        "workers_per_device": spec.workers_per_device, "cuda_graphs": spec.cuda_graphs, "compile": spec.compile,
+        "rows": rows,
     }
 
 
@@ -182,7 +221,11 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(f"[bold]gpufleet bench[/] {report['model']} {report['precision']} {report['image_size']}px on "
                   f"{report['device']} · pool devices {', '.join(report['devices'])} · torch {report['torch']} "
                   f"cuda {report['cuda']} · {report['date']}")
-    table = Table("batch", "raw items/s", "raw p50 ms", "pool items/s", "pool p50 ms", "pool p99 ms", "avg batch",
+    graphs = any("raw_graph" in r for r in report["rows"])
+    console.print(f"pool: cuda_graphs={report.get('cuda_graphs')} compile={report.get('compile')} "
+                  f"workers/device={report['workers_per_device']}")
+    table = Table("batch", "raw items/s", "raw p50 ms", *(["raw graph items/s"] if graphs else []), "pool items/s",
+                  "pool p50 ms", "pool p99 ms", "avg batch",
                   "pool/raw per device")
     for r in report["rows"]:
         raw, pool = r.get("raw", {}), r.get("pool", {})
@@ -190,7 +233,8 @@ def print_report(report: dict[str, Any]) -> None:
         def f(d: dict, k: str, spec: str = ",.0f") -> str:
             return format(d[k], spec) if k in d else "-"
 
-        table.add_row(str(r["batch_size"]), f(raw, "items_s"), f(raw, "p50_ms", ".2f"), f(pool, "items_s"),
+        extra = [f(r["raw_graph"], "items_s")] if graphs and "raw_graph" in r else (["-"] if graphs else [])
+        table.add_row(str(r["batch_size"]), f(raw, "items_s"), f(raw, "p50_ms", ".2f"), *extra, f(pool, "items_s"),
                       f(pool, "p50_ms", ".2f"), f(pool, "p99_ms", ".2f"), f(pool, "avg_batch", ".1f"),
                       f"{r['pool_vs_raw']:.1%}" if "pool_vs_raw" in r else "-")
     console.print(table)

@@ -87,6 +87,10 @@ def bench(
     workers_per_device: int = typer.Option(1, "--workers-per-device", min=1),
     raw: bool = typer.Option(True, "--raw/--no-raw", help="Measure the model's own ceiling (W1)."),
     pool: bool = typer.Option(True, "--pool/--no-pool", help="Measure the same model through Pool.map (W2)."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Pool: replay CUDA graphs per batch bucket."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the module (raw and pool)."),
+    switch_interval_ms: Optional[float] = typer.Option(  # noqa: UP045
+        None, "--switch-interval-ms", help="Set Python's thread switch interval (GIL hand-over) for this run."),
     json_output: bool = typer.Option(False, "--json", help="JSON records instead of a table."),
 ) -> None:
     """Raw model ceiling (W1) beside the pooled figure (W2), side by side in one run."""
@@ -100,7 +104,11 @@ def bench(
         _fail(f"--batch-sizes must be positive integers separated by commas, got {batch_sizes!r}")
     spec = BenchSpec(model=model, batch_sizes=tuple(sizes), precision=precision, image_size=image_size,
                      seconds=seconds, devices=gpus, cpu_devices=cpu_devices, workers_per_device=workers_per_device,
-                     raw=raw, pool=pool)
+                     raw=raw, pool=pool, cuda_graphs=cuda_graphs, compile=compile_)
+    if switch_interval_ms is not None:
+        if switch_interval_ms <= 0:
+            _fail("--switch-interval-ms must be > 0")
+        sys.setswitchinterval(switch_interval_ms / 1000.0)
     try:
         report = run_bench(spec)
     except GpufleetError as exc:
@@ -109,6 +117,15 @@ def bench(
         typer.echo(json.dumps(report, indent=2))
     else:
         print_report(report)
+
+
+def _register_serving() -> None:
+    from gpufleet.cli.serve import register
+
+    register(app)
+
+
+_register_serving()  # serve, load (gpufleet/cli/serve.py)
 
 
 def main() -> None:

@@ -78,6 +78,7 @@ class Pool:
                     index=len(self.workers), device=dev, make_model=make_model,
                     max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_wait_ms,
                     max_probe_batch=cfg.max_probe_batch, pipeline_depth=cfg.pipeline_depth,
+                    batch_buckets=cfg.batch_buckets,
                     executor=self._executor, on_done=self._done,
                 ))
         self._start()

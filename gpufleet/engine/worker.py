@@ -43,6 +43,7 @@ class ThreadWorker:
         max_wait_ms: float,
         max_probe_batch: int,
         pipeline_depth: int,
+        batch_buckets: tuple[int, ...] | None = None,
         executor: Executor,
         on_done: Callable[[ThreadWorker, int], None],
     ) -> None:
@@ -60,6 +61,7 @@ class ThreadWorker:
         self.probe_pending = max_batch_size == 0
         self.max_probe_batch = max_probe_batch
         self.pipeline_depth = pipeline_depth
+        self.batch_buckets = batch_buckets
         self.model: Any = None
         self.preprocess: Callable[[Any], Any] | None = None
         self.postprocess: Callable[[Any], Any] | None = None
@@ -80,6 +82,8 @@ class ThreadWorker:
     def _main(self) -> None:
         try:
             model = self._make_model()
+            if self.batch_buckets and hasattr(model, "batch_buckets"):
+                model.batch_buckets = self.batch_buckets  # e.g. TorchModel's CUDA-graph buckets
             model.setup(self.device)
             self.model = model
             self.preprocess = optional_stage(model, "preprocess")

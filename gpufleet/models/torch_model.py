@@ -15,6 +15,7 @@ import torch
 from gpufleet.devices.device import Device
 from gpufleet.errors import ConfigError, InputError
 from gpufleet.models.base import Model
+from gpufleet.models.cuda_graphs import GraphCache
 
 __all__ = ["TorchModel", "resolve_dtype"]
 
@@ -46,6 +47,8 @@ class TorchModel(Model):
     """Serve a ``torch.nn.Module``: pass one (or a zero-argument function that builds one), or override
     :meth:`load`. Items are arrays/tensors of one shape; :meth:`transform` runs on the device batch (e.g.
     uint8 → normalised float), :meth:`finalize` on the device output (e.g. softmax + top-1).
+    With ``cuda_graphs=True`` the whole device step (transform, module, finalize) is captured once per batch
+    bucket (``batch_buckets``, default 1, 2, 4 … 256) and replayed, which removes per-layer launch cost.
 
     >>> import torch
     >>> m = TorchModel(torch.nn.Linear(4, 2))
@@ -61,6 +64,8 @@ class TorchModel(Model):
         example_dtype: torch.dtype = torch.float32,
         warmup_batch_sizes: Sequence[int] = (1,),
         compile: bool = False,
+        cuda_graphs: bool = False,
+        batch_buckets: Sequence[int] | None = None,
         staging_slots: int = 3,
     ) -> None:
         if precision != "auto" and precision not in _DTYPES:
@@ -72,6 +77,8 @@ class TorchModel(Model):
         self.example_dtype = example_dtype
         self.warmup_batch_sizes = tuple(warmup_batch_sizes)
         self.compile = compile
+        self.cuda_graphs = cuda_graphs
+        self.batch_buckets = tuple(batch_buckets) if batch_buckets else None
         self.staging_slots = max(2, staging_slots)
         self.last_timings: dict[str, float] = {}
         self.module: torch.nn.Module | None = None
@@ -119,17 +126,22 @@ class TorchModel(Model):
         self._staging: list[torch.Tensor | None] = [None] * self.staging_slots
         self._staged: list[Any] = [None] * self.staging_slots  # event: slot's last copy finished
         self._slot = 0
+        self._graphs: GraphCache | None = None
         if self._cuda:
             self._stream = torch.cuda.Stream(self._dev)
             self._copy_stream = torch.cuda.Stream(self._dev)
+            if self.cuda_graphs:
+                self._graphs = GraphCache(self._forward, self._dev, self.batch_buckets)
         if self.example_shape is not None:
+            if self._graphs is not None:
+                self._graphs.warm(self.warmup_batch_sizes, self.example_shape, self.example_dtype)
             for bs in self.warmup_batch_sizes:
                 example = torch.zeros((bs, *self.example_shape), dtype=self.example_dtype)
                 self.predict(list(example.unbind(0)))
             if self._cuda:
                 torch.cuda.synchronize(self._dev)
-        log.info("%s on %s: dtype=%s channels_last=%s", type(self).__name__, device.label,
-                 str(self.dtype).replace("torch.", ""), self._channels_last)
+        log.info("%s on %s: dtype=%s channels_last=%s cuda_graphs=%s", type(self).__name__, device.label,
+                 str(self.dtype).replace("torch.", ""), self._channels_last, self._graphs is not None)
 
     # -- serving ------------------------------------------------------------------------------------------
     def predict(self, batch: list) -> list:
@@ -144,6 +156,9 @@ class TorchModel(Model):
         slot = self._slot
         self._slot = (slot + 1) % self.staging_slots
         x = self._stack(batch, slot)
+        bucket = self._graphs.bucket(n) if self._graphs is not None else None
+        if bucket is not None:
+            return self._launch_graph(x, n, bucket, slot)
         with torch.inference_mode():
             marks = tuple(torch.cuda.Event(enable_timing=True) for _ in range(3))
             if x.device.type == "cpu":
@@ -162,6 +177,34 @@ class TorchModel(Model):
                 y = self._forward(x)
                 out = _tree(y, lambda t: _to_host_async(t))
                 marks[2].record()
+        return _Launch(n, out, marks[2], marks)
+
+    def _launch_graph(self, x: torch.Tensor, n: int, bucket: int, slot: int) -> _Launch:
+        cap = self._graphs.get(bucket, x.shape[1:], x.dtype)
+        marks = tuple(torch.cuda.Event(enable_timing=True) for _ in range(3))
+        with torch.inference_mode():
+            if x.device.type == "cpu":
+                with torch.cuda.stream(self._copy_stream):
+                    if cap.done is not None:  # this graph's previous replay must have read its input
+                        self._copy_stream.wait_event(cap.done)
+                    marks[0].record()
+                    cap.x[:n].copy_(x, non_blocking=True)
+                    marks[1].record()
+                self._staged[slot] = marks[1]
+                self._stream.wait_event(marks[1])
+                with torch.cuda.stream(self._stream):
+                    cap.graph.replay()
+                    out = _tree(cap.y, lambda t: _to_host_async(t[:n]))
+                    marks[2].record()
+            else:
+                with torch.cuda.stream(self._stream):
+                    marks[0].record()
+                    cap.x[:n].copy_(x)
+                    marks[1].record()
+                    cap.graph.replay()
+                    out = _tree(cap.y, lambda t: _to_host_async(t[:n]))
+                    marks[2].record()
+        cap.done = marks[2]
         return _Launch(n, out, marks[2], marks)
 
     def collect(self, handle: _Launch) -> list:

@@ -67,3 +67,29 @@ def test_items_already_on_gpu_skip_the_copy() -> None:
     with torch.inference_mode():
         ref = m.module(torch.stack(xs)).cpu()
     torch.testing.assert_close(torch.stack(out), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_cuda_graph_replays_match_eager_for_every_bucket() -> None:
+    net = _net()
+    xs = [torch.randn(3, 32, 32) for _ in range(200)]
+    with torch.inference_mode():
+        ref = net(torch.stack(xs))
+    model = TorchModel(net, precision="fp32", cuda_graphs=True, batch_buckets=(1, 4, 16))
+    with Pool(model, "0", max_batch_size=16, max_wait_ms=1) as pool:
+        out = torch.stack(list(pool.map(xs)))
+        # odd sizes pad up to a bucket; every row still matches its own input
+        odd = torch.stack(list(pool.map(xs[:7], max_in_flight=7)))
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(odd, ref[:7], rtol=1e-3, atol=1e-3)
+
+
+def test_cuda_graphs_fall_back_to_eager_past_the_largest_bucket() -> None:
+    dev = select("0")[0]
+    m = TorchModel(_net(), precision="fp32", cuda_graphs=True, batch_buckets=(2,))
+    m.setup(dev)
+    xs = [torch.randn(3, 16, 16) for _ in range(5)]
+    out = m.predict(xs)
+    with torch.inference_mode():
+        ref = m.module(torch.stack(xs).to(dev.torch)).cpu()
+    torch.testing.assert_close(torch.stack(out), ref, rtol=1e-4, atol=1e-4)
+    assert len(m._graphs) == 0

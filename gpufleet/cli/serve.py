@@ -1,0 +1,96 @@
+"""``gpufleet serve`` and ``gpufleet load``: flags map onto ``gpufleet.server.serve`` and ``gpufleet.loadgen``.
+
+Pool flags default to ``None`` so that only flags the user gave override the environment
+(``GPUFLEET_*``, ``GPU_IDS``, ``MAX_BATCH_SIZE``, ``MAX_BATCH_WAIT_TIME``, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from gpufleet.errors import GpufleetError
+
+__all__ = ["register"]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``serve`` and ``load`` commands to the ``gpufleet`` app."""
+
+    @app.command()
+    def serve(
+        model: str = typer.Argument("orientation", help="Embedded name, module:Class, path/file.py:Class or .onnx."),
+        host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (loopback by default)."),
+        port: int = typer.Option(8000, "--port"),
+        gpus: Optional[str] = typer.Option(None, "--gpus", help='"all" or "0,2" (default: all / GPU_IDS).'),  # noqa: UP045
+        cpu_devices: Optional[int] = typer.Option(None, "--cpu-devices", help="Use N CPU devices (no GPU)."),  # noqa: UP045
+        workers_per_device: Optional[int] = typer.Option(None, "--workers-per-device"),  # noqa: UP045
+        max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size", help="0 = probe the best size."),  # noqa: UP045
+        max_wait_ms: Optional[float] = typer.Option(None, "--max-wait-ms"),  # noqa: UP045
+        balancer: Optional[str] = typer.Option(None, "--balancer", help="round-robin | queue-depth | speed"),  # noqa: UP045
+        max_queue: Optional[int] = typer.Option(None, "--max-queue", help="Outstanding items before 429."),  # noqa: UP045
+        timeout_s: Optional[float] = typer.Option(None, "--timeout-s", help="Per-item deadline (504 after)."),  # noqa: UP045
+        token: Optional[str] = typer.Option(None, "--token", envvar="GPUFLEET_TOKEN",  # noqa: UP045
+                                            help="Require Authorization: Bearer TOKEN (not on /health, live)."),
+        max_body_mb: float = typer.Option(16.0, "--max-body-mb", help="Largest request body (413 beyond)."),
+        drain_timeout_s: float = typer.Option(30.0, "--drain-timeout-s", help="Bound on draining at SIGTERM."),
+        model_name: Optional[str] = typer.Option(None, "--model-name", help="Name under /v2/models/."),  # noqa: UP045
+        log_level: str = typer.Option("info", "--log-level", help="critical | error | warning | info | debug"),
+    ) -> None:
+        """Serve a model over HTTP: /predict, KServe v2 (tritonclient), /health, /stats, /metrics."""
+        from gpufleet.server.run import serve as run_server
+
+        levels = ("critical", "error", "warning", "info", "debug", "trace")
+        if log_level.lower() not in levels:
+            _fail(f"--log-level must be one of {', '.join(levels)}, got {log_level!r}")
+        if gpus is not None and cpu_devices is not None:
+            _fail("--gpus and --cpu-devices exclude each other")
+        pool = {"devices": gpus, "cpu_devices": cpu_devices, "workers_per_device": workers_per_device,
+                "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms, "balancer": balancer,
+                "max_queue": max_queue, "timeout_s": timeout_s}
+        try:
+            code = run_server(model, host=host, port=port, token=token, max_body_mb=max_body_mb,
+                              drain_timeout_s=drain_timeout_s, log_level=log_level.lower(), model_name=model_name,
+                              **pool)
+        except GpufleetError as exc:
+            _fail(str(exc))
+        raise typer.Exit(code)
+
+    @app.command()
+    def load(
+        url: str = typer.Argument(..., help="Server URL (…/predict is added when the path is empty)."),
+        concurrency: int = typer.Option(256, "--concurrency", "-c", help="Clients in the closed loop."),
+        duration: float = typer.Option(30.0, "--duration", help="Measured seconds."),
+        warmup: float = typer.Option(5.0, "--warmup", help="Seconds of unmeasured warm-up first."),
+        payload: str = typer.Option("orientation", "--payload", help="orientation | jpeg224 | file:PATH"),
+        burst: Optional[int] = typer.Option(None, "--burst", help="Send N requests at once instead."),  # noqa: UP045
+        token: Optional[str] = typer.Option(None, "--token", envvar="GPUFLEET_TOKEN"),  # noqa: UP045
+        json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    ) -> None:
+        """Load-test a gpufleet server: closed-loop req/s and latency percentiles, or a --burst."""
+        from gpufleet.loadgen import format_report, run_burst, run_load
+
+        if concurrency < 1:
+            _fail(f"--concurrency must be >= 1, got {concurrency}")
+        if duration <= 0 or warmup < 0:
+            _fail("--duration must be > 0 and --warmup >= 0")
+        if burst is not None and burst < 1:
+            _fail(f"--burst must be >= 1, got {burst}")
+        if not url.startswith(("http://", "https://")):
+            _fail(f"URL must start with http:// or https://, got {url!r}")
+        try:
+            if burst is not None:
+                report = run_burst(url, burst, payload=payload, token=token)
+            else:
+                report = run_load(url, concurrency=concurrency, duration=duration, warmup=warmup, payload=payload,
+                                  token=token)
+        except ValueError as exc:
+            _fail(str(exc))
+        typer.echo(json.dumps(report, indent=2) if json_output else format_report(report))

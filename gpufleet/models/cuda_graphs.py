@@ -1,0 +1,91 @@
+"""CUDA graphs of a model's forward, captured per batch bucket: one replay instead of hundreds of launches.
+
+A batch of ``n`` items runs in the graph of the smallest bucket ≥ ``n`` (the rows past ``n`` hold stale
+inputs; their outputs are dropped). Each bucket has two captures with their own static input/output
+buffers, used in turn, so the next batch's host→device copy can land while the previous one computes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from gpufleet.engine.batcher import bucket_for
+
+__all__ = ["DEFAULT_BUCKETS", "Captured", "GraphCache"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Captured:
+    """One captured graph with its static input ``x``, static output ``y`` and the event of its last replay."""
+
+    __slots__ = ("graph", "x", "y", "done")
+
+    def __init__(self, graph: torch.cuda.CUDAGraph, x: torch.Tensor, y: Any) -> None:
+        self.graph, self.x, self.y = graph, x, y
+        self.done: torch.cuda.Event | None = None
+
+
+class GraphCache:
+    """Captures ``forward`` lazily per (bucket, item shape, dtype, buffer) on ``device``; replays it after."""
+
+    def __init__(self, forward: Callable[[torch.Tensor], Any], device: torch.device,
+                 buckets: Sequence[int] | None = None, buffers: int = 2) -> None:
+        self.forward = forward
+        self.device = device
+        self.buckets = tuple(sorted(set(buckets or DEFAULT_BUCKETS)))
+        self.buffers = buffers
+        self._graphs: dict[tuple, Captured] = {}
+        self._pool = torch.cuda.graph_pool_handle()  # one memory pool: replays are serialised on one stream
+        self._turn = 0
+
+    def bucket(self, n: int) -> int | None:
+        """The bucket for ``n`` items, or ``None`` past the largest (run eagerly)."""
+        return bucket_for(n, self.buckets) if n <= self.buckets[-1] else None
+
+    def get(self, bucket: int, shape: torch.Size, dtype: torch.dtype) -> Captured:
+        """The next buffer's graph for this bucket and item shape, capturing it on first use."""
+        slot = self._turn
+        self._turn = (slot + 1) % self.buffers
+        key = (bucket, tuple(shape), dtype, slot)
+        cap = self._graphs.get(key)
+        if cap is None:
+            cap = self._graphs[key] = self._capture(bucket, tuple(shape), dtype)
+        return cap
+
+    def warm(self, sizes: Sequence[int], shape: Sequence[int], dtype: torch.dtype) -> None:
+        """Capture every buffer of the buckets holding ``sizes`` now rather than on the first batch."""
+        for n in sizes:
+            b = self.bucket(n)
+            if b is not None:
+                for _ in range(self.buffers):
+                    self.get(b, torch.Size(shape), dtype)
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def _capture(self, bucket: int, shape: tuple, dtype: torch.dtype) -> Captured:
+        dev = self.device
+        if dtype.is_floating_point:
+            x = torch.randn((bucket, *shape), device=dev).to(dtype)
+        else:
+            x = torch.randint(0, 100, (bucket, *shape), device=dev).to(dtype)
+        torch.cuda.synchronize(dev)
+        side = torch.cuda.Stream(dev)
+        with torch.inference_mode(), torch.cuda.stream(side):
+            for _ in range(3):  # warm-up outside capture: cuDNN autotuning, lazy inits
+                self.forward(x)
+        torch.cuda.synchronize(dev)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: other workers' threads may use CUDA while this one captures.
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            y = self.forward(x)
+        torch.cuda.synchronize(dev)
+        log.info("captured a CUDA graph for batch bucket %d, items %s %s", bucket, shape, dtype)
+        return Captured(graph, x, y)

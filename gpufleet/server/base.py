@@ -1,0 +1,169 @@
+"""What every endpoint shares: server state, bounded body reading, JSON encoding, and submitting items to
+the pool so that a client that goes away cancels its queued work."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gpufleet.errors import PoolClosed
+from gpufleet.server.errors import HTTPError
+
+if TYPE_CHECKING:
+    from gpufleet.engine import Pool
+    from gpufleet.server.metrics import Metrics
+
+__all__ = ["ServerState", "dumps", "gather", "json_response", "read_body", "submit_all"]
+
+_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def _default(obj: Any) -> Any:
+    """Whatever orjson does not know natively: torch tensors, odd numpy dtypes, bytes, sets."""
+    if hasattr(obj, "tolist"):  # torch tensors and numpy arrays/scalars orjson rejects (e.g. float16)
+        if hasattr(obj, "detach"):
+            obj = obj.detach().cpu()
+        return obj.tolist()
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(obj)).decode()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, default=_default, option=_OPTS)
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(dumps(obj), status_code=status, headers=headers, media_type="application/json")
+
+
+class ServerState:
+    """One app's pool, settings and live counters. ``draining`` flips when the server is told to stop."""
+
+    def __init__(self, pool: Pool, *, model_name: str, token: str | None, max_body_bytes: int,
+                 request_timeout_s: float | None, drain_timeout_s: float, metrics: Metrics) -> None:
+        self.pool = pool
+        self.model_name = model_name
+        self.token = token.encode() if token else None
+        self.max_body_bytes = max_body_bytes
+        self.request_timeout_s = request_timeout_s
+        self.drain_timeout_s = drain_timeout_s
+        self.metrics = metrics
+        self.draining = False
+        self.inflight = 0
+        self._idle: asyncio.Event | None = None
+
+    def authorized(self, header: str | None) -> bool:
+        if self.token is None:
+            return True
+        if not header or not header.startswith("Bearer "):
+            return False
+        return hmac.compare_digest(header[7:].strip().encode(), self.token)
+
+    @property
+    def ready(self) -> bool:
+        return not self.draining and self.pool.ready
+
+    def admit(self) -> None:
+        """Raise 503 unless new work may start now."""
+        if self.draining:
+            raise HTTPError(503, "the server is draining and takes no new requests")
+        if not self.pool.ready:
+            raise PoolClosed("the model is not ready")
+
+    def enter(self) -> None:
+        self.inflight += 1  # only touched on the event loop thread: no lock needed
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float | None) -> bool:
+        """Wait until no request is in flight (or ``timeout`` passes); True when idle."""
+        if self.inflight == 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return self.inflight == 0
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body; 413 as soon as ``Content-Length`` or the bytes actually streamed pass ``limit``."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            raise HTTPError(400, f"invalid Content-Length {length!r}") from None
+        if declared > limit:
+            raise HTTPError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # chunked uploads have no Content-Length: count while streaming
+            raise HTTPError(413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def submit_all(state: ServerState, items: Sequence[Any], timeout_s: float | None = None) -> list[Future]:
+    """Submit every item or none: if admission fails half-way, the ones already queued are cancelled."""
+    pool, t = state.pool, timeout_s if timeout_s is not None else state.request_timeout_s
+    futures: list[Future] = []
+    try:
+        for item in items:
+            futures.append(pool.submit(item, timeout_s=t))
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+    return futures
+
+
+async def _disconnected(request: Request) -> None:
+    receive = request.receive
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def gather(request: Request, futures: list[Future]) -> list[Any]:
+    """Await every future's result; if the client disconnects first, cancel what has not started."""
+    waiters = [asyncio.wrap_future(f) for f in futures]
+    watch = asyncio.ensure_future(_disconnected(request))
+
+    def gone(task: asyncio.Future) -> None:
+        if not task.cancelled():
+            for f in futures:
+                f.cancel()
+
+    watch.add_done_callback(gone)
+    ok = False
+    try:
+        results = [await waiters[0]] if len(waiters) == 1 else await asyncio.gather(*waiters)
+        ok = True
+        return results
+    except asyncio.CancelledError:
+        if watch.done() and not watch.cancelled():
+            raise HTTPError(499, "client disconnected") from None
+        raise
+    finally:
+        watch.remove_done_callback(gone)
+        watch.cancel()
+        if not ok:  # one item failed or we were cancelled: don't compute the rest for nobody
+            for f in futures:
+                f.cancel()

@@ -1,0 +1,110 @@
+"""Prometheus metrics of one app, in its own ``CollectorRegistry`` (several apps per process never clash).
+
+Request counters and latency histograms are updated per request; the engine's figures (stage latencies,
+queue depth, batch sizes per device) and NVML's GPU memory/utilisation are read at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gpufleet.devices.nvml import gpu_utilization
+
+if TYPE_CHECKING:
+    from gpufleet.engine import Pool
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_BUCKETS = (.001, .0025, .005, .01, .025, .05, .075, .1, .25, .5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _PoolCollector(Collector):
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.pool.stats()
+        labels = ["device", "gpu_id"]
+        depth = GaugeMetricFamily("gpufleet_queue_depth", "Items waiting in the device's batch queues", labels=labels)
+        outstanding = GaugeMetricFamily("gpufleet_outstanding_items", "Items routed to the device, not yet answered",
+                                        labels=labels)
+        avg = GaugeMetricFamily("gpufleet_avg_batch_size", "Mean items per batch on the device", labels=labels)
+        reqs = CounterMetricFamily("gpufleet_device_items", "Items served by the device", labels=labels)
+        batches = CounterMetricFamily("gpufleet_device_batches", "Batches run by the device", labels=labels)
+        errors = CounterMetricFamily("gpufleet_device_errors", "Items that failed on the device", labels=labels)
+        for d in stats["per_gpu_stats"]:
+            lv = [str(d["device"]), str(d["gpu_id"])]
+            depth.add_metric(lv, d["current_queue_depth"])
+            outstanding.add_metric(lv, d["outstanding"])
+            avg.add_metric(lv, d["avg_batch_size"])
+            reqs.add_metric(lv, d["total_requests"])
+            batches.add_metric(lv, d["total_batches"])
+            errors.add_metric(lv, d["errors"])
+        yield from (depth, outstanding, avg, reqs, batches, errors)
+        yield GaugeMetricFamily("gpufleet_pool_outstanding", "Items admitted and not yet answered",
+                                value=stats["queue_depth"])
+        yield GaugeMetricFamily("gpufleet_pool_ready", "1 when the pool takes work", value=int(self.pool.ready))
+        # Engine stage latencies over its recent window (queue_wait, preprocess, predict, postprocess, e2e).
+        q = GaugeMetricFamily("gpufleet_stage_latency_seconds", "Recent per-stage latency percentiles",
+                              labels=["stage", "quantile"])
+        mean = GaugeMetricFamily("gpufleet_stage_latency_mean_seconds", "Recent per-stage mean latency",
+                                 labels=["stage"])
+        for stage, s in stats.get("stages", {}).items():
+            mean.add_metric([stage], s.get("mean_ms", 0.0) / 1e3)
+            for key, quantile in (("p50_ms", "0.5"), ("p90_ms", "0.9"), ("p99_ms", "0.99")):
+                if key in s:
+                    q.add_metric([stage, quantile], s[key] / 1e3)
+        yield q
+        yield mean
+        mem = GaugeMetricFamily("gpufleet_gpu_memory_used_bytes", "GPU memory in use (NVML)", labels=labels)
+        total = GaugeMetricFamily("gpufleet_gpu_memory_total_bytes", "GPU memory (NVML)", labels=labels)
+        util = GaugeMetricFamily("gpufleet_gpu_utilization_ratio", "GPU busy fraction (NVML)", labels=labels)
+        for dev in self.pool.devices:
+            if not dev.is_cuda:
+                continue
+            u = gpu_utilization(dev.physical_index if dev.physical_index is not None else dev.index)
+            if not u:
+                continue
+            lv = [dev.label, str(dev.index)]
+            if u.get("memory_used_gb") is not None:
+                mem.add_metric(lv, u["memory_used_gb"] * 1e9)
+            if u.get("memory_total_gb") is not None:
+                total.add_metric(lv, u["memory_total_gb"] * 1e9)
+            if u.get("util_gpu") is not None:
+                util.add_metric(lv, u["util_gpu"] / 100.0)
+        yield from (mem, total, util)
+
+
+class Metrics:
+    """Request counters/histograms plus the pool collector, all in one private registry."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests = Counter("gpufleet_http_requests", "HTTP requests by endpoint and status",
+                                ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("gpufleet_http_request_duration_seconds", "HTTP request latency by endpoint",
+                                 ["endpoint"], buckets=_BUCKETS, registry=self.registry)
+        self.registry.register(_PoolCollector(pool))
+        self._counters: dict[tuple[str, int], Counter] = {}
+        self._hists: dict[str, Histogram] = {}
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        # Label lookups cost more than the increment: cache the children.
+        key = (endpoint, status)
+        c = self._counters.get(key)
+        if c is None:
+            c = self._counters[key] = self.requests.labels(endpoint, str(status))
+        c.inc()
+        h = self._hists.get(endpoint)
+        if h is None:
+            h = self._hists[endpoint] = self.latency.labels(endpoint)
+        h.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,165 @@
+"""``serve(...)``: build the pool, run uvicorn, and drain gracefully on SIGTERM/SIGINT.
+
+Drain order: readiness turns 503 and new work is refused with 503 while the server keeps listening
+(load balancers see it leave); in-flight requests finish, bounded by ``drain_timeout_s``; uvicorn stops;
+the pool drains what is left and closes; the process exits 0. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from gpufleet.config import PoolConfig, env_overrides
+from gpufleet.engine import Pool
+from gpufleet.errors import ConfigError
+from gpufleet.server.app import create_app
+from gpufleet.server.base import ServerState
+
+__all__ = ["load_model", "pool_config", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+def _served_orientation() -> type:
+    from gpufleet.models.zoo.orientation import OrientationModel, _is_ready
+
+    class ServedOrientation(OrientationModel):
+        """Orientation that also takes already-preprocessed ``[3,224,224]`` float32 rows (KServe FP32 input)."""
+
+        def preprocess(self, item: Any) -> Any:
+            return item if _is_ready(item) else super().preprocess(item)
+
+    return ServedOrientation
+
+
+def _import_file(path: str) -> Any:
+    p = Path(path).resolve()
+    if not p.is_file():
+        raise ConfigError(f"model file not found: {path}")
+    name = f"gpufleet_user_{p.stem}_{abs(hash(str(p))) % 10**8}"
+    spec = importlib.util.spec_from_file_location(name, p)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot import {path} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ConfigError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def load_model(spec: str) -> tuple[Any, str]:
+    """``(model for Pool, model name)`` from an embedded name, ``module:Class``, ``file.py:Class`` or ``*.onnx``."""
+    from gpufleet.models import OnnxModel, zoo
+
+    if spec == "orientation":
+        return _served_orientation(), "orientation"
+    if spec in zoo.available():
+        return spec, spec
+    if spec.endswith(".onnx"):
+        if not os.path.isfile(spec):
+            raise ConfigError(f"ONNX file not found: {spec}")
+        return OnnxModel(spec), Path(spec).stem
+    if ":" in spec:
+        where, attr = spec.rsplit(":", 1)
+        if where.endswith(".py") or os.sep in where or "/" in where:
+            module = _import_file(where)
+        else:
+            try:
+                module = importlib.import_module(where)
+            except ImportError as exc:
+                raise ConfigError(f"cannot import module {where!r}: {exc}") from exc
+        try:
+            model = getattr(module, attr)
+        except AttributeError:
+            raise ConfigError(f"{where} has no attribute {attr!r}") from None
+        return model, str(getattr(model, "name", None) or attr)
+    raise ConfigError(f"unknown model {spec!r}: use an embedded name ({', '.join(zoo.available())}), "
+                      "module:Class, path/to/file.py:Class or a .onnx file")
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn, except that the first SIGTERM/SIGINT drains before stopping (and the exit code stays 0)."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self.state = state
+        self.drain_timeout_s = drain_timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_task: asyncio.Task | None = None
+
+    async def serve(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not uvicorn's handler: it would also re-raise the signal after shutdown (exit status -15).
+        if self.state.draining or self._loop is None:
+            self.should_exit = True
+            if sig == signal.SIGINT and self.state.draining:
+                self.force_exit = True
+            return
+        self.state.draining = True
+        log.warning("signal %s: draining (%d request(s) in flight, up to %.0fs)",
+                    signal.Signals(sig).name, self.state.inflight, self.drain_timeout_s)
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._drain_task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        if not await self.state.wait_idle(self.drain_timeout_s):
+            log.warning("drain timeout: %d request(s) still in flight", self.state.inflight)
+        self.should_exit = True
+
+
+def pool_config(options: dict[str, Any], environ: dict[str, str] | None = None) -> PoolConfig:
+    """PoolConfig from the environment, overridden by the ``options`` that are not ``None`` (given flags)."""
+    unknown = set(options) - PoolConfig.names()
+    if unknown:
+        raise ConfigError(f"unknown pool option(s) {sorted(unknown)}")
+    return PoolConfig(**{**env_overrides(environ), **{k: v for k, v in options.items() if v is not None}})
+
+
+def serve(model: str = "orientation", *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          max_body_mb: float = 16.0, drain_timeout_s: float = 30.0, request_timeout_s: float | None = None,
+          log_level: str = "info", model_name: str | None = None, **pool_options: Any) -> int:
+    """Serve ``model`` until SIGTERM/SIGINT; returns the exit code (0 after a clean drain).
+
+    ``pool_options`` are :class:`gpufleet.PoolConfig` fields; ``None`` values are ignored so environment
+    variables (``GPUFLEET_*``, ``GPU_IDS``, ``MAX_BATCH_SIZE``, ...) fill them, and given values win.
+    """
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port must be 0..65535, got {port}")
+    if max_body_mb <= 0:
+        raise ConfigError(f"max_body_mb must be > 0, got {max_body_mb}")
+    if drain_timeout_s < 0:
+        raise ConfigError(f"drain_timeout_s must be >= 0, got {drain_timeout_s}")
+    config = pool_config(pool_options)
+    target, default_name = load_model(model)
+    pool = Pool(target, config=config)
+    try:
+        app = create_app(pool, model_name=model_name or default_name, token=token, max_body_mb=max_body_mb,
+                         drain_timeout_s=drain_timeout_s, request_timeout_s=request_timeout_s)
+        uv = uvicorn.Config(app, host=host, port=port, loop="auto", http="auto", log_level=log_level,
+                            access_log=False, timeout_graceful_shutdown=max(1, int(drain_timeout_s)),
+                            lifespan="off")
+        server = _DrainingServer(uv, app.state.gpufleet, drain_timeout_s)
+        server.run()
+        if not server.started:
+            return 1
+    finally:
+        pool.close(drain=True, timeout=drain_timeout_s)
+    return 0

@@ -1,0 +1,82 @@
+"""Model loading, flags-over-env config, and ``gpufleet load`` against a live server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gpufleet.cli import app
+from gpufleet.errors import ConfigError
+from gpufleet.loadgen import make_payloads
+from gpufleet.models import OnnxModel
+from gpufleet.server.run import load_model, pool_config
+
+HERE = Path(__file__).parent
+
+
+def test_load_model_kinds(tmp_path: Path) -> None:
+    model, name = load_model("orientation")
+    assert name == "orientation" and model.__name__ == "ServedOrientation"
+    assert load_model("textdet") == ("textdet", "textdet")
+    model, name = load_model(f"{HERE / 'slow_model.py'}:SlowModel")
+    assert name == "SlowModel" and model.__name__ == "SlowModel"
+    model, name = load_model("gpufleet.models.zoo.orientation:OrientationModel")
+    assert name == "OrientationModel"
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"")
+    model, name = load_model(str(onnx))
+    assert isinstance(model, OnnxModel) and name == "m"
+    for bad in ("nope", "no_such_module_xyz:Cls", f"{HERE / 'slow_model.py'}:Nope", "missing.onnx", "x/y.py:C"):
+        with pytest.raises(ConfigError):
+            load_model(bad)
+
+
+def test_flags_win_over_env() -> None:
+    env = {"MAX_BATCH_SIZE": "8", "MAX_BATCH_WAIT_TIME": "0.5", "GPU_LOAD_BALANCE_STRATEGY": "round_robin",
+           "GPUFLEET_MAX_QUEUE": "77"}
+    cfg = pool_config({"max_batch_size": None, "max_wait_ms": 3.0, "balancer": None, "max_queue": None}, env)
+    assert (cfg.max_batch_size, cfg.max_wait_ms, cfg.balancer, cfg.max_queue) == (8, 3.0, "round-robin", 77)
+    assert pool_config({}, {"ENABLE_BATCHING": "false"}).max_batch_size == 1
+    with pytest.raises(ConfigError):
+        pool_config({"balancer": "fastest"}, {})
+
+
+def test_serve_bad_flags_exit_2_with_one_line() -> None:
+    runner = CliRunner()
+    for args in (["serve", "--balancer", "fastest", "--cpu-devices", "1"], ["serve", "--max-queue", "0"],
+                 ["serve", "nope-model"], ["serve", "--log-level", "loud"], ["serve", "--port", "70000"]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, (args, r.output)
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), r.output
+
+
+def test_payload_variants_are_base64_jpeg_json() -> None:
+    payloads = make_payloads("jpeg224")
+    assert len(payloads) >= 4 and len({p.body for p in payloads}) == len(payloads)
+    assert json.loads(payloads[0].body)["image"]
+    with pytest.raises(ValueError):
+        make_payloads("nope")
+
+
+def test_load_burst_json_against_the_server(url: str) -> None:
+    r = CliRunner().invoke(app, ["load", url, "--burst", "20", "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert report["successful"] == 20 and report["errors"] == {}
+    stats = report["batch_statistics"]
+    assert stats["num_gpus"] == 2 and stats["total_batches"] >= 1 and len(stats["per_gpu_stats"]) == 2
+    assert report["throughput_rps"] > 0
+
+
+def test_load_closed_loop_reports_percentiles(url: str) -> None:
+    r = CliRunner().invoke(app, ["load", url + "/predict", "-c", "8", "--duration", "1", "--warmup", "0.2", "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert report["ok"] > 0 and report["errors"] == {}
+    assert report["latency"]["p50_ms"] <= report["latency"]["p99_ms"]
+    r = CliRunner().invoke(app, ["load", url, "--burst", "3"])
+    assert r.exit_code == 0 and "Batch Statistics:" in r.output and "Successful: 3/3" in r.output
