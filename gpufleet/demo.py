@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from gpufleet import synth
-from gpufleet.devices import select
 from gpufleet.engine import Pool
 from gpufleet.models import zoo
 
@@ -48,9 +47,6 @@ def run_demo(
             video_path = str(out / "input.mp4")
         except ImportError:
             log.info("PyAV not installed: the rendered video is not written (pip install 'gpufleet[video]')")
-    chosen = select(devices, cpu_devices=cpu_devices)
-    if runtime == "auto":  # ONNX Runtime on CPU devices; PyTorch (fp16/bf16) on GPUs
-        runtime = "torch" if any(d.is_cuda for d in chosen) else "onnx"
     t_load = time.perf_counter()
     with Pool(zoo.get("textdet", runtime=runtime, input_size=max(size)), devices, cpu_devices=cpu_devices,
               max_batch_size=max_batch_size, max_wait_ms=5) as pool:

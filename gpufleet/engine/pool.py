@@ -19,7 +19,7 @@ import numpy as np
 from gpufleet.config import PoolConfig
 from gpufleet.devices import Device, select
 from gpufleet.engine.balancer import make_balancer
-from gpufleet.engine.request import Request
+from gpufleet.engine.request import ItemFuture, Request
 from gpufleet.engine.stats import STAGES, percentiles
 from gpufleet.engine.worker import ThreadWorker
 from gpufleet.errors import (
@@ -112,7 +112,7 @@ class Pool:
         """
         if self._closing:
             raise PoolClosed("the pool is closing and takes no new work")
-        fut: Future = Future()
+        fut = ItemFuture()
         now = time.monotonic()
         t = timeout_s if timeout_s is not None else self.config.timeout_s
         req = Request(item, fut, now, now + t if t else None)
@@ -129,6 +129,7 @@ class Pool:
             w.outstanding += 1
             self._outstanding += 1
         req.worker = w
+        fut._on_cancel = lambda: self._done(w, 1)  # a cancelled item frees its slot now; workers skip it
         if w.preprocess is None:
             w.batcher.put(req)
         else:
@@ -137,8 +138,7 @@ class Pool:
 
     def _preprocess(self, w: ThreadWorker, req: Request) -> None:
         if req.future.cancelled():
-            self._done(w, 1)
-            return
+            return  # its slot was freed when it was cancelled
         t0 = time.monotonic()
         try:
             req.item = w.preprocess(req.item)
@@ -146,12 +146,7 @@ class Pool:
             err = exc if isinstance(exc, GpufleetError) else InputError(f"preprocess failed: {exc}")
             if err is not exc:
                 err.__cause__ = exc
-            self._done(w, 1)
-            if not req.future.cancelled():
-                try:
-                    req.future.set_exception(err)
-                except Exception:  # noqa: BLE001 - cancelled meanwhile
-                    pass
+            w._fail([req], err, exc)
             return
         with self._pre_lock:
             self._pre_stats["count"] += 1
@@ -259,6 +254,12 @@ class Pool:
                 w.enabled = enabled
             self._refresh_routes()
         return [w.index for w in hit]
+
+    @property
+    def model(self) -> Any:
+        """A set-up model instance (the first healthy worker's), for its metadata; the pool owns it, so don't
+        call its ``predict``."""
+        return next((w.model for w in self.workers if w.model is not None), None)
 
     @property
     def outstanding(self) -> int:

@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 from concurrent.futures import Future
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Request"]
+__all__ = ["ItemFuture", "Request"]
+
+
+class ItemFuture(Future):
+    """A pool item's future: cancelling it (``future.cancel()``, or an awaiting asyncio task being cancelled)
+    frees its queue slot at once instead of when a worker reaches it."""
+
+    _on_cancel: Callable[[], None] | None = None
+
+    def cancel(self) -> bool:
+        cancelled = super().cancel()
+        hook, self._on_cancel = self._on_cancel, None
+        if cancelled and hook is not None:
+            hook()
+        return cancelled
 
 
 class Request:

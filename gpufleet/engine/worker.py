@@ -144,15 +144,14 @@ class ThreadWorker:
         dropped = 0
         qwait = self.stats.stage("queue_wait")
         for r in batch:
+            if not r.future.set_running_or_notify_cancel():
+                continue  # cancelled by the caller (e.g. the HTTP client went away): its slot is already free
             if r.deadline is not None and now > r.deadline:
-                if r.future.set_running_or_notify_cancel():
-                    r.future.set_exception(DeadlineExceeded(f"deadline passed after {now - r.t_submit:.3f}s in queue"))
+                r.future.set_exception(DeadlineExceeded(f"deadline passed after {now - r.t_submit:.3f}s in queue"))
                 dropped += 1
-            elif r.future.set_running_or_notify_cancel():
+            else:
                 keep.append(r)
                 qwait.add(now - r.t_enqueue)
-            else:
-                dropped += 1  # cancelled by the caller (e.g. the HTTP client went away)
         if dropped:
             self._on_done(self, dropped)
         return keep
@@ -249,18 +248,20 @@ class ThreadWorker:
             r.future.set_result(v)
 
     def _fail(self, batch: list[Request], err: GpufleetError, cause: BaseException | None) -> None:
-        if not batch:
+        # Mark pending items running first (atomic against cancel()); cancelled ones freed their slots already.
+        live = [r for r in batch if r.future.running() or r.future.set_running_or_notify_cancel()]
+        if not live:
             return
         with self.stats.lock:
-            self.stats.errors += len(batch)
-        self._on_done(self, len(batch))
-        for r in batch:
-            e = type(err)(str(err))
+            self.stats.errors += len(live)
+        self._on_done(self, len(live))
+        for r in live:
+            e = err if len(live) == 1 else type(err)(str(err))
             e.__cause__ = cause
             try:
                 r.future.set_exception(e)
             except InvalidStateError:
-                pass  # the caller cancelled it meanwhile: nobody waits for this item
+                pass  # cancelled in the meantime; nobody waits for this item
 
     # -- batch size probe ---------------------------------------------------------------------------------
     def _probe(self, sample: Any) -> None:

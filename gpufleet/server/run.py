@@ -31,18 +31,6 @@ __all__ = ["load_model", "pool_config", "serve"]
 log = logging.getLogger(__name__)
 
 
-def _served_orientation() -> type:
-    from gpufleet.models.zoo.orientation import OrientationModel, _is_ready
-
-    class ServedOrientation(OrientationModel):
-        """Orientation that also takes already-preprocessed ``[3,224,224]`` float32 rows (KServe FP32 input)."""
-
-        def preprocess(self, item: Any) -> Any:
-            return item if _is_ready(item) else super().preprocess(item)
-
-    return ServedOrientation
-
-
 def _import_file(path: str) -> Any:
     p = Path(path).resolve()
     if not p.is_file():
@@ -64,8 +52,6 @@ def load_model(spec: str) -> tuple[Any, str]:
     """``(model for Pool, model name)`` from an embedded name, ``module:Class``, ``file.py:Class`` or ``*.onnx``."""
     from gpufleet.models import OnnxModel, zoo
 
-    if spec == "orientation":
-        return _served_orientation(), "orientation"
     if spec in zoo.available():
         return spec, spec
     if spec.endswith(".onnx"):

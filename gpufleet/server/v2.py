@@ -44,7 +44,7 @@ def _specs(declared: Any) -> list[TensorSpec]:
 
 def model_spec(pool: Any) -> ModelSpec:
     """Inputs/outputs from the model's ``inputs``/``outputs`` attributes, orientation's defaults, or generic."""
-    model = next((w.model for w in pool.workers if w.model is not None), None)
+    model = pool.model
     declared_in, declared_out = getattr(model, "inputs", None), getattr(model, "outputs", None)
     if isinstance(declared_in, (list, tuple)) and declared_in:
         outputs = _specs(declared_out) if isinstance(declared_out, (list, tuple)) else []

@@ -695,3 +695,32 @@ def test_stage_percentiles_are_in_milliseconds() -> None:
         stages = pool.stats()["stages"]
     assert 15.0 <= stages["predict"]["p50_ms"] < 2000.0
     assert stages["e2e"]["p50_ms"] >= stages["predict"]["p50_ms"] * 0.9
+
+
+@pytest.mark.timeout(30)
+def test_cancelled_item_frees_its_queue_slot_at_once() -> None:
+    gate = threading.Event()
+
+    def blocked(batch: list) -> list:
+        gate.wait(10)
+        return batch
+
+    pool = Pool(blocked, cpu_devices=1, max_batch_size=1, max_wait_ms=0, max_queue=2)
+    try:
+        a = pool.submit("a")
+        deadline = time.monotonic() + 5
+        while not a.running() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        b = pool.submit("b")
+        with pytest.raises(QueueFullError):
+            pool.submit("x")
+        assert b.cancel()
+        assert pool.outstanding == 1
+        c = pool.submit("c")  # the cancelled item's slot is free before any worker reached it
+        gate.set()
+        assert a.result(5) == "a" and c.result(5) == "c"
+        assert b.cancelled()
+    finally:
+        gate.set()
+        pool.close()
+    assert pool.outstanding == 0

@@ -18,8 +18,7 @@ HERE = Path(__file__).parent
 
 
 def test_load_model_kinds(tmp_path: Path) -> None:
-    model, name = load_model("orientation")
-    assert name == "orientation" and model.__name__ == "ServedOrientation"
+    assert load_model("orientation") == ("orientation", "orientation")
     assert load_model("textdet") == ("textdet", "textdet")
     model, name = load_model(f"{HERE / 'slow_model.py'}:SlowModel")
     assert name == "SlowModel" and model.__name__ == "SlowModel"

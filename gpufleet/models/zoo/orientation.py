@@ -42,7 +42,7 @@ class OrientationModel(Model):
     90
     """
 
-    def __init__(self, runtime: str = "onnx") -> None:
+    def __init__(self, runtime: str = "auto") -> None:
         self.runtime = check_runtime(runtime)
         self.runner: Runner | None = None
 
@@ -50,10 +50,13 @@ class OrientationModel(Model):
         """Load the model for ``device`` (CPU when ``None``) and warm it up."""
         self.runner = Runner(orientation_onnx(), self.runtime, device)
         self.runner(np.zeros((1, 3, SIZE, SIZE), dtype=np.float32))
-        log.info("orientation (%s) ready on %s", self.runtime, self.runner.device.label)
+        log.info("orientation (%s) ready on %s", self.runner.runtime, self.runner.device.label)
 
     def preprocess(self, item: Any) -> np.ndarray:
-        """An image (PIL, RGB array, bytes, ``{"image": b64}``) -> float32 ``[3, 224, 224]``."""
+        """An image (PIL, RGB array, bytes, ``{"image": b64}``) -> float32 ``[3, 224, 224]``; an already
+        preprocessed float32 ``[3, 224, 224]`` array (e.g. a KServe FP32 tensor row) passes through."""
+        if _is_ready(item):
+            return item
         img = to_pil(item)
         w, h = img.size
         scale = RESIZE_SHORT / min(w, h)

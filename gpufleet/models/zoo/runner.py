@@ -19,12 +19,23 @@ __all__ = ["RUNTIMES", "Runner", "cpu_device"]
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("onnx", "torch")
+RUNTIMES = ("auto", "onnx", "torch")
 
 
 def cpu_device() -> Device:
     """The device used when ``setup`` gets none (notebooks, scripts)."""
     return Device(index=0, kind="cpu", name="CPU")
+
+
+def resolve_runtime(runtime: str, device: Device) -> str:
+    """``auto``: ONNX Runtime on CPU devices or where it has a CUDA provider, else PyTorch (GPU, fp16/bf16)."""
+    if runtime != "auto":
+        return runtime
+    if not device.is_cuda:
+        return "onnx"
+    import onnxruntime as ort
+
+    return "onnx" if "CUDAExecutionProvider" in ort.get_available_providers() else "torch"
 
 
 def check_runtime(runtime: str) -> str:
@@ -43,8 +54,8 @@ class Runner:
     """
 
     def __init__(self, path: str | Path, runtime: str, device: Device | None = None) -> None:
-        self.runtime = check_runtime(runtime)
         self.device = device or cpu_device()
+        self.runtime = runtime = resolve_runtime(check_runtime(runtime), self.device)
         self.path = Path(path)
         self._session: Any = None
         self._module: Any = None

@@ -57,7 +57,7 @@ class TextDetModel(Model):
 
     def __init__(
         self,
-        runtime: str = "onnx",
+        runtime: str = "auto",
         input_size: int = 640,
         *,
         input_hw: tuple[int, int] | None = None,
@@ -83,7 +83,7 @@ class TextDetModel(Model):
         """Load the model for ``device`` (CPU when ``None``) and warm it up at the input size."""
         self.runner = Runner(textdet_onnx(), self.runtime, device)
         self.runner(np.zeros((1, 3, *self.input_hw), dtype=np.float32))
-        log.info("textdet (%s, %dx%d) ready on %s", self.runtime, *self.input_hw, self.runner.device.label)
+        log.info("textdet (%s, %dx%d) ready on %s", self.runner.runtime, *self.input_hw, self.runner.device.label)
 
     def preprocess(self, item: Any) -> DetInput:
         """An image (PIL, RGB array or tensor, bytes, ``{"image": b64}``) -> letterboxed ``DetInput``."""
