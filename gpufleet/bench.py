@@ -15,16 +15,12 @@ from typing import Any
 
 import torch
 
-from gpufleet.devices import Device, select
+from gpufleet.devices import select
 from gpufleet.engine import Pool
-from gpufleet.errors import ConfigError
-from gpufleet.models.torch_model import TorchModel, resolve_dtype
+from gpufleet.models.torch_model import resolve_dtype
+from gpufleet.models.zoo.classifier import ImageClassifier, build_module
 
-__all__ = ["BenchSpec", "ImageClassifier", "print_report", "run_bench"]
-
-_MEAN = (0.485, 0.456, 0.406)
-_STD = (0.229, 0.224, 0.225)
-
+__all__ = ["BenchSpec", "ImageClassifier", "build_module", "print_report", "run_bench"]
 
 @dataclass(frozen=True, kw_only=True)
 class BenchSpec:
@@ -40,44 +36,6 @@ class BenchSpec:
     pool: bool = True
     cuda_graphs: bool = False
     compile: bool = False
-
-
-def build_module(name: str) -> torch.nn.Module:
-    """A torchvision classifier with random weights (no downloads)."""
-    try:
-        import torchvision.models as tvm
-    except ImportError as exc:
-        raise ConfigError("gpufleet bench needs torchvision: pip install torchvision") from exc
-    try:
-        return tvm.get_model(name, weights=None)
-    except ValueError:
-        raise ConfigError(f"unknown torchvision model {name!r}; e.g. resnet18, resnet50, mobilenet_v3_large") \
-            from None
-
-
-class ImageClassifier(TorchModel):
-    """uint8 CHW images in; normalised on the device; top-1 class and score out."""
-
-    def __init__(self, name: str = "resnet50", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.name = name
-
-    def load(self, device: Device) -> torch.nn.Module:
-        torch.manual_seed(0)
-        return build_module(self.name)
-
-    def setup(self, device: Device) -> None:
-        dev = torch.device(device.torch)
-        self._mean = torch.tensor(_MEAN, device=dev).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(_STD, device=dev).view(1, 3, 1, 1) * 255
-        super().setup(device)  # warms up (and captures graphs) through transform
-
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x.float() - self._mean) / self._std).to(self.dtype)
-
-    def finalize(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        score, cls = y.float().softmax(1).max(1)
-        return cls, score
 
 
 def _sync(dev: torch.device) -> None:
@@ -147,7 +105,7 @@ def _pooled(spec: BenchSpec, bs: int, expect_rate: float | None) -> dict[str, An
     g = torch.Generator().manual_seed(bs)
     images = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g) for _ in range(min(512, bs * 8))]
     buckets = tuple(b for b in sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, bs}) if b <= bs)
-    model = ImageClassifier(spec.model, precision=spec.precision, cuda_graphs=spec.cuda_graphs,
+    model = ImageClassifier(spec.model, image_size=size, precision=spec.precision, cuda_graphs=spec.cuda_graphs,
                             compile=spec.compile, batch_buckets=buckets, example_shape=(3, size, size),
                             example_dtype=torch.uint8, warmup_batch_sizes=buckets if spec.cuda_graphs else (bs,))
     with Pool(model, spec.devices, cpu_devices=spec.cpu_devices, workers_per_device=spec.workers_per_device,
@@ -185,7 +143,8 @@ def run_bench(spec: BenchSpec) -> dict[str, Any]:
     dev = torch.device(dev0.torch)
     module = None
     if spec.raw:
-        ref = ImageClassifier(spec.model, precision=spec.precision, compile=spec.compile)
+        ref = ImageClassifier(spec.model, precision=spec.precision, compile=spec.compile, cuda_graphs=False,
+                              image_size=spec.image_size)
         ref.setup(dev0)
         module = ref.module
     rows = []

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 __all__ = ["ItemFuture", "Request"]

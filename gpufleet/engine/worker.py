@@ -84,6 +84,8 @@ class ThreadWorker:
             model = self._make_model()
             if self.batch_buckets and hasattr(model, "batch_buckets"):
                 model.batch_buckets = self.batch_buckets  # e.g. TorchModel's CUDA-graph buckets
+            if self.max_batch > 0 and getattr(model, "max_batch_size", 0) is None:
+                model.max_batch_size = self.max_batch  # models that size warm-up or graphs by it
             model.setup(self.device)
             self.model = model
             self.preprocess = optional_stage(model, "preprocess")
@@ -230,7 +232,8 @@ class ThreadWorker:
         if errors:
             ok = [(r, v) for i, (r, v) in enumerate(zip(batch, results)) if i not in errors]
             for i, exc in errors.items():
-                self._fail([batch[i]], WorkerError(f"{self.name}: postprocess failed: {exc}"), exc)
+                err = exc if isinstance(exc, GpufleetError) else WorkerError(f"{self.name}: postprocess failed: {exc}")
+                self._fail([batch[i]], err, exc)
             if ok:
                 self._resolve([r for r, _ in ok], [v for _, v in ok])
             return

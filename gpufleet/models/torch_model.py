@@ -37,10 +37,11 @@ def resolve_dtype(precision: str, device: Device) -> torch.dtype:
 class _Launch:
     """One batch in flight: its size, host outputs (pinned, filled asynchronously) and the events to wait on."""
 
-    __slots__ = ("n", "out", "done", "marks")
+    __slots__ = ("n", "out", "done", "marks", "extra")
 
     def __init__(self, n: int, out: Any, done: Any = None, marks: tuple | None = None) -> None:
         self.n, self.out, self.done, self.marks = n, out, done, marks
+        self.extra: Any = None  # for subclasses: per-batch state carried from launch to collect
 
 
 class TorchModel(Model):

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from gpufleet.errors import InputError
 
-__all__ = ["EXPECTED", "to_pil", "to_rgb_array"]
+__all__ = ["EXPECTED", "image_bytes", "to_pil", "to_rgb_array"]
 
 EXPECTED = "a PIL image, a uint8 HWC RGB array or tensor, encoded image bytes, or {'image': <base64 str>}"
 
@@ -45,8 +45,8 @@ def _from_array(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def to_rgb_array(item: Any) -> np.ndarray:
-    """``item`` as an RGB ``uint8`` array of shape ``(H, W, 3)``; ``InputError`` if it is not an image."""
+def image_bytes(item: Any) -> bytes | None:
+    """The encoded image of ``item`` when it is bytes or ``{"image": base64}``; ``None`` for other kinds."""
     if isinstance(item, dict):
         if "image" not in item:
             raise InputError(f"dict input needs an 'image' key with a base64 string, got keys {sorted(item)}")
@@ -54,11 +54,19 @@ def to_rgb_array(item: Any) -> np.ndarray:
         if not isinstance(item, (str, bytes)):
             raise InputError(f"'image' must be a base64 string, got {type(item).__name__}")
         try:
-            item = base64.b64decode(item, validate=True)
+            return base64.b64decode(item, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InputError(f"'image' is not valid base64: {exc}") from exc
     if isinstance(item, (bytes, bytearray, memoryview)):
-        item = _decode(bytes(item))
+        return bytes(item)
+    return None
+
+
+def to_rgb_array(item: Any) -> np.ndarray:
+    """``item`` as an RGB ``uint8`` array of shape ``(H, W, 3)``; ``InputError`` if it is not an image."""
+    data = image_bytes(item)
+    if data is not None:
+        item = _decode(data)
     if isinstance(item, Image.Image):
         return np.asarray(item.convert("RGB"))
     if type(item).__module__.startswith("torch"):  # torch tensors, without importing torch here

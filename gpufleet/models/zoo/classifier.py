@@ -1,0 +1,180 @@
+"""``ImageClassifier``: a torchvision classifier (ResNet-50 by default) served from JPEG bytes or uint8 images.
+
+JPEGs (raw bytes or ``{"image": base64}``) are decoded in batches on the GPU (nvJPEG through
+``torchvision.io.decode_jpeg``) right before the forward pass, resized to the model input and normalised
+there; on CPU devices they are decoded in the preprocess threads. Weights are random unless ``weights``
+names a state-dict file: this is the BENCH.md W1–W3 workload (speed, not accuracy).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+
+from gpufleet.devices.device import Device
+from gpufleet.errors import ConfigError, InputError
+from gpufleet.models.torch_model import TorchModel
+from gpufleet.models.zoo.inputs import image_bytes, to_rgb_array
+
+__all__ = ["ImageClassifier", "build_module"]
+
+log = logging.getLogger(__name__)
+
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+_SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
+_BUILD_LOCK = threading.Lock()
+
+
+def build_module(name: str) -> torch.nn.Module:
+    """A torchvision classifier with random weights (no downloads)."""
+    try:
+        import torchvision.models as tvm
+    except ImportError as exc:
+        raise ConfigError("this model needs torchvision: pip install torchvision") from exc
+    try:
+        return tvm.get_model(name, weights=None)
+    except ValueError:
+        raise ConfigError(f"unknown torchvision model {name!r}; e.g. resnet18, resnet50, mobilenet_v3_large") \
+            from None
+
+
+class _Bad:
+    """Marks an item whose image could not be decoded; postprocess turns it into that item's InputError."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class ImageClassifier(TorchModel):
+    """Top-1 ``{"class", "score"}`` per image. Items: JPEG bytes, ``{"image": base64}``, uint8 CHW tensors or
+    HWC arrays. On CUDA devices CUDA graphs are captured per batch bucket up to the pool's max batch size.
+
+    >>> model = ImageClassifier("resnet18", image_size=64)
+    """
+
+    def __init__(self, name: str = "resnet50", *, image_size: int = 224, weights: str | None = None,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("cuda_graphs", True)
+        kwargs.setdefault("example_shape", (3, image_size, image_size))
+        kwargs.setdefault("example_dtype", torch.uint8)
+        super().__init__(**kwargs)
+        self.name = name
+        self.image_size = image_size
+        self.weights = weights
+        self.max_batch_size: int | None = None  # set by the pool's worker before setup
+
+    def load(self, device: Device) -> torch.nn.Module:
+        # Workers set up in parallel threads and torch's RNG is global: seed and build under one lock so
+        # every device gets identical (random) weights.
+        with _BUILD_LOCK:
+            torch.manual_seed(0)
+            module = build_module(self.name)
+        if self.weights:
+            module.load_state_dict(torch.load(self.weights, map_location="cpu"))
+        return module
+
+    def setup(self, device: Device) -> None:
+        dev = torch.device(device.torch)
+        self._mean = torch.tensor(_MEAN, device=dev).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(_STD, device=dev).view(1, 3, 1, 1) * 255
+        if device.is_cuda and self.cuda_graphs and self.warmup_batch_sizes == (1,):
+            top = self.max_batch_size or 64
+            self.warmup_batch_sizes = tuple(b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b <= top) or (1,)
+            if self.batch_buckets is None:
+                self.batch_buckets = tuple(sorted(set(self.warmup_batch_sizes) | {top}))
+                self.warmup_batch_sizes = self.batch_buckets
+        super().setup(device)  # warms up (and captures graphs) through transform
+
+    # -- items ----------------------------------------------------------------------------------------------
+    def preprocess(self, item: Any) -> Any:
+        """Encoded JPEGs stay encoded for batched GPU decode (CUDA) or are decoded here (CPU devices)."""
+        data = image_bytes(item)
+        if data is not None:
+            if not (data.startswith(_SOI) and data.rstrip(b"\x00").endswith(_EOI)):
+                raise InputError(f"image is not a complete JPEG ({len(data)} bytes; JPEG starts with FFD8, ends "
+                                 "with FFD9)")
+            if getattr(self, "_cuda", False):
+                return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            return self._resize(self._decode_cpu(data))
+        if isinstance(item, torch.Tensor) and item.dtype == torch.uint8 and item.dim() == 3 and item.shape[0] == 3:
+            return self._resize(item)
+        arr = to_rgb_array(item)
+        return self._resize(torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))))
+
+    def _decode_cpu(self, data: bytes) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError:
+            arr = to_rgb_array(data)  # PIL handles what libjpeg-turbo's fast path refuses (e.g. CMYK)
+            return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+    def _resize(self, img: torch.Tensor) -> torch.Tensor:
+        s = self.image_size
+        if img.shape[-2:] == (s, s):
+            return img
+        out = torch.nn.functional.interpolate(img[None].float(), size=(s, s), mode="bilinear", antialias=True,
+                                              align_corners=False)
+        return out[0].round_().clamp_(0, 255).to(torch.uint8)
+
+    def launch(self, batch: list) -> Any:
+        if self._cuda and any(x.dim() == 1 for x in batch):
+            batch = self._decode_gpu(batch)
+        bad = {i: x for i, x in enumerate(batch) if isinstance(x, _Bad)}
+        if bad:
+            blank = torch.zeros((3, self.image_size, self.image_size), dtype=torch.uint8, device=self._dev)
+            batch = [blank if i in bad else x for i, x in enumerate(batch)]
+        handle = super().launch(batch)
+        handle.extra = bad
+        return handle
+
+    def collect(self, handle: Any) -> list:
+        outs = super().collect(handle)
+        for i, b in (handle.extra or {}).items():
+            outs[i] = b
+        return outs
+
+    def _decode_gpu(self, batch: list) -> list:
+        """Decode every encoded item of ``batch`` on the GPU in one call, on the compute stream."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        idx = [i for i, x in enumerate(batch) if x.dim() == 1]
+        out = list(batch)
+        with torch.cuda.stream(self._stream):
+            try:
+                imgs = decode_jpeg([batch[i] for i in idx], mode=ImageReadMode.RGB, device=self._dev)
+            except RuntimeError:  # one bad image fails the batched call: decode one by one to find it
+                imgs = []
+                for i in idx:
+                    try:
+                        imgs.append(decode_jpeg(batch[i], mode=ImageReadMode.RGB, device=self._dev))
+                    except RuntimeError as exc:
+                        imgs.append(_Bad(f"cannot decode the JPEG: {exc}"))
+            for i, img in zip(idx, imgs):
+                out[i] = img if isinstance(img, _Bad) else self._resize(img)
+            for i, x in enumerate(out):  # decoded arrays from preprocess join the batch on the device
+                if isinstance(x, torch.Tensor) and x.device.type == "cpu":
+                    out[i] = x.to(self._dev, non_blocking=True)
+        return out
+
+    # -- device side ----------------------------------------------------------------------------------------
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.float() - self._mean) / self._std).to(self.dtype)
+
+    def finalize(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        score, cls = y.float().softmax(1).max(1)
+        return cls, score
+
+    def postprocess(self, output: Any) -> dict[str, Any]:
+        if isinstance(output, _Bad):
+            raise InputError(output.message)
+        cls, score = output
+        return {"class": int(cls), "score": float(score)}

@@ -1,0 +1,71 @@
+"""ImageClassifier (zoo resnet18/resnet50): JPEG bytes, base64 JSON and uint8 images through a real Pool."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gpufleet import InputError, Pool
+from gpufleet.models import zoo
+from gpufleet.models.zoo.classifier import ImageClassifier
+
+
+def _jpeg(seed: int, size: int = 64) -> bytes:
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with Pool(ImageClassifier("resnet18", image_size=64), cpu_devices=2, max_batch_size=8, max_wait_ms=2) as p:
+        yield p
+
+
+def test_every_input_kind_gives_the_same_top1(pool: Pool) -> None:
+    from torchvision.io import decode_jpeg
+
+    data = _jpeg(1)
+    decoded = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))  # the decoder the model uses
+    items = [data, {"image": base64.b64encode(data).decode()}, decoded, decoded.permute(1, 2, 0).numpy()]
+    model = pool.model
+    prepared = [model.preprocess(x) for x in items]
+    assert all(torch.equal(prepared[0], p) for p in prepared[1:])  # one decoder, one tensor
+    results = list(pool.map(items))
+    # Random weights give a near-uniform softmax: batch composition may flip the arg-max between near-equal
+    # logits, so compare the top score, not the class.
+    assert all(set(r) == {"class", "score"} and 0.0 < r["score"] <= 1.0 for r in results)
+    assert max(r["score"] for r in results) == pytest.approx(min(r["score"] for r in results), rel=1e-3)
+
+
+def test_other_sizes_are_resized(pool: Pool) -> None:
+    big, small = pool.submit(_jpeg(2, 96)).result(30), pool.submit(_jpeg(2, 64)).result(30)
+    assert set(big) == {"class", "score"} and set(small) == {"class", "score"}
+
+
+def test_bad_images_fail_alone(pool: Pool) -> None:
+    good = _jpeg(3)
+    items = [good, b"not a jpeg", {"image": "%%%"}, good[: len(good) // 2], good]
+    out = list(pool.map(items, return_exceptions=True))
+    assert isinstance(out[0], dict) and isinstance(out[4], dict)
+    for bad in out[1:4]:
+        assert isinstance(bad, InputError), bad
+    assert "JPEG" in str(out[1]) and "base64" in str(out[2])
+
+
+def test_zoo_names() -> None:
+    assert {"resnet18", "resnet50", "orientation", "textdet"} <= set(zoo.available())
+    model = zoo.get("resnet18", image_size=32)
+    assert isinstance(model, ImageClassifier) and model.name == "resnet18"
+
+
+def test_every_worker_gets_identical_weights(pool: Pool) -> None:
+    params = [torch.cat([p.flatten() for p in w.model.module.parameters()]) for w in pool.workers]
+    assert len(params) == 2 and torch.equal(params[0], params[1])
