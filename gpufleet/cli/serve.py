@@ -72,6 +72,7 @@ def register(app: typer.Typer) -> None:
         payload: str = typer.Option("orientation", "--payload", help="orientation | jpeg224 | file:PATH"),
         burst: Optional[int] = typer.Option(None, "--burst", help="Send N requests at once instead."),  # noqa: UP045
         token: Optional[str] = typer.Option(None, "--token", envvar="GPUFLEET_TOKEN"),  # noqa: UP045
+        processes: int = typer.Option(1, "--processes", help="Client processes sharing the concurrency."),
         json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     ) -> None:
         """Load-test a gpufleet server: closed-loop req/s and latency percentiles, or a --burst."""
@@ -81,6 +82,8 @@ def register(app: typer.Typer) -> None:
             _fail(f"--concurrency must be >= 1, got {concurrency}")
         if duration <= 0 or warmup < 0:
             _fail("--duration must be > 0 and --warmup >= 0")
+        if processes < 1 or processes > concurrency:
+            _fail(f"--processes must be between 1 and --concurrency ({concurrency}), got {processes}")
         if burst is not None and burst < 1:
             _fail(f"--burst must be >= 1, got {burst}")
         if not url.startswith(("http://", "https://")):
@@ -90,7 +93,7 @@ def register(app: typer.Typer) -> None:
                 report = run_burst(url, burst, payload=payload, token=token)
             else:
                 report = run_load(url, concurrency=concurrency, duration=duration, warmup=warmup, payload=payload,
-                                  token=token)
+                                  token=token, processes=processes)
         except ValueError as exc:
             _fail(str(exc))
         typer.echo(json.dumps(report, indent=2) if json_output else format_report(report))

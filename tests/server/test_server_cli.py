@@ -79,3 +79,17 @@ def test_load_closed_loop_reports_percentiles(url: str) -> None:
     assert report["latency"]["p50_ms"] <= report["latency"]["p99_ms"]
     r = CliRunner().invoke(app, ["load", url, "--burst", "3"])
     assert r.exit_code == 0 and "Batch Statistics:" in r.output and "Successful: 3/3" in r.output
+
+
+def test_load_closed_loop_over_two_client_processes(url: str) -> None:
+    r = CliRunner().invoke(app, ["load", url, "--concurrency", "4", "--processes", "2", "--duration", "1",
+                                 "--warmup", "0.2", "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert report["processes"] == 2 and report["ok"] > 0 and report["errors"] == {}
+    assert report["latency"]["p50_ms"] > 0
+
+
+def test_load_rejects_more_processes_than_clients(url: str) -> None:
+    r = CliRunner().invoke(app, ["load", url, "--concurrency", "2", "--processes", "3"])
+    assert r.exit_code != 0 and "--processes" in r.output

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# W3 jpeg224 and W5 burst (BENCH.md) on one GPU: gpufleet serve resnet50 + gpufleet load on the same machine.
+source scripts/device_setup.sh
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+DUR=${DUR:-15}; WARM=${WARM:-3}
+run_config() {  # $1 = label, $2 = python switch interval (s)
+  label=$1
+  python3 -c "import sys; sys.setswitchinterval($2); sys.argv=['gpufleet','serve','resnet50','--port','8000','--max-batch-size','128','--max-wait-ms','2','--max-queue','8192','--log-level','warning']; from gpufleet.cli import main; main()" > "$OUT/serve_$label.log" 2>&1 &
+  SPID=$!
+  for i in $(seq 1 120); do curl -sf localhost:8000/v2/health/ready >/dev/null && break; sleep 1; done
+  echo "== $label: server ready after ${i}s"
+  L="python3 -m gpufleet load http://127.0.0.1:8000/predict --payload jpeg224 --duration $DUR --warmup $WARM"
+  $L -c 8 --json > "$OUT/w3_${label}_c8.json"
+  $L -c 256 --processes 4 --json > "$OUT/w3_${label}_c256p4.json" &
+  LP=$!; sleep $((WARM + DUR / 2)); top -b -n 1 -w 200 | head -25 > "$OUT/top_${label}_c256.txt"; wait $LP
+  $L -c 256 --json > "$OUT/w3_${label}_c256p1.json"
+  python3 -m gpufleet load http://127.0.0.1:8000/predict --payload jpeg224 --burst 50 --json > "$OUT/w5_${label}_b50.json"
+  python3 -m gpufleet load http://127.0.0.1:8000/predict --payload jpeg224 --burst 500 --json > "$OUT/w5_${label}_b500.json"
+  curl -s localhost:8000/stats > "$OUT/stats_$label.json"
+  curl -s localhost:8000/metrics | grep -E "^gpufleet_(requests|queue|batch|gpu)" | head -30 > "$OUT/metrics_$label.txt"
+  kill -TERM $SPID; wait $SPID; echo "server exit code $?"
+  python3 - "$OUT" "$label" <<'PY'
+import json, sys, os
+out, label = sys.argv[1:3]
+for name in ("c8", "c256p4", "c256p1"):
+    r = json.load(open(os.path.join(out, f"w3_{label}_{name}.json")))
+    lat = r["latency"]
+    print(f"W3 {label} {name}: {r['rps']:.0f} req/s p50 {lat['p50_ms']:.1f} p90 {lat['p90_ms']:.1f} p99 {lat['p99_ms']:.1f} ms errors {r['errors']}")
+for name in ("b50", "b500"):
+    r = json.load(open(os.path.join(out, f"w5_{label}_{name}.json")))
+    s = r["batch_statistics"]
+    print(f"W5 {label} {name}: {r['total_duration_s']:.3f}s ok {r['successful']}/{r['burst']} {r['throughput_rps']:.0f} req/s p99 {r['latency']['p99_ms']:.1f} ms batches {s.get('total_batches')} avg {s.get('avg_batch_size')}")
+st = json.load(open(os.path.join(out, f"stats_{label}.json")))
+print("stages p50/p99 ms:", {k: (round(v["p50_ms"], 2), round(v["p99_ms"], 2)) for k, v in st["stages"].items()})
+PY
+  head -15 "$OUT/top_${label}_c256.txt" | tail -9
+}
+run_config default 0.005
+run_config si1ms 0.001
