@@ -99,11 +99,31 @@ def mig_parents() -> dict[str, int]:
     return out
 
 
+def _queries(nv: Any) -> dict[str, Any]:
+    """Counter name → function(handle) for every reading :func:`gpu_utilization` reports."""
+    return {
+        "util_gpu": lambda h: float(nv.nvmlDeviceGetUtilizationRates(h).gpu),
+        "util_mem": lambda h: float(nv.nvmlDeviceGetUtilizationRates(h).memory),
+        "memory_used_gb": lambda h: nv.nvmlDeviceGetMemoryInfo(h).used / 1e9,
+        "memory_total_gb": lambda h: nv.nvmlDeviceGetMemoryInfo(h).total / 1e9,
+        "temperature_c": lambda h: float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)),
+        "power_w": lambda h: nv.nvmlDeviceGetPowerUsage(h) / 1000.0,
+        "power_limit_w": lambda h: nv.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0,
+        "sm_clock_mhz": lambda h: float(nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)),
+        "mem_clock_mhz": lambda h: float(nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM)),
+        "nvdec_util": lambda h: float(nv.nvmlDeviceGetDecoderUtilization(h)[0]),
+        "nvenc_util": lambda h: float(nv.nvmlDeviceGetEncoderUtilization(h)[0]),
+        "processes": lambda h: float(len(nv.nvmlDeviceGetComputeRunningProcesses(h))),
+    }
+
+
 def gpu_utilization(physical_index: int | None) -> dict[str, float | None] | None:
-    """Current utilisation of one physical GPU, or None when NVML or the GPU is unavailable.
+    """Current readings of one physical GPU, or None when NVML or the GPU is unavailable.
 
     Keys: ``util_gpu``, ``util_mem`` (percent), ``memory_used_gb``, ``memory_total_gb``, ``temperature_c``,
-    ``power_w``; a key is None when the GPU does not report it (e.g. utilisation under MIG).
+    ``power_w``, ``power_limit_w``, ``sm_clock_mhz``, ``mem_clock_mhz``, ``nvdec_util``, ``nvenc_util``
+    (percent) and ``processes`` (compute processes on the GPU); a key is None when the GPU does not report it
+    (e.g. utilisation under MIG, or no encoder on an H100).
     """
     nv = _nvml()
     if nv is None or physical_index is None:
@@ -113,28 +133,12 @@ def gpu_utilization(physical_index: int | None) -> dict[str, float | None] | Non
     except Exception as exc:
         log.debug("no NVML handle for GPU %s: %s", physical_index, exc)
         return None
-    out: dict[str, float | None] = dict.fromkeys(
-        ("util_gpu", "util_mem", "memory_used_gb", "memory_total_gb", "temperature_c", "power_w")
-    )
-    # Each query on its own: one unsupported counter must not hide the others.
-    try:
-        rates = nv.nvmlDeviceGetUtilizationRates(handle)
-        out["util_gpu"], out["util_mem"] = float(rates.gpu), float(rates.memory)
-    except Exception:
-        pass
-    try:
-        mem = nv.nvmlDeviceGetMemoryInfo(handle)
-        out["memory_used_gb"], out["memory_total_gb"] = mem.used / 1e9, mem.total / 1e9
-    except Exception:
-        pass
-    try:
-        out["temperature_c"] = float(nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU))
-    except Exception:
-        pass
-    try:
-        out["power_w"] = nv.nvmlDeviceGetPowerUsage(handle) / 1000.0
-    except Exception:
-        pass
+    out: dict[str, float | None] = {}
+    for key, query in _queries(nv).items():
+        try:  # each counter on its own: one unsupported counter must not hide the others
+            out[key] = query(handle)
+        except Exception:
+            out[key] = None
     return out
 
 

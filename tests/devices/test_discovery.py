@@ -260,6 +260,12 @@ def fake_pynvml(monkeypatch, *, util_error=False):
         nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(used=3 * 10**9, total=80 * 10**9),
         nvmlDeviceGetTemperature=lambda h, sensor: 55,
         nvmlDeviceGetPowerUsage=lambda h: 123_000,
+        nvmlDeviceGetEnforcedPowerLimit=lambda h: 700_000,
+        NVML_CLOCK_SM=1,
+        NVML_CLOCK_MEM=2,
+        nvmlDeviceGetClockInfo=lambda h, clock: 1980 if clock == 1 else 2619,
+        nvmlDeviceGetDecoderUtilization=lambda h: (12, 167000),
+        nvmlDeviceGetComputeRunningProcesses=lambda h: ["p1", "p2"],
         nvmlDeviceGetMaxMigDeviceCount=lambda h: 7,
         nvmlDeviceGetMigDeviceHandleByIndex=mig_handle,
     )
@@ -279,6 +285,12 @@ def test_nvml_with_fake_library(monkeypatch):
         "memory_total_gb": 80.0,
         "temperature_c": 55.0,
         "power_w": 123.0,
+        "power_limit_w": 700.0,
+        "sm_clock_mhz": 1980.0,
+        "mem_clock_mhz": 2619.0,
+        "nvdec_util": 12.0,
+        "nvenc_util": None,  # the fake has no encoder, like an H100
+        "processes": 2.0,
     }
     assert nvml.gpu_utilization(5) is None  # no such GPU
 
