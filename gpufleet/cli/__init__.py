@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from importlib import import_module
 from typing import Optional
 
 import typer
@@ -41,38 +42,38 @@ def gpus(
 
 @app.command()
 def demo(
-    out: str = typer.Option("out/demo", "--out", help="Folder for frames.jsonl, input.mp4 and summary.json."),
+    out: str = typer.Option("out/demo", "--out", help="Folder for input/annotated mp4, JSONL, summary."),
     frames: int = typer.Option(120, "--frames", min=1, help="Number of frames to render."),
     gpus: Optional[str] = typer.Option(None, "--gpus", help='Devices: "all", "0,2" (default: all / GPU_IDS).'),  # noqa: UP045
     cpu_devices: Optional[int] = typer.Option(None, "--cpu-devices", min=1, help="Use N CPU devices."),  # noqa: UP045
     runtime: str = typer.Option("auto", "--runtime", help="auto | onnx | torch"),
     max_batch_size: int = typer.Option(16, "--max-batch-size", min=1),
+    decoder: str = typer.Option("auto", "--decoder", help="auto | nvdec | cpu"),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """The main job: detect moving text in a rendered video on every device, check it against ground truth."""
+    """The main job: render a moving-text video, run the video pipeline with textdet on every device, check
+    the detections against ground truth."""
     from gpufleet.demo import run_demo
 
     try:
         summary = run_demo(out, frames=frames, devices=gpus, cpu_devices=cpu_devices, runtime=runtime,
-                           max_batch_size=max_batch_size)
+                           max_batch_size=max_batch_size, decoder=decoder)
     except GpufleetError as exc:
         _fail(str(exc))
     if json_output:
         typer.echo(json.dumps(summary, indent=2))
-        return
+        raise typer.Exit(summary["exit_code"])
     from rich.console import Console
-    from rich.table import Table
+
+    from gpufleet.cli.video import print_summary
 
     console = Console()
     console.print(f"[bold]gpufleet demo[/]: textdet on {summary['frames']} frames {summary['resolution']} "
-                  f"({summary['runtime']} runtime) on {', '.join(summary['devices'])}")
-    table = Table("device", "items", "batches", "avg batch")
-    for d in summary["per_device"]:
-        table.add_row(d["device"], str(d["total_requests"]), str(d["total_batches"]), f"{d['avg_batch_size']:.1f}")
-    console.print(table)
-    console.print(f"throughput: {summary['fps']:.1f} frames/s   recall vs ground truth: {summary['recall']:.1%}   "
-                  f"(setup {summary['setup_s']:.1f}s)")
+                  f"({summary['runtime']} runtime, decoder {', '.join(summary['decoders'])}) on "
+                  f"{', '.join(summary['devices'])}")
+    print_summary(summary, console)
     console.print(f"wrote {summary['jsonl']}" + (f" and {summary['video']}" if summary["video"] else ""))
+    raise typer.Exit(summary["exit_code"])
 
 
 @app.command()
@@ -119,13 +120,9 @@ def bench(
         print_report(report)
 
 
-def _register_serving() -> None:
-    from gpufleet.cli.serve import register
-
-    register(app)
-
-
-_register_serving()  # serve, load (gpufleet/cli/serve.py)
+# Commands that live in their own modules, each with a ``register(app)``: serve and load, top, video, mps.
+for _name in ("serve", "top", "video", "mps"):
+    import_module(f"gpufleet.cli.{_name}").register(app)
 
 
 def main() -> None:

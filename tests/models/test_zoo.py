@@ -51,9 +51,9 @@ def test_locate_missing_names_the_install_command() -> None:
 
 
 def test_registry() -> None:
-    assert zoo.available() == ["orientation", "textdet"]
+    assert zoo.available() == ["orientation", "resnet18", "resnet50", "textdet"]
     assert isinstance(zoo.get("textdet", input_size=320), zoo.TextDetModel)
-    with pytest.raises(ConfigError, match="orientation, textdet"):
+    with pytest.raises(ConfigError, match="orientation, resnet18, resnet50, textdet"):
         zoo.get("resnet")
     with pytest.raises(ConfigError, match="runtime"):
         zoo.get("orientation", runtime="tensorrt")

@@ -1,0 +1,366 @@
+"""``VideoJob``: decode every input (and every segment of a split input) on its own thread, run the frames
+through one :class:`gpufleet.Pool`, and hand back per-frame results in frame order per stream.
+
+Threads: one per input, plus one per segment when a file is split. Each decoding thread prepares its chunks
+on the frames' device (see :mod:`gpufleet.video.models`) and feeds them to ``Pool.map(ordered=True)``, which
+routes every batch to a worker through the pool's balancer. Results meet in one bounded queue that the
+caller's thread drains (:meth:`VideoJob.events`); every stream ends with exactly one :class:`StreamEnd`,
+``failed`` with a one-line error when its input is missing, not a video, undecodable or never connects,
+while the other streams go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpufleet.engine import Pool
+from gpufleet.errors import GpufleetError
+from gpufleet.video.config import VideoConfig
+from gpufleet.video.models import make_preparer, on_device, resolve_model
+from gpufleet.video.segments import OrderedMerge, Segment, split
+from gpufleet.video.sinks import jsonable
+from gpufleet.video.sources import (
+    NVDEC_CODECS,
+    CpuSource,
+    NvdecSource,
+    Reconnecting,
+    SourceError,
+    VideoInfo,
+    is_url,
+    nvdec_available,
+    probe,
+)
+
+__all__ = ["FrameResult", "StreamEnd", "VideoJob", "stream_names"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameResult:
+    """One frame's results; ``image`` is the decoded frame when the job keeps frames (for drawing)."""
+
+    stream: str
+    frame: int
+    pts: float
+    results: Any
+    image: Any = None
+    error: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The JSONL line: ``{"stream", "frame", "pts", "results"}`` (+ ``"error"`` for a failed frame)."""
+        rec = {"stream": self.stream, "frame": self.frame, "pts": round(self.pts, 6),
+               "results": None if self.error else jsonable(self.results)}
+        if self.error:
+            rec["error"] = self.error
+        return rec
+
+
+@dataclass
+class StreamEnd:
+    """A stream finished: ``status`` is ``ok``, ``failed`` (``error`` says why) or ``interrupted``."""
+
+    stream: str
+    input: str
+    status: str
+    error: str | None = None
+    frames: int = 0
+    elapsed_s: float = 0.0
+    decoder: str = ""
+    decoder_note: str = ""
+    segments: int = 0
+    decode_s: float = 0.0
+    prepare_s: float = 0.0
+    reconnects: int = 0
+    fps_in: float = 0.0
+
+
+@dataclass
+class _Stream:
+    name: str
+    spec: str
+    info: VideoInfo | None = None
+    error: BaseException | None = None
+    decoder: str = ""
+    note: str = ""
+    segments: int = 0
+    frames: int = 0
+    decode_s: float = 0.0
+    prepare_s: float = 0.0
+    reconnects: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def stream_names(inputs: Sequence[str]) -> list[str]:
+    """A short unique name per input: the file stem, or host+path of a URL."""
+    names: list[str] = []
+    seen: Counter[str] = Counter()
+    for spec in inputs:
+        base = Path(spec.split("?")[0]).stem if not is_url(spec) else spec.split("://", 1)[1]
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.") or "stream"
+        seen[base] += 1
+        names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return names
+
+
+class VideoJob:
+    """Run ``inputs`` through ``config.model``; iterate :meth:`events`, then :meth:`close`.
+
+    >>> with VideoJob(["clip.mp4"], VideoConfig(cpu_devices=1)) as job:  # doctest: +SKIP
+    ...     for ev in job.events(): print(ev)
+    """
+
+    def __init__(self, inputs: Sequence[str], config: VideoConfig, *, keep_images: bool = False) -> None:
+        if not inputs:
+            raise GpufleetError("no input given")
+        self.config = cfg = config
+        self.keep_images = keep_images
+        self.stop = threading.Event()
+        self.streams = [_Stream(n, str(s)) for n, s in zip(stream_names([str(i) for i in inputs]), inputs,
+                                                           strict=True)]
+        for s in self.streams:  # files are probed now: fast (packets only), and they size the model
+            if not is_url(s.spec):
+                try:
+                    s.info = probe(s.spec, timeout_s=cfg.timeout_s)
+                except SourceError as exc:
+                    s.error = exc
+        first = next((s.info for s in self.streams if s.info is not None), None)
+        model = resolve_model(cfg.model, runtime=cfg.runtime, size=(first.width, first.height) if first else None)
+        self.preparer = make_preparer(model)
+        self.pool: Pool | None = None
+        if any(s.error is None for s in self.streams):
+            from gpufleet.devices import select
+
+            devices = select(cfg.devices, cpu_devices=cfg.cpu_devices)
+            if sum(d.is_cuda for d in devices) > 1:
+                model = on_device(model)  # a stream decoded on one GPU may be batched on another
+            self.pool = Pool(model, cfg.devices, cpu_devices=cfg.cpu_devices, max_batch_size=cfg.batch_size,
+                             max_probe_batch=cfg.max_batch_size, max_wait_ms=cfg.max_wait_ms)
+        self.devices = self.pool.devices if self.pool is not None else []
+        self._load: Counter[int] = Counter()
+        self._load_lock = threading.Lock()
+        self._out: queue.Queue[Any] = queue.Queue(maxsize=cfg.queue_size * len(self.streams) + len(self.streams))
+        self._threads: list[threading.Thread] = []
+        self.started = time.perf_counter()
+
+    # -- public -------------------------------------------------------------------------------------------
+    def events(self) -> Iterator[FrameResult | StreamEnd]:
+        """Frame results (in frame order within each stream) and one ``StreamEnd`` per stream."""
+        self.started = time.perf_counter()
+        for s in self.streams:
+            t = threading.Thread(target=self._run_stream, args=(s,), name=f"gpufleet-video-{s.name}", daemon=True)
+            self._threads.append(t)
+            t.start()
+        live = len(self.streams)
+        while live:
+            try:
+                ev = self._out.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if isinstance(ev, StreamEnd):
+                live -= 1
+            yield ev
+
+    def close(self, drain: bool = True) -> None:
+        """Stop decoding (unless finished), join the threads and close the pool."""
+        if not drain:
+            self.stop.set()
+            for s in self.streams:
+                s.stop.set()
+        for t in self._threads:
+            t.join(timeout=None if drain else 5)
+        if self.pool is not None:
+            self.pool.close(drain=drain, timeout=None if drain else 5)
+
+    def __enter__(self) -> VideoJob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(drain=exc[0] is None)
+
+    # -- one stream ---------------------------------------------------------------------------------------
+    def _put(self, ev: Any, stop: threading.Event | None = None) -> bool:
+        while True:
+            try:
+                self._out.put(ev, timeout=0.1)
+                return True
+            except queue.Full:
+                if self.stop.is_set() or (stop is not None and stop.is_set()):
+                    return False
+
+    def _decoder_for(self, s: _Stream) -> tuple[str, str]:
+        want = self.config.decoder
+        if want == "cpu":
+            return "cpu", "asked for"
+        cuda = [d for d in self.devices if d.is_cuda]
+        reason = (nvdec_available() or "") if cuda else "no CUDA device in use"
+        if not reason and s.info is not None and s.info.codec not in NVDEC_CODECS:
+            reason = f"NVDEC cannot decode {s.info.codec}"
+        if not reason and is_url(s.spec):
+            reason = "live streams are decoded with PyAV"
+        if want == "nvdec":
+            if reason:
+                raise SourceError(f"{s.spec}: --decoder nvdec: {reason}")
+            return "nvdec", "PyNvVideoCodec"
+        return ("nvdec", "PyNvVideoCodec") if not reason else ("cpu", reason)
+
+    def _probe_live(self, s: _Stream) -> VideoInfo:
+        cfg = self.config
+        delay = cfg.backoff_s
+        for attempt in range(1, cfg.reconnect_attempts + 1):
+            try:
+                return probe(s.spec, timeout_s=cfg.timeout_s)
+            except SourceError as exc:
+                if attempt == cfg.reconnect_attempts or s.stop.is_set():
+                    raise SourceError(f"{exc} (gave up after {attempt} attempts)") from exc
+                log.warning("%s; retrying in %.1fs", exc, delay)
+                s.reconnects += 1
+                s.stop.wait(delay)
+                delay = min(10.0, delay * 2)
+        raise AssertionError("unreachable")
+
+    def _n_segments(self, s: _Stream) -> int:
+        cfg = self.config
+        if cfg.segments:
+            return cfg.segments
+        ok = max(1, sum(1 for x in self.streams if x.error is None))
+        slots = cfg.decoders_per_gpu * sum(d.is_cuda for d in self.devices) if s.decoder == "nvdec" \
+            else len(self.devices)
+        return max(1, slots // ok)
+
+    def _run_stream(self, s: _Stream) -> None:
+        t0 = time.perf_counter()
+        status, error = "ok", None
+        try:
+            if s.error is not None:
+                raise s.error
+            if s.info is None:
+                s.info = self._probe_live(s)
+            s.decoder, s.note = self._decoder_for(s)
+            segments = split(s.info, self._n_segments(s)) if not is_url(s.spec) else [Segment(0, 0, None)]
+            s.segments = len(segments)
+            if len(segments) == 1:
+                self._run_segment(s, segments[0], lambda ev: self._put(ev, s.stop))
+            else:
+                self._run_split(s, segments)
+            if self.stop.is_set():
+                status = "interrupted"
+        except BaseException as exc:  # noqa: BLE001 - reported as this stream's one-line error
+            s.stop.set()
+            status = "interrupted" if self.stop.is_set() and not isinstance(exc, SourceError) else "failed"
+            error = str(exc) if isinstance(exc, GpufleetError) else f"{s.spec}: {type(exc).__name__}: {exc}"
+            if status == "failed":
+                log.debug("stream %s failed", s.name, exc_info=exc)
+        info = s.info
+        self._put(StreamEnd(
+            stream=s.name, input=s.spec, status=status, error=error, frames=s.frames,
+            elapsed_s=time.perf_counter() - t0, decoder=s.decoder, decoder_note=s.note, segments=s.segments,
+            decode_s=s.decode_s, prepare_s=s.prepare_s, reconnects=s.reconnects,
+            fps_in=info.fps if info is not None else 0.0))
+
+    def _run_split(self, s: _Stream, segments: list[Segment]) -> None:
+        limit = 2 * self.config.queue_size if self.keep_images else None
+        merge = OrderedMerge(len(segments), limit=limit, stop_event=s.stop)
+
+        def work(seg: Segment) -> None:
+            try:
+                self._run_segment(s, seg, lambda ev: merge.put(seg.index, ev))
+                merge.close(seg.index)
+            except BaseException as exc:  # noqa: BLE001 - raised where the merge reaches this segment
+                merge.close(seg.index, exc)
+
+        threads = [threading.Thread(target=work, args=(seg,), name=f"gpufleet-video-{s.name}-{seg.index}",
+                                    daemon=True) for seg in segments]
+        for t in threads:
+            t.start()
+        try:
+            for ev in merge:
+                if not self._put(ev, s.stop):
+                    break
+        finally:
+            if self.stop.is_set():
+                s.stop.set()
+            for t in threads:
+                t.join()
+
+    def _acquire(self, decoder: str) -> Any:
+        if decoder != "nvdec":
+            return None
+        with self._load_lock:
+            dev = min((d for d in self.devices if d.is_cuda), key=lambda d: (self._load[d.index], d.index))
+            self._load[dev.index] += 1
+        return dev
+
+    def _release(self, dev: Any) -> None:
+        if dev is not None:
+            with self._load_lock:
+                self._load[dev.index] -= 1
+
+    def _source(self, s: _Stream, seg: Segment, dev: Any) -> Any:
+        cfg, info = self.config, s.info
+        assert info is not None
+        if s.decoder == "nvdec":
+            return NvdecSource(info, seg.start, seg.stop, gpu_id=dev.index, chunk=cfg.chunk or 32,
+                               every_nth=cfg.every_nth, stop_event=s.stop)
+        chunk = cfg.chunk or 8
+        if is_url(s.spec):
+            def reopen(_next_index: int) -> CpuSource:
+                return CpuSource(info, chunk=chunk, every_nth=cfg.every_nth, stop_event=s.stop,
+                                 timeout_s=cfg.timeout_s)
+
+            return Reconnecting(reopen, attempts=cfg.reconnect_attempts, backoff_s=cfg.backoff_s,
+                                stop_event=s.stop)
+        return CpuSource(info, seg.start, seg.stop, chunk=chunk, every_nth=cfg.every_nth, stop_event=s.stop,
+                         timeout_s=cfg.timeout_s)
+
+    def _run_segment(self, s: _Stream, seg: Segment, emit: Any) -> None:
+        assert self.pool is not None
+        dev = self._acquire(s.decoder)
+        try:
+            source = self._source(s, seg, dev)
+            metas: deque[tuple[int, float, Any]] = deque()
+            prepare, keep = self.preparer, self.keep_images
+            sync = None
+            if dev is not None:
+                import torch
+
+                sync = torch.cuda.current_stream(torch.device(dev.torch)).synchronize
+
+            def items() -> Iterator[Any]:
+                for chunk in source:
+                    t0 = time.perf_counter()
+                    images = [f.image for f in chunk]
+                    batch = prepare(images) if prepare is not None else images
+                    if sync is not None:
+                        sync()  # the pool's workers read these tensors on their own CUDA streams
+                    with s.lock:
+                        s.prepare_s += time.perf_counter() - t0
+                    for f, item in zip(chunk, batch, strict=True):
+                        metas.append((f.index, f.pts, f.image if keep else None))
+                        yield item
+                    if s.stop.is_set():
+                        return
+
+            limit = max(self.config.queue_size, 2 * (self.config.chunk or 8))
+            for res in self.pool.map(items(), ordered=True, max_in_flight=limit, return_exceptions=True):
+                index, pts, image = metas.popleft()
+                err = f"{type(res).__name__}: {res}" if isinstance(res, BaseException) else None
+                if not emit(FrameResult(s.name, index, pts, None if err else res, image, err)):
+                    break
+                with s.lock:
+                    s.frames += 1
+            with s.lock:
+                s.decode_s += getattr(source, "decode_s", 0.0)
+                s.reconnects += getattr(source, "reconnects", 0)
+        finally:
+            self._release(dev)

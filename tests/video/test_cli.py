@@ -1,0 +1,62 @@
+"""``gpufleet video``: the --json summary, exit codes, and Ctrl-C (SIGINT) on a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+from typer.testing import CliRunner
+
+from gpufleet.cli import app
+
+SLOW = str(Path(__file__).with_name("slow_model.py")) + ":Slow"
+
+
+def test_video_json_summary_fields(clips, tmp_path) -> None:
+    res = CliRunner().invoke(app, ["video", str(clips["small"]), "--cpu-devices", "2", "--runtime", "onnx",
+                                   "--batch-size", "4", "--jsonl", str(tmp_path / "f.jsonl"), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    for key in ("frames", "fps", "elapsed_s", "devices", "decoders", "stages_s", "stages_ms_per_frame",
+                "cpu_cores_used", "cpu_s", "inputs", "exit_code", "per_device", "avg_batch_size"):
+        assert key in summary, key
+    assert set(summary["stages_s"]) == {"decode", "preprocess", "infer", "postprocess", "draw", "encode"}
+    assert summary["frames"] == 30 and summary["inputs"][0]["decoder"] == "cpu"
+    assert 0 < summary["cpu_cores_used"] <= (os.cpu_count() or 2) + 0.5
+
+
+def test_failed_input_exits_nonzero_with_one_line(clips, tmp_path) -> None:
+    res = CliRunner().invoke(app, ["video", str(clips["small"]), str(tmp_path / "nope.mp4"), "--model", SLOW,
+                                   "--cpu-devices", "1", "--batch-size", "8", "--jsonl", str(tmp_path / "f.jsonl"),
+                                   "--json"])
+    assert res.exit_code == 1
+    assert f"error: {tmp_path / 'nope.mp4'}: no such file" in res.stderr
+    assert sum(1 for _ in open(tmp_path / "f.small.jsonl")) == 30
+
+
+def test_sigint_leaves_a_playable_file(clips, tmp_path) -> None:
+    out, jl = tmp_path / "cut.mp4", tmp_path / "cut.jsonl"
+    cmd = [sys.executable, "-m", "gpufleet", "video", str(clips["text"]), "--model", SLOW, "--cpu-devices", "1",
+           "--batch-size", "1", "--segments", "1", "--out", str(out), "--jsonl", str(jl), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parents[2])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if jl.exists() and sum(1 for _ in open(jl)) >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr.decode()
+    summary = json.loads(stdout)
+    assert summary["interrupted"]
+    n = sum(1 for _ in open(jl))
+    assert 3 <= n < 40
+    with av.open(str(out)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == n

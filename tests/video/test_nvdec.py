@@ -1,0 +1,33 @@
+"""NVDEC decoding (GPU only): frames arrive as CUDA tensors, equal (within colour conversion) to PyAV's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpufleet.video.sources import CpuSource, NvdecSource, nvdec_available, probe
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available() or nvdec_available() is not None,
+                       reason="needs CUDA and PyNvVideoCodec"),
+]
+
+
+def test_nvdec_frames_are_cuda_tensors_close_to_pyav(clips) -> None:
+    info = probe(str(clips["text"]))
+    gpu = [f for chunk in NvdecSource(info, 10, 30, gpu_id=0, chunk=8) for f in chunk]
+    cpu = [f for chunk in CpuSource(info, 10, 30) for f in chunk]
+    assert [f.index for f in gpu] == [f.index for f in cpu] == list(range(10, 30))
+    assert gpu[0].image.is_cuda and gpu[0].image.shape == (3, 180, 320) and gpu[0].image.dtype == torch.uint8
+    diff = (gpu[5].image.cpu().permute(1, 2, 0).float() - torch.from_numpy(cpu[5].image).float()).abs()
+    assert diff.mean() < 6
+
+
+def test_nvdec_pipeline_matches_frame_count(clips, tmp_path) -> None:
+    from gpufleet.video import run
+
+    summary = run(str(clips["text"]), "textdet", decoder="nvdec", jsonl=str(tmp_path / "f.jsonl"),
+                  out=str(tmp_path / "a.mp4"), batch_size=8, progress=False)
+    assert summary["exit_code"] == 0 and summary["frames"] == 40 and summary["decoders"] == ["nvdec"]
+    assert sum(1 for _ in open(tmp_path / "f.jsonl")) == 40

@@ -1,0 +1,38 @@
+"""Drawing (numpy and torch give the same pixels) and JSON conversion of model outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gpufleet.video.models import TextDetVideo, make_preparer, resolve_model
+from gpufleet.video.sinks import draw_boxes, jsonable
+
+
+def test_draw_boxes_numpy_and_torch_agree() -> None:
+    img = np.full((40, 60, 3), 200, dtype=np.uint8)
+    results = [{"box": [5, 6, 30, 20], "score": 0.9}, {"box": [50, 30, 70, 50], "score": 0.5}]
+    a = draw_boxes(img, results)
+    b = draw_boxes(torch.from_numpy(img).permute(2, 0, 1), results).permute(1, 2, 0).numpy()
+    assert np.array_equal(a, b)
+    assert (a[6, 5:30] == (255, 32, 32)).all() and (a[10, 10] == 200).all()
+    assert np.array_equal(draw_boxes(img, {"label": 3}), img)  # non-box results draw nothing
+    assert (img == 200).all()  # the input is not modified
+
+
+def test_jsonable() -> None:
+    out = jsonable((torch.tensor(3), torch.tensor(0.5), {"a": np.float32(1.5), "b": np.arange(2)}))
+    assert out == [3, 0.5, {"a": 1.5, "b": [0, 1]}]
+
+
+def test_models_resolve_and_prepare_on_the_frames_device() -> None:
+    det = resolve_model("textdet", runtime="onnx", size=(1920, 1080))
+    assert isinstance(det, TextDetVideo) and det.input_hw == (544, 960)
+    frames = [np.zeros((1080, 1920, 3), dtype=np.uint8)] * 2
+    items = make_preparer(det)(frames)
+    assert items[0].array.shape == (3, 544, 960) and items[0].scale == 0.5
+    from gpufleet.bench import ImageClassifier
+
+    clf = ImageClassifier("resnet18", example_shape=(3, 224, 224), example_dtype=torch.uint8)
+    batch = make_preparer(clf)(frames)
+    assert batch[0].shape == (3, 224, 224) and batch[0].dtype == torch.uint8
