@@ -13,10 +13,11 @@ from typing import Any
 
 from gpufleet.errors import ConfigError
 
-__all__ = ["BACKENDS", "BALANCERS", "PoolConfig", "env_overrides"]
+__all__ = ["BACKENDS", "BALANCERS", "MPS_MODES", "PoolConfig", "env_overrides"]
 
 BALANCERS = ("round-robin", "queue-depth", "speed")
-BACKENDS = ("thread",)
+BACKENDS = ("thread", "process")
+MPS_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +28,13 @@ class PoolConfig:
     still raises throughput. ``max_wait_ms`` is how long a worker waits, after the first item of a batch
     arrived, for more items. ``max_queue`` bounds outstanding items (``QueueFullError`` beyond it);
     ``timeout_s`` is the default per-item deadline (``None``: no deadline).
+
+    ``backend="process"`` (one spawned process per worker, see docs/processes.md) adds: ``max_retries``
+    (times an item is retried after the process serving it died), ``batch_timeout_s`` (a batch running
+    longer kills the process; ``None``: no limit), ``heartbeat_timeout_s``, ``start_timeout_s`` (setup),
+    ``restart_backoff_s``/``restart_backoff_max_s`` (exponential, with jitter), ``breaker_threshold``
+    (failures in a row that open a worker's circuit) and ``breaker_cooldown_s``, ``mps`` (``"auto"``: note
+    whether an MPS daemon runs; ``"on"``: require one; ``"off"``: don't look).
     """
 
     devices: str | Sequence[int] | None = None
@@ -43,6 +51,15 @@ class PoolConfig:
     preprocess_threads: int | None = None
     pipeline_depth: int = 2
     allow_degraded: bool = False
+    max_retries: int = 2
+    batch_timeout_s: float | None = None
+    heartbeat_timeout_s: float = 10.0
+    start_timeout_s: float = 600.0
+    restart_backoff_s: float = 0.5
+    restart_backoff_max_s: float = 30.0
+    breaker_threshold: int = 3
+    breaker_cooldown_s: float = 5.0
+    mps: str = "auto"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -66,6 +83,22 @@ class PoolConfig:
             raise ConfigError(f"pipeline_depth must be >= 1, got {self.pipeline_depth}")
         if self.preprocess_threads is not None and self.preprocess_threads < 1:
             raise ConfigError(f"preprocess_threads must be >= 1, got {self.preprocess_threads}")
+        if self.max_retries < 0:
+            raise ConfigError(f"max_retries must be >= 0, got {self.max_retries}")
+        for name in ("batch_timeout_s",):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be > 0 or None, got {value}")
+        for name in ("heartbeat_timeout_s", "start_timeout_s", "restart_backoff_max_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("restart_backoff_s", "breaker_cooldown_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.breaker_threshold < 1:
+            raise ConfigError(f"breaker_threshold must be >= 1, got {self.breaker_threshold}")
+        if self.mps not in MPS_MODES:
+            raise ConfigError(f"unknown mps mode {self.mps!r}; choose one of: {', '.join(MPS_MODES)}")
         if self.batch_buckets is not None:
             buckets = tuple(sorted(set(int(b) for b in self.batch_buckets)))
             if not buckets or buckets[0] < 1:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from queue import SimpleQueue
@@ -71,7 +72,12 @@ class Pool:
         threads = cfg.preprocess_threads or max(2, min(32, (os.cpu_count() or 2)))
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="gpufleet-cpu")
         make_model = model_factory(model)
-        self.workers: list[ThreadWorker] = []
+        self.workers: list[Any] = []
+        self.mps: dict[str, Any] | None = None
+        if cfg.backend == "process":
+            self._make_process_workers(model, make_model)
+            self._start()
+            return
         for _ in range(cfg.workers_per_device):
             for dev in self.devices:
                 self.workers.append(ThreadWorker(
@@ -82,6 +88,28 @@ class Pool:
                     executor=self._executor, on_done=self._done,
                 ))
         self._start()
+
+    def _make_process_workers(self, model: Any, make_model: Callable[[], Any]) -> None:
+        """``backend="process"``: one spawned child per worker (gpufleet.engine.process)."""
+        from gpufleet.devices.mps import pool_mps_status
+        from gpufleet.engine.placement import model_blob
+        from gpufleet.engine.process import ProcessWorker
+
+        cfg = self.config
+        if cfg.max_batch_size == 0:
+            raise ConfigError("max_batch_size=0 (probe) is not supported with backend='process'; give a size")
+        blob = model_blob(model)
+        self.mps = pool_mps_status(cfg.mps, self.devices)
+        prefix = f"gpufleet_{os.getpid():x}{secrets.token_hex(2)}_"
+        n = cfg.workers_per_device * len(self.devices)
+        threads = max(1, (os.cpu_count() or 1) // n)
+        for _ in range(cfg.workers_per_device):
+            for dev in self.devices:
+                self.workers.append(ProcessWorker(
+                    index=len(self.workers), device=dev, model_blob=blob, make_model=make_model, config=cfg,
+                    prefix=f"{prefix}w{len(self.workers)}_", executor=self._executor, on_done=self._done,
+                    on_state=self._on_worker_state, requeue=self._requeue, threads_per_child=threads,
+                ))
 
     # -- start-up -----------------------------------------------------------------------------------------
     def _start(self) -> None:
@@ -101,11 +129,55 @@ class Pool:
         log.info("pool ready: %d worker(s) on %s", len(self._routes), ", ".join(d.label for d in self.devices))
 
     def _refresh_routes(self) -> None:
-        self._routes = [w for w in self.workers if w.healthy and w.enabled]
+        # ``healthy`` of a process worker is False while its process restarts or its circuit breaker is open.
+        self._routes = [] if self._closing else [w for w in self.workers if w.healthy and w.enabled]
+
+    def _on_worker_state(self) -> None:
+        """A process worker went down, came back, or its breaker changed state."""
+        with self._lock:
+            self._refresh_routes()
+
+    def _requeue(self, src: Any, reqs: list[Request]) -> list[Request]:
+        """Move ``src``'s items to other healthy workers (process backend, after a crash); returns the items
+        nobody else can take. Outstanding counts move with them; a cancelled item's slot stays released."""
+        placed: list[tuple[Any, Request]] = []
+        left: list[Request] = []
+        with self._lock:
+            targets = [w for w in self.workers if w is not src and w.healthy and w.enabled]
+            for r in reqs:
+                if r.future.cancelled():
+                    continue  # its cancel hook released the slot of r.worker already
+                if not targets:
+                    left.append(r)
+                    continue
+                w = self._balancer.pick(targets)
+                src.outstanding -= 1
+                w.outstanding += 1
+                r.worker = w
+                placed.append((w, r))
+        for w, r in placed:
+            if w.batcher.closed:
+                w._fail([r], PoolClosed("the pool closed before the item was served"))
+            else:
+                w.batcher.put(r)
+        return left
+
+    def _release(self, req: Request) -> None:
+        """A cancelled item frees its slot on the worker that holds it now (it may have been requeued); read
+        under the lock that ``_requeue`` moves it under."""
+        with self._lock:
+            req.worker.outstanding -= 1
+            self._outstanding -= 1
+            if self._outstanding <= 0 and self._closing:
+                self._idle.notify_all()
 
     # -- submitting ---------------------------------------------------------------------------------------
-    def submit(self, item: Any, *, timeout_s: float | None = None) -> Future:
+    def submit(self, item: Any, *, timeout_s: float | None = None,
+               progress: Callable[[Any], None] | None = None) -> Future:
         """Queue one item; the future resolves to its result or raises a :class:`GpufleetError`.
+
+        ``progress`` (process backend) is called, on a pool thread, with each value the model passes to
+        ``gpufleet.engine.child.report_progress`` while it serves the item.
 
         Raises ``QueueFullError`` at once when ``max_queue`` items are outstanding, ``PoolClosed`` after
         ``close()``.
@@ -113,6 +185,8 @@ class Pool:
         if self._closing:
             raise PoolClosed("the pool is closing and takes no new work")
         fut = ItemFuture()
+        if progress is not None:
+            fut.progress = progress  # type: ignore[attr-defined]
         now = time.monotonic()
         t = timeout_s if timeout_s is not None else self.config.timeout_s
         req = Request(item, fut, now, now + t if t else None)
@@ -128,8 +202,8 @@ class Pool:
             w = self._balancer.pick(routes)
             w.outstanding += 1
             self._outstanding += 1
-        req.worker = w
-        fut._on_cancel = lambda: self._done(w, 1)  # a cancelled item frees its slot now; workers skip it
+            req.worker = w
+        fut._on_cancel = lambda: self._release(req)  # a cancelled item frees its slot now; workers skip it
         if w.preprocess is None:
             w.batcher.put(req)
         else:
@@ -279,6 +353,10 @@ class Pool:
                 "enabled": w.enabled, "total_requests": snap["total_requests"], "error_count": snap["errors"],
                 "error": None if w.error is None else str(w.error),
             })
+            extra = getattr(w, "health_extra", None)  # process workers: pid, breaker state, restarts
+            if extra is not None:
+                info = extra()
+                backends[-1].update(info, error_count=snap["errors"] + info["worker_failures"])
         healthy = sum(1 for b in backends if b["healthy"])
         return {"healthy": self.ready, "ready": self.ready, "draining": self._closing and not self._closed,
                 "total_backends": len(backends), "healthy_count": healthy, "backends": backends}
@@ -308,7 +386,7 @@ class Pool:
         names = {n for w, _ in workers for n in list(w.stats.stages)} | set(STAGES)
         for name in sorted(names):
             parts = [w.stats.stages[name].samples() for w, _ in workers if name in list(w.stats.stages)]
-            if name == "preprocess":
+            if name == "preprocess" and self._pre_stats["count"]:
                 with self._pre_lock:
                     parts = [np.fromiter(self._pre_stats["samples"], dtype=np.float64)]
             samples = np.concatenate(parts) if parts else np.zeros(0)
@@ -317,6 +395,7 @@ class Pool:
                                 **percentiles(samples)}
         return {
             "num_gpus": len(self.devices), "num_workers": len(self.workers), "balancer": self._balancer.name,
+            "backend": self.config.backend, "mps": self.mps,
             "total_requests": total_req, "total_batches": total_batches,
             "avg_batch_size": round(items / total_batches, 3) if total_batches else 0.0,
             "errors": sum(s["errors"] for _, s in workers), "oom_events": sum(s["oom_events"] for _, s in workers),

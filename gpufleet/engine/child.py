@@ -1,0 +1,259 @@
+"""The process worker's child: pin the device, set the model up, then serve batches until told to stop.
+
+Runs in a ``multiprocessing`` *spawn* child. ``CUDA_VISIBLE_DEVICES`` is set to the one GPU before anything
+touches CUDA (the model arrives pickled and is only unpickled afterwards), so the child sees its GPU as
+``cuda:0``. It reports the device of its CUDA context (:class:`Hello`) before ``setup`` so the parent can
+check the placement, then runs preprocess → predict → postprocess per batch. A heartbeat thread proves the
+process is alive while ``predict`` runs; a sticky CUDA error ends the process after reporting it, because
+every later kernel in that context would fail too.
+
+Inside ``predict``, :func:`report_progress` sends progress to the item's ``progress`` callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gpufleet.devices.device import Device
+from gpufleet.engine import messages as m
+from gpufleet.engine.oom import empty_cache, is_oom
+from gpufleet.engine.shm import Attachments, Codec, SegmentPool
+from gpufleet.errors import GpufleetError
+
+__all__ = ["ChildSpec", "is_sticky_cuda_error", "main", "report_progress"]
+
+log = logging.getLogger(__name__)
+
+_STICKY = ("illegal memory access", "device-side assert", "unspecified launch failure", "cuda error",
+           "illegal instruction", "misaligned address", "cudaerror", "cublas_status_execution_failed")
+STICKY_EXIT = 70  # exit status after a sticky CUDA error
+
+
+def is_sticky_cuda_error(exc: BaseException) -> bool:
+    """True for CUDA errors that poison the context (illegal address, device-side assert, launch failure…)."""
+    if is_oom(exc):
+        return False
+    if type(exc).__name__ in ("AcceleratorError", "CudaError", "CUDARuntimeError"):
+        return True
+    msg = str(exc).lower()
+    return any(s in msg for s in _STICKY)
+
+
+@dataclass
+class ChildSpec:
+    """What a child needs; pickled once by ``multiprocessing`` at spawn (the model stays bytes until the
+    environment is set)."""
+
+    worker: int
+    device: Device  # as the child sees it (cuda:0 after pinning)
+    env: dict[str, str] = field(default_factory=dict)
+    model: bytes = b""
+    prefix: str = "gpufleet_"
+    heartbeat_s: float = 0.5
+    batch_buckets: tuple[int, ...] | None = None
+    log_level: int = logging.WARNING
+
+
+class _Progress:
+    """The batch ``predict`` is working on, for :func:`report_progress`."""
+
+    send: Any = None
+    batch_id = -1
+    index: list[int] = []
+
+
+_progress = _Progress()
+
+
+def report_progress(value: Any, index: int | None = None) -> None:
+    """From inside ``predict`` in a process worker: send ``value`` (msgpack-able) to the progress callback of
+    item ``index`` of the current batch (``None``: every item). A no-op outside a process worker."""
+    send = _progress.send
+    if send is None:
+        return
+    orig = None if index is None else _progress.index[index]
+    send(m.Progress(_progress.batch_id, value, orig))
+
+
+def _error(kind: str, exc: BaseException) -> m.ErrorInfo:
+    if isinstance(exc, GpufleetError) and kind == "model":
+        kind = type(exc).__name__
+    return m.ErrorInfo(kind, str(exc), type(exc).__name__,
+                       "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:])
+
+
+def _hello(device: Device) -> m.Hello:
+    """Initialise the device and say which one the context is on."""
+    hello = m.Hello(pid=os.getpid(), kind=device.kind, visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if device.is_cuda:
+        import torch
+
+        torch.cuda.set_device(device.index)
+        cur = torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(cur)
+        uuid = str(getattr(props, "uuid", "") or "")
+        if uuid and not uuid.upper().startswith(("GPU-", "MIG-")):
+            uuid = "GPU-" + uuid
+        hello.current_device, hello.name, hello.uuid = cur, str(props.name), uuid
+    return hello
+
+
+class _Child:
+    def __init__(self, conn: Any, spec: ChildSpec) -> None:
+        self.conn = conn
+        self.spec = spec
+        self.pool = SegmentPool(f"{spec.prefix}c")
+        self.codec = Codec(self.pool, Attachments(), m.Message, copy=False)
+        self._send_lock = threading.Lock()
+        self._plain = __import__("msgspec").msgpack.Encoder()
+        self.model: Any = None
+        self.pre = self.post = None
+        self.oom_batch = 0
+
+    def send(self, msg: Any) -> None:
+        data = self._plain.encode(msg)
+        with self._send_lock:
+            self.conn.send_bytes(data)
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        while not stop.wait(self.spec.heartbeat_s):
+            try:
+                self.send(m.Heartbeat(time.time()))
+            except (OSError, ValueError):
+                return  # the parent is gone; the main loop sees EOF
+
+    def setup(self) -> bool:
+        from gpufleet.models.base import model_factory, optional_stage
+
+        try:
+            self.send(_hello(self.spec.device))
+            model = model_factory(pickle.loads(self.spec.model))()
+            if self.spec.batch_buckets and hasattr(model, "batch_buckets"):
+                model.batch_buckets = self.spec.batch_buckets
+            model.setup(self.spec.device)
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
+            self.send(m.SetupFailed(_error("setup", exc)))
+            return False
+        self.model = model
+        self.pre = optional_stage(model, "preprocess")
+        self.post = optional_stage(model, "postprocess")
+        self.send(m.Ready(self.pre is not None, self.post is not None))
+        return True
+
+    def serve(self) -> None:
+        while True:
+            try:
+                data = self.conn.recv_bytes()
+            except (EOFError, OSError):
+                return  # the parent closed the pipe or died
+            msg = self.codec.decode(data)
+            if isinstance(msg, m.Batch):
+                self.run(msg)
+            elif isinstance(msg, m.Free):
+                for name in msg.segments:
+                    self.pool.release(name)
+            elif isinstance(msg, m.Shutdown):
+                return
+
+    def _predict(self, items: list) -> list:
+        try:
+            out = self.model.predict(items)
+        except Exception as exc:
+            if not is_oom(exc) or len(items) < 2:
+                raise
+            empty_cache(self.spec.device)
+            self.oom_batch = max(self.oom_batch, len(items))
+            half = len(items) // 2
+            return self._predict(items[:half]) + self._predict(items[half:])
+        if not isinstance(out, (list, tuple)) or len(out) != len(items):
+            got = f"{len(out)} outputs" if isinstance(out, (list, tuple)) else type(out).__name__
+            raise GpufleetError(f"predict returned {got} for {len(items)} items (must be a list of the same "
+                                "length)")
+        return list(out)
+
+    def run(self, batch: m.Batch) -> None:
+        items, errors, timings = batch.items, {}, {}
+        alive = list(range(len(items)))
+        if self.pre is not None:
+            t0 = time.monotonic()
+            for i in range(len(items)):
+                try:
+                    items[i] = self.pre(items[i])
+                except Exception as exc:  # noqa: BLE001 - a bad item fails alone
+                    errors[i] = _error("input", exc)
+            alive = [i for i in alive if i not in errors]
+            timings["preprocess"] = (time.monotonic() - t0) / max(1, len(items))
+        outputs: list[Any] = [None] * len(items)
+        self.oom_batch = 0
+        if alive:
+            _progress.send, _progress.batch_id, _progress.index = self.send, batch.id, alive
+            t0 = time.monotonic()
+            try:
+                got = self._predict([items[i] for i in alive])
+            except Exception as exc:  # noqa: BLE001
+                sticky = is_sticky_cuda_error(exc)
+                self.send(m.Result(batch.id, error=_error("sticky" if sticky else "model", exc)))
+                if sticky:  # every later kernel in this context would fail: let the parent recycle us
+                    os._exit(STICKY_EXIT)
+                return
+            finally:
+                _progress.send = None
+            timings["predict"] = time.monotonic() - t0
+            for name, seconds in getattr(self.model, "last_timings", {}).items():
+                timings[name] = float(seconds)
+            t0 = time.monotonic()
+            for i, out in zip(alive, got):
+                if self.post is not None:
+                    try:
+                        out = self.post(out)
+                    except Exception as exc:  # noqa: BLE001 - one bad output fails only its item
+                        errors[i] = _error("post", exc)
+                        continue
+                outputs[i] = out
+            if self.post is not None:
+                timings["postprocess"] = (time.monotonic() - t0) / len(alive)
+        del items, batch.items  # drop views into the parent's segment before answering
+        prepared, need = self.codec.prepare(outputs)
+        seg = self.pool.acquire(need) if need else None
+        res = m.Result(batch.id, prepared, errors, None, timings, self.oom_batch,
+                       segments=[seg.name] if seg is not None else [], dropped=self.pool.dropped)
+        self.pool.dropped = []
+        try:
+            data = self.codec.encode(res, seg)
+        except Exception as exc:  # noqa: BLE001 - e.g. an output that neither msgpack nor pickle can carry
+            if seg is not None:
+                self.pool.release(seg.name)
+            self.send(m.Result(batch.id, error=_error("model", exc), dropped=res.dropped))
+            return
+        with self._send_lock:
+            self.conn.send_bytes(data)
+
+
+def main(conn: Any, spec: ChildSpec) -> None:
+    """Entry point of the spawned child (``multiprocessing`` target)."""
+    os.environ.update(spec.env)  # before the model is unpickled or CUDA initialised
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which drains and stops us
+    logging.basicConfig(level=spec.log_level, format=f"%(asctime)s %(levelname)s worker-{spec.worker}: %(message)s")
+    child = _Child(conn, spec)
+    stop = threading.Event()
+    threading.Thread(target=child._heartbeat, args=(stop,), name="gpufleet-heartbeat", daemon=True).start()
+    try:
+        if child.setup():
+            child.serve()
+    finally:
+        stop.set()
+        child.pool.close()
+        child.codec.attachments.close()
+
+
+def child_device(device: Device) -> Device:
+    """The device as a pinned child sees it: the one visible GPU is ``cuda:0``."""
+    return replace(device, index=0) if device.is_cuda else device

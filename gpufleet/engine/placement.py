@@ -1,0 +1,75 @@
+"""Putting a process worker on its device: the model as bytes the child can load, the child's environment
+(one visible GPU), and the check that the child's CUDA context really is on the intended GPU.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import pickle
+from typing import Any
+
+from gpufleet.devices.device import Device
+from gpufleet.engine.messages import Hello
+from gpufleet.errors import ConfigError, DeviceError
+
+__all__ = ["model_blob", "pin_env", "verify_placement"]
+
+
+def model_blob(model: Any) -> bytes:
+    """``model`` pickled for a spawned child: a class or module-level function travels by reference (the
+    child imports it), an instance by value, an embedded model by name. ``ConfigError`` for what cannot."""
+    try:
+        blob = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # PicklingError, AttributeError ("Can't pickle local object"), TypeError
+        what = "lambda" if getattr(model, "__name__", "") == "<lambda>" else type(model).__name__
+        if inspect.isfunction(model) or inspect.isclass(model):
+            what = f"{model.__qualname__} ({what})" if what != "lambda" else "a lambda"
+        raise ConfigError(
+            f"backend='process' needs a model a child process can import, and {what} cannot be pickled "
+            f"({type(exc).__name__}: {exc}). Pass a model class, an embedded model name, a module-level function "
+            "or a picklable model instance; lambdas and functions or classes defined inside functions only work "
+            "with backend='thread'."
+        ) from exc
+    return blob
+
+
+def pin_env(device: Device, threads: int | None = None) -> dict[str, str]:
+    """Environment for the child of ``device``: ``CUDA_VISIBLE_DEVICES`` = that GPU's uuid (or physical index),
+    so it is ``cuda:0`` in the child; CPU devices see no GPU and get ``threads`` OpenMP threads each."""
+    env: dict[str, str] = {}
+    if device.is_cuda:
+        if device.uuid.upper().startswith(("GPU-", "MIG-")):
+            env["CUDA_VISIBLE_DEVICES"] = device.uuid
+        elif device.physical_index is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(device.physical_index)
+        return env
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    if threads:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            if name not in os.environ:
+                env[name] = str(threads)
+    return env
+
+
+def verify_placement(worker: str, device: Device, hello: Hello, env: dict[str, str]) -> None:
+    """Raise ``DeviceError`` unless the child's CUDA context is on ``device`` (by uuid, else by name)."""
+    if not device.is_cuda:
+        return
+    expected = 0 if env.get("CUDA_VISIBLE_DEVICES") else device.index
+    problems = []
+    if hello.kind != "cuda":
+        problems.append("the child initialised no CUDA device")
+    if hello.current_device != expected:
+        problems.append(f"its current device is cuda:{hello.current_device}, expected cuda:{expected}")
+    want, got = device.uuid.lower(), hello.uuid.lower()
+    if want and got and want[:4] == got[:4]:
+        if want != got:
+            problems.append(f"its GPU is {hello.name} {hello.uuid}")
+    elif device.name and hello.name and device.name != hello.name:
+        problems.append(f"its GPU is {hello.name}")
+    if problems:
+        raise DeviceError(
+            f"{worker}: the worker process is not on the intended GPU {device.label} ({device.name} "
+            f"{device.uuid or '?'}): {'; '.join(problems)} (CUDA_VISIBLE_DEVICES={hello.visible!r} in the child)"
+        )

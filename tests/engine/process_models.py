@@ -1,0 +1,100 @@
+"""Models for the process-backend tests. They live in an importable module because spawned children import
+them by name; markers in the items make a child crash, hang or fail on purpose."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from gpufleet.engine.child import report_progress
+from gpufleet.errors import InputError
+from gpufleet.models.base import Model
+
+
+def double(batch: list) -> list:
+    """A module-level function model."""
+    return [x * 2 for x in batch]
+
+
+class Doubler(Model):
+    """``x * 2`` for numbers and arrays; ``"poison"`` kills the process, ``"hang"`` sleeps forever,
+    ``"sticky"`` raises a sticky CUDA error, ``"bad"`` raises InputError, ``("sleep", s, v)`` sleeps s
+    seconds (reporting progress) then answers v, ``"pid"`` answers the child's pid."""
+
+    def setup(self, device) -> None:
+        self.device = device
+
+    def predict(self, batch: list) -> list:
+        out = []
+        for x in batch:
+            if isinstance(x, str):
+                if x == "poison":
+                    os._exit(1)
+                if x == "hang":
+                    time.sleep(3600)
+                if x == "sticky":
+                    raise RuntimeError("CUDA error: an illegal memory access was encountered")
+                if x == "bad":
+                    raise InputError("bad item")
+                if x == "pid":
+                    out.append(os.getpid())
+                    continue
+                if x == "device":
+                    out.append(self.device.label)
+                    continue
+            if isinstance(x, (list, tuple)) and x and x[0] == "sleep":
+                _, seconds, value = x
+                steps = 4
+                for k in range(steps):
+                    time.sleep(seconds / steps)
+                    report_progress((k + 1) / steps)
+                out.append(value)
+                continue
+            out.append(x * 2)
+        return out
+
+
+class Echo(Model):
+    """Returns each item unchanged (arrays, tensors, dicts, tuples...), checking it is readable."""
+
+    def predict(self, batch: list) -> list:
+        return [x.copy() if isinstance(x, np.ndarray) else x for x in batch]
+
+
+class Stages(Model):
+    """preprocess / postprocess run in the child: pids recorded per stage; ``"undecodable"`` fails preprocess."""
+
+    def preprocess(self, item):
+        if item == "undecodable":
+            raise ValueError("cannot decode")
+        return (item, os.getpid())
+
+    def predict(self, batch: list) -> list:
+        return [(x, pid, os.getpid()) for x, pid in batch]
+
+    def postprocess(self, output):
+        x, pre_pid, pid = output
+        if x == "post-fail":
+            raise KeyError("no label")
+        return {"x": x, "pre": pre_pid, "predict": pid, "post": os.getpid()}
+
+
+class FailingSetup(Model):
+    def setup(self, device) -> None:
+        raise RuntimeError(f"weights missing on {device.label}")
+
+    def predict(self, batch: list) -> list:
+        return batch
+
+
+class FailingSetupOnOne(Model):
+    """Set-up fails on device 1 only: a degraded start."""
+
+    def setup(self, device) -> None:
+        if device.index == 1:
+            raise RuntimeError("device 1 is broken")
+
+    def predict(self, batch: list) -> list:
+        return [x + 1 for x in batch]

@@ -1,0 +1,161 @@
+"""Pool(backend="process") on CPU devices with real child processes: results, arrays through shared memory,
+stages in the child, item errors, set-up failures, cancellation, deadlines and progress of long items."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from gpufleet import Pool
+from gpufleet.engine.shm import leaked_segments
+from gpufleet.errors import DeadlineExceeded, InputError, WorkerError
+from tests.engine.process_models import Doubler, Echo, FailingSetup, FailingSetupOnOne, Stages, double
+
+pytestmark = pytest.mark.timeout(120)
+
+OURS = f"gpufleet_{os.getpid():x}"  # every segment a pool of this test process creates starts so
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 30.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with Pool(Doubler, cpu_devices=2, backend="process", max_wait_ms=2) as p:
+        yield p
+
+
+def test_results_correct_and_served_by_two_child_processes(pool) -> None:
+    assert list(pool.map(range(300))) == [2 * x for x in range(300)]
+    pids = {pool.submit("pid").result(timeout=30) for _ in range(20)} | {w.pid for w in pool.workers}
+    assert os.getpid() not in pids and len({w.pid for w in pool.workers}) == 2
+    st = pool.stats()
+    assert st["backend"] == "process" and st["total_requests"] >= 300
+    assert all(g["total_requests"] > 0 for g in st["per_gpu_stats"])
+    assert "predict" in st["stages"] and "e2e" in st["stages"]
+    assert {b["state"] for b in pool.health()["backends"]} == {"closed"}
+
+
+def test_device_label_kept_for_cpu_devices(pool) -> None:
+    labels = {pool.submit("device").result(timeout=30) for _ in range(30)}
+    assert labels <= {"cpu:0", "cpu:1"} and labels
+
+
+def test_model_errors_keep_their_class(pool) -> None:
+    with pytest.raises(InputError, match="bad item"):
+        pool.submit("bad").result(timeout=30)
+    with pytest.raises(WorkerError, match="predict failed: TypeError"):
+        pool.submit(None).result(timeout=30)
+    assert pool.submit(4).result(timeout=30) == 8
+
+
+def test_arrays_bit_exact_through_shared_memory_and_no_leak() -> None:
+    rng = np.random.default_rng(1)
+    items = [rng.integers(0, 256, (3, 224, 224), dtype=np.uint8), rng.standard_normal((2, 3)),
+             rng.standard_normal((512, 1024)).astype(np.float32), np.arange(7, dtype=np.int16),
+             torch.randn(4, 64, 64), {"image": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), "id": 3},
+             b"\xff" * 300_000, (1, "two")]
+    with Pool(Echo, cpu_devices=2, backend="process") as p:
+        for _ in range(3):  # segments are reused across batches
+            out = list(p.map(items * 4))
+        prefix = p.workers[0]._prefix
+        assert leaked_segments(prefix)  # the parent's segments exist while the pool runs
+    for a, b in zip(items * 4, out):
+        if isinstance(a, np.ndarray):
+            assert b.dtype == a.dtype and b.shape == a.shape and a.tobytes() == b.tobytes()
+        elif isinstance(a, torch.Tensor):
+            assert torch.equal(a, b)
+        elif isinstance(a, dict):
+            assert b["id"] == 3 and np.array_equal(a["image"], b["image"])
+        else:
+            assert a == b
+    assert leaked_segments(OURS) == []
+
+
+def test_stages_run_in_the_child_and_fail_per_item() -> None:
+    with Pool(Stages, cpu_devices=1, workers_per_device=2, backend="process") as p:
+        futs = [p.submit(x) for x in ("a", "undecodable", "b", "post-fail", "c")]
+        res = [f.exception(timeout=30) or f.result() for f in futs]
+    assert isinstance(res[1], InputError) and "cannot decode" in str(res[1])
+    assert isinstance(res[3], WorkerError) and "postprocess failed" in str(res[3])
+    for r, x in zip((res[0], res[2], res[4]), "abc"):
+        assert r["x"] == x and r["pre"] == r["predict"] == r["post"] != os.getpid()
+
+
+def test_module_level_function_model() -> None:
+    with Pool(double, cpu_devices=1, backend="process") as p:
+        assert p.submit(21).result(timeout=30) == 42
+
+
+def test_setup_failure_raises_with_the_child_error() -> None:
+    with pytest.raises(WorkerError, match="failed in setup: RuntimeError: weights missing on cpu:0"):
+        Pool(FailingSetup, cpu_devices=1, backend="process")
+    assert leaked_segments(OURS) == []
+
+
+def test_degraded_start_shows_in_health() -> None:
+    with Pool(FailingSetupOnOne, cpu_devices=2, backend="process", allow_degraded=True) as p:
+        h = p.health()
+        assert h["healthy"] and h["healthy_count"] == 1
+        bad = h["backends"][1]
+        assert not bad["healthy"] and "device 1 is broken" in bad["error"]
+        assert list(p.map(range(20))) == list(range(1, 21))
+
+
+def test_long_items_cancel_deadline_and_progress_do_not_block_others() -> None:
+    seen: list[float] = []
+    with Pool(Doubler, cpu_devices=1, workers_per_device=2, backend="process", max_batch_size=1,
+              pipeline_depth=1) as p:
+        slow_a = p.submit(("sleep", 1.0, "a"), progress=seen.append)
+        slow_b = p.submit(("sleep", 1.0, "b"))
+        assert wait_until(lambda: all(w.outstanding and not len(w.batcher) for w in p.workers), 10)
+        queued = p.submit(5)  # both workers busy: it waits in a batcher
+        assert queued.cancel()
+        assert slow_a.result(timeout=30) == "a" and slow_b.result(timeout=30) == "b"
+        assert wait_until(lambda: len(seen) == 4, 10) and seen == [0.25, 0.5, 0.75, 1.0]
+        # A running item past its deadline fails at once; the other worker keeps serving meanwhile.
+        late = p.submit(("sleep", 3.0, "x"), timeout_s=0.3)
+        assert [p.submit(i).result(timeout=30) for i in range(5)] == [0, 2, 4, 6, 8]
+        with pytest.raises(DeadlineExceeded, match="running on worker"):
+            late.result(timeout=30)
+        assert queued.cancelled()
+        assert wait_until(lambda: p.outstanding == 0, 10)  # cancelled and expired items freed their slots
+        assert p.stats()["errors"] >= 1
+
+
+def test_sticky_cuda_error_recycles_the_process() -> None:
+    with Pool(Doubler, cpu_devices=1, workers_per_device=2, backend="process", max_retries=1,
+              restart_backoff_s=0.05, breaker_threshold=10) as p:
+        pids = {w.pid for w in p.workers}
+        with pytest.raises(WorkerError, match="sticky CUDA error.*gave up after 2 attempt"):
+            p.submit("sticky").result(timeout=60)
+        assert wait_until(lambda: all(w.healthy for w in p.workers), 60)
+        assert p.stats()["restarts"] >= 2 and {w.pid for w in p.workers}.isdisjoint(pids)
+        assert list(p.map(range(10))) == [2 * x for x in range(10)]
+
+
+def test_close_without_drain_fails_inflight_and_stops_children() -> None:
+    p = Pool(Doubler, cpu_devices=1, backend="process", max_batch_size=1, pipeline_depth=1)
+    running = p.submit(("sleep", 30.0, "never"))
+    queued = p.submit(1)
+    assert wait_until(lambda: len(p.workers[0].batcher) == 1 and p.workers[0]._inflight, 10)
+    procs = [w._proc for w in p.workers]
+    t = threading.Thread(target=p.close, kwargs={"drain": False})
+    t.start()
+    t.join(60)
+    assert not t.is_alive()
+    assert running.exception(timeout=5) is not None and queued.exception(timeout=5) is not None
+    assert not any(pr.is_alive() for pr in procs)
+    assert leaked_segments(OURS) == []
