@@ -3,12 +3,14 @@
 source scripts/device_setup.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 DUR=${DUR:-15}; WARM=${WARM:-3}
-run_config() {  # $1 = label, $2 = python switch interval (s)
+run_config() {  # $1 = label, $2 = python switch interval (s) of the serving (engine) process, $3 = extra serve args
   label=$1
-  python3 -c "import sys; sys.setswitchinterval($2); sys.argv=['gpufleet','serve','resnet50','--port','8000','--max-batch-size','128','--max-wait-ms','2','--max-queue','8192','--log-level','warning']; from gpufleet.cli import main; main()" > "$OUT/serve_$label.log" 2>&1 &
+  # shellcheck disable=SC2086  # $3 is split into words on purpose: they become extra argv entries
+  python3 -c "import sys; extra=sys.argv[1:]; sys.setswitchinterval($2); sys.argv=['gpufleet','serve','resnet50','--port','8000','--max-batch-size','128','--max-wait-ms','2','--max-queue','8192','--log-level','warning']+extra; from gpufleet.cli import main; main()" ${3:-} > "$OUT/serve_$label.log" 2>&1 &
   SPID=$!
+  # With --http-workers N, readiness turns 200 only once every front end listens.
   for i in $(seq 1 120); do curl -sf localhost:8000/v2/health/ready >/dev/null && break; sleep 1; done
-  echo "== $label: server ready after ${i}s"
+  echo "== $label: server ready after ${i}s (${3:-single process})"
   L="python3 -m gpufleet load http://127.0.0.1:8000/predict --payload jpeg224 --duration $DUR --warmup $WARM"
   $L -c 8 --json > "$OUT/w3_${label}_c8.json"
   $L -c 256 --processes 4 --json > "$OUT/w3_${label}_c256p4.json" &
@@ -37,3 +39,4 @@ PY
 }
 run_config default 0.005
 run_config si1ms 0.001
+run_config hw8 0.001 "--http-workers 8"  # 8 HTTP front-end processes over the engine process

@@ -43,6 +43,9 @@ def register(app: typer.Typer) -> None:
         drain_timeout_s: float = typer.Option(30.0, "--drain-timeout-s", help="Bound on draining at SIGTERM."),
         model_name: Optional[str] = typer.Option(None, "--model-name", help="Name under /v2/models/."),  # noqa: UP045
         log_level: str = typer.Option("info", "--log-level", help="critical | error | warning | info | debug"),
+        http_workers: Optional[int] = typer.Option(  # noqa: UP045
+            None, "--http-workers", help="HTTP front-end processes over the one engine process "
+                                         "(default GPUFLEET_HTTP_WORKERS or 1: uvicorn in the engine process)."),
     ) -> None:
         """Serve a model over HTTP: /predict, KServe v2 (tritonclient), /health, /stats, /metrics."""
         from gpufleet.server.run import serve as run_server
@@ -58,7 +61,7 @@ def register(app: typer.Typer) -> None:
         try:
             code = run_server(model, host=host, port=port, token=token, max_body_mb=max_body_mb,
                               drain_timeout_s=drain_timeout_s, log_level=log_level.lower(), model_name=model_name,
-                              **pool)
+                              http_workers=http_workers, **pool)
         except GpufleetError as exc:
             _fail(str(exc))
         raise typer.Exit(code)

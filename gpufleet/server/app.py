@@ -25,8 +25,8 @@ from starlette.routing import Route
 
 from gpufleet.engine import Pool
 from gpufleet.errors import WorkerError
-from gpufleet.server import v2
-from gpufleet.server.base import ServerState, gather, json_response, read_body, submit_all
+from gpufleet.server import ops, v2
+from gpufleet.server.base import ServerState, gather, json_response, read_body, resolve, submit_all
 from gpufleet.server.errors import HTTPError, error_response
 from gpufleet.server.metrics import CONTENT_TYPE, Metrics
 
@@ -61,8 +61,13 @@ def _result_response(obj: Any) -> Response:
 
 
 def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None = None, max_body_mb: float = 16.0,
-               drain_timeout_s: float = 30.0, request_timeout_s: float | None = None) -> Starlette:
+               drain_timeout_s: float = 30.0, request_timeout_s: float | None = None,
+               frontend_id: str | None = None) -> Starlette:
     """An ASGI app serving ``pool``; the caller owns the pool (close it after the server stops).
+
+    ``pool`` may also be a ``gpufleet.engine.remote.RemotePool`` (``gpufleet serve --http-workers N`` runs
+    this app in N front-end processes over one); ``frontend_id`` then names this process in an
+    ``X-Gpufleet-Frontend`` response header and in ``/stats``.
 
     ``token`` requires ``Authorization: Bearer <token>`` everywhere except ``/health`` and
     ``/v2/health/live``. ``max_body_mb`` bounds request bodies (413 beyond). ``request_timeout_s`` is the
@@ -74,7 +79,8 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
         raise ValueError(f"max_body_mb must be > 0, got {max_body_mb}")
     metrics = Metrics(pool)
     state = ServerState(pool, model_name=model_name, token=token, max_body_bytes=int(max_body_mb * 1024 * 1024),
-                        request_timeout_s=request_timeout_s, drain_timeout_s=drain_timeout_s, metrics=metrics)
+                        request_timeout_s=request_timeout_s, drain_timeout_s=drain_timeout_s, metrics=metrics,
+                        frontend_id=frontend_id)
 
     def wrap(name: str, fn: Handler, *, open_: bool = False, work: bool = False) -> Handler:
         """Auth, admission, in-flight accounting, error mapping and metrics around one handler."""
@@ -95,6 +101,8 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
                 if entered:
                     state.leave()
             metrics.observe(name, response.status_code, time.perf_counter() - t0)
+            if frontend_id is not None:
+                response.headers["X-Gpufleet-Frontend"] = frontend_id
             return response
 
         return endpoint
@@ -131,28 +139,34 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
         return _result_response({"outputs": results})
 
     async def health(request: Request) -> Response:
-        h = state.pool.health()
+        h = await resolve(state.pool.health())
         if state.draining:
             h.update(healthy=False, ready=False, draining=True)
         return json_response(h, 200 if h["healthy"] else 503)
 
     async def stats(request: Request) -> Response:
-        s = state.pool.stats()
+        s = await resolve(state.pool.stats())
         s["server"] = {"inflight_requests": state.inflight, "draining": state.draining, "model": state.model_name}
+        if frontend_id is not None:
+            s["server"]["frontend_pid"] = int(frontend_id) if frontend_id.isdigit() else frontend_id
         return json_response(s)
 
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+        return Response(metrics.render(await resolve(state.pool.stats())), media_type=CONTENT_TYPE)
 
     k = v2.routes(state)
     model = "/v2/models/{name}"
     version = model + "/versions/{version}"
+    o = ops.routes(state)
     routes = [
         Route("/predict", wrap("predict", predict, work=True), methods=["POST"]),
         Route("/predict/batch", wrap("predict_batch", predict_batch, work=True), methods=["POST"]),
         Route("/health", wrap("health", health, open_=True), methods=["GET"]),
         Route("/stats", wrap("stats", stats), methods=["GET"]),
         Route("/metrics", wrap("metrics", metrics_endpoint), methods=["GET"]),
+        Route("/dashboard", wrap("dashboard", o["dashboard"], open_=True), methods=["GET"]),
+        Route("/monitor", wrap("monitor", o["monitor"]), methods=["GET"]),
+        Route("/admin/devices/{device}/{action}", wrap("admin", o["admin"]), methods=["POST"]),
         Route("/v2", wrap("v2_server", k["server_meta"]), methods=["GET"]),
         Route("/v2/health/live", wrap("v2_live", k["live"], open_=True), methods=["GET"]),
         Route("/v2/health/ready", wrap("v2_ready", k["ready"]), methods=["GET"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import inspect
 from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from gpufleet.engine import Pool
     from gpufleet.server.metrics import Metrics
 
-__all__ = ["ServerState", "dumps", "gather", "json_response", "read_body", "submit_all"]
+__all__ = ["ServerState", "dumps", "gather", "json_response", "read_body", "resolve", "submit_all"]
 
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
@@ -47,12 +48,22 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
     return Response(dumps(obj), status_code=status, headers=headers, media_type="application/json")
 
 
+async def resolve(value: Any) -> Any:
+    """``value``, awaited first if it is awaitable: a local pool answers ``stats()`` at once, a remote one
+    (``gpufleet.engine.remote.RemotePool``) with a coroutine."""
+    return await value if inspect.isawaitable(value) else value
+
+
 class ServerState:
-    """One app's pool, settings and live counters. ``draining`` flips when the server is told to stop."""
+    """One app's pool, settings and live counters. ``draining`` flips when the server is told to stop.
+
+    ``pool`` is a :class:`gpufleet.Pool` or a ``RemotePool`` (same interface, asyncio futures)."""
 
     def __init__(self, pool: Pool, *, model_name: str, token: str | None, max_body_bytes: int,
-                 request_timeout_s: float | None, drain_timeout_s: float, metrics: Metrics) -> None:
+                 request_timeout_s: float | None, drain_timeout_s: float, metrics: Metrics,
+                 frontend_id: str | None = None) -> None:
         self.pool = pool
+        self.frontend_id = frontend_id
         self.model_name = model_name
         self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
@@ -121,10 +132,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def submit_all(state: ServerState, items: Sequence[Any], timeout_s: float | None = None) -> list[Future]:
+def submit_all(state: ServerState, items: Sequence[Any],
+               timeout_s: float | None = None) -> list[Future | asyncio.Future]:
     """Submit every item or none: if admission fails half-way, the ones already queued are cancelled."""
     pool, t = state.pool, timeout_s if timeout_s is not None else state.request_timeout_s
-    futures: list[Future] = []
+    futures: list[Future | asyncio.Future] = []
     try:
         for item in items:
             futures.append(pool.submit(item, timeout_s=t))
@@ -141,9 +153,10 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def gather(request: Request, futures: list[Future]) -> list[Any]:
-    """Await every future's result; if the client disconnects first, cancel what has not started."""
-    waiters = [asyncio.wrap_future(f) for f in futures]
+async def gather(request: Request, futures: list[Future | asyncio.Future]) -> list[Any]:
+    """Await every future's result (concurrent futures of a local pool, asyncio futures of a remote one);
+    if the client disconnects first, cancel what has not started."""
+    waiters = [f if isinstance(f, asyncio.Future) else asyncio.wrap_future(f) for f in futures]
     watch = asyncio.ensure_future(_disconnected(request))
 
     def gone(task: asyncio.Future) -> None:

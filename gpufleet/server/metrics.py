@@ -27,9 +27,10 @@ _BUCKETS = (.001, .0025, .005, .01, .025, .05, .075, .1, .25, .5, 1.0, 2.5, 5.0,
 class _PoolCollector(Collector):
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
+        self.snapshot: dict | None = None  # the pool's stats() taken by the scrape (awaited for a remote pool)
 
     def collect(self) -> Iterator[Metric]:
-        stats = self.pool.stats()
+        stats = self.snapshot if self.snapshot is not None else self.pool.stats()
         labels = ["device", "gpu_id"]
         depth = GaugeMetricFamily("gpufleet_queue_depth", "Items waiting in the device's batch queues", labels=labels)
         outstanding = GaugeMetricFamily("gpufleet_outstanding_items", "Items routed to the device, not yet answered",
@@ -90,7 +91,8 @@ class Metrics:
                                 ["endpoint", "status"], registry=self.registry)
         self.latency = Histogram("gpufleet_http_request_duration_seconds", "HTTP request latency by endpoint",
                                  ["endpoint"], buckets=_BUCKETS, registry=self.registry)
-        self.registry.register(_PoolCollector(pool))
+        self._pool_collector = _PoolCollector(pool)
+        self.registry.register(self._pool_collector)
         self._counters: dict[tuple[str, int], Counter] = {}
         self._hists: dict[str, Histogram] = {}
 
@@ -106,5 +108,10 @@ class Metrics:
             h = self._hists[endpoint] = self.latency.labels(endpoint)
         h.observe(seconds)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, stats: dict | None = None) -> bytes:
+        """The exposition text; ``stats`` is the pool's ``stats()`` when the caller already has it."""
+        self._pool_collector.snapshot = stats
+        try:
+            return generate_latest(self.registry)
+        finally:
+            self._pool_collector.snapshot = None

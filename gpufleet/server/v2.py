@@ -30,6 +30,18 @@ class ModelSpec:
     def __init__(self, inputs: list[TensorSpec], outputs: list[TensorSpec], validate: bool) -> None:
         self.inputs, self.outputs, self.validate = inputs, outputs, validate
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, to ship to front-end processes (``from_dict`` reads them back)."""
+        def one(t: TensorSpec) -> dict[str, Any]:
+            return {**t.metadata(), "alternatives": [[d, list(s)] for d, s in t.alternatives]}
+
+        return {"inputs": [one(t) for t in self.inputs], "outputs": [one(t) for t in self.outputs],
+                "validate": self.validate}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        return cls(_specs(d["inputs"]), _specs(d["outputs"]), bool(d["validate"]))
+
 
 def _specs(declared: Any) -> list[TensorSpec]:
     out = []
@@ -43,7 +55,11 @@ def _specs(declared: Any) -> list[TensorSpec]:
 
 
 def model_spec(pool: Any) -> ModelSpec:
-    """Inputs/outputs from the model's ``inputs``/``outputs`` attributes, orientation's defaults, or generic."""
+    """Inputs/outputs from the model's ``inputs``/``outputs`` attributes, orientation's defaults, or generic;
+    a remote pool's come from the engine process (``info["model_spec"]``, computed there by this function)."""
+    shipped = getattr(pool, "info", None)
+    if isinstance(shipped, dict) and "model_spec" in shipped:
+        return ModelSpec.from_dict(shipped["model_spec"])
     model = pool.model
     declared_in, declared_out = getattr(model, "inputs", None), getattr(model, "outputs", None)
     if isinstance(declared_in, (list, tuple)) and declared_in:

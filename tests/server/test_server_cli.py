@@ -12,7 +12,7 @@ from gpufleet.cli import app
 from gpufleet.errors import ConfigError
 from gpufleet.loadgen import make_payloads
 from gpufleet.models import OnnxModel
-from gpufleet.server.run import load_model, pool_config
+from gpufleet.server.run import http_workers_from, load_model, pool_config
 
 HERE = Path(__file__).parent
 
@@ -43,10 +43,20 @@ def test_flags_win_over_env() -> None:
         pool_config({"balancer": "fastest"}, {})
 
 
+def test_http_workers_flag_wins_over_env() -> None:
+    assert http_workers_from(None, {}) == 1
+    assert http_workers_from(None, {"GPUFLEET_HTTP_WORKERS": "8"}) == 8
+    assert http_workers_from(2, {"GPUFLEET_HTTP_WORKERS": "8"}) == 2
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(ConfigError, match="http_workers"):
+            http_workers_from(None, {"GPUFLEET_HTTP_WORKERS": bad})
+
+
 def test_serve_bad_flags_exit_2_with_one_line() -> None:
     runner = CliRunner()
     for args in (["serve", "--balancer", "fastest", "--cpu-devices", "1"], ["serve", "--max-queue", "0"],
-                 ["serve", "nope-model"], ["serve", "--log-level", "loud"], ["serve", "--port", "70000"]):
+                 ["serve", "nope-model"], ["serve", "--log-level", "loud"], ["serve", "--port", "70000"],
+                 ["serve", "--http-workers", "0", "--cpu-devices", "1"]):
         r = runner.invoke(app, args)
         assert r.exit_code == 2, (args, r.output)
         lines = [ln for ln in r.output.splitlines() if ln.strip()]

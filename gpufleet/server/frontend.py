@@ -1,0 +1,117 @@
+"""One HTTP front-end process of ``gpufleet serve --http-workers N``: uvicorn and the usual app over a
+:class:`~gpufleet.engine.remote.RemotePool` connected to the engine process.
+
+Each front end binds its own listening socket to the same host:port with ``SO_REUSEPORT``, so the kernel
+spreads new connections over the front ends and none of them is a hop in the path of another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from gpufleet.engine.remote import RemotePool
+from gpufleet.errors import ConfigError
+from gpufleet.server.app import create_app
+from gpufleet.server.base import ServerState
+from gpufleet.server.run import _DrainingServer
+
+__all__ = ["FrontendConfig", "bind_socket", "run_frontend"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FrontendConfig:
+    """What every front end needs (pickled once per spawn); ``ipc_path`` is the engine's Unix socket."""
+
+    host: str
+    port: int
+    model_name: str
+    token: str | None = None
+    max_body_mb: float = 16.0
+    drain_timeout_s: float = 30.0
+    request_timeout_s: float | None = None
+    log_level: str = "info"
+    ipc_path: str = ""
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` with ``SO_REUSEPORT`` (not listening yet)."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ConfigError("--http-workers > 1 needs SO_REUSEPORT (Linux); use --http-workers 1 here")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot bind {host}:{port}: {exc}") from exc
+    return sock
+
+
+class _FrontendServer(_DrainingServer):
+    """Connects the remote pool on uvicorn's loop before serving; tells the supervisor once it listens."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState, drain_timeout_s: float, pool: RemotePool,
+                 listening: Any) -> None:
+        super().__init__(config, state, drain_timeout_s)
+        self.pool = pool
+        self.listening = listening
+
+    async def serve(self, sockets: Any = None) -> None:
+        await self.pool.connect()
+        self.pool.on_state = self._on_state
+        self.pool.on_lost = self._on_lost
+        announce = asyncio.ensure_future(self._announce())
+        try:
+            await super().serve(sockets)
+        finally:
+            announce.cancel()
+            self.pool.close()
+
+    async def _announce(self) -> None:
+        while not self.started:
+            await asyncio.sleep(0.01)
+        self.listening.set()
+
+    def _on_state(self, pool: RemotePool) -> None:
+        if pool.draining:  # the engine process got the signal: readiness turns 503 here at once
+            self.state.draining = True
+
+    def _on_lost(self, pool: RemotePool) -> None:
+        if not self.should_exit:
+            log.error("lost the engine process; front end %d stops", os.getpid())
+        self.state.draining = True
+        self.should_exit = True
+
+
+def run_frontend(cfg: FrontendConfig, listening: Any) -> None:
+    """Process entry point (spawned): serve until SIGTERM, draining in-flight requests first."""
+    try:
+        os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only; it forwards SIGTERM to us
+    except OSError:
+        pass
+    level = getattr(logging, cfg.log_level.upper(), logging.INFO)
+    logging.basicConfig(level=level, format=f"%(levelname)s [front end {os.getpid()}] %(name)s: %(message)s")
+    pool = RemotePool(cfg.ipc_path)
+    app = create_app(pool, model_name=cfg.model_name, token=cfg.token, max_body_mb=cfg.max_body_mb,
+                     drain_timeout_s=cfg.drain_timeout_s, request_timeout_s=cfg.request_timeout_s,
+                     frontend_id=str(os.getpid()))
+    uv = uvicorn.Config(app, host=cfg.host, port=cfg.port, loop="auto", http="auto", log_level=cfg.log_level,
+                        access_log=False, timeout_graceful_shutdown=max(1, int(cfg.drain_timeout_s)), lifespan="off")
+    sock = bind_socket(cfg.host, cfg.port)
+    server = _FrontendServer(uv, app.state.gpufleet, cfg.drain_timeout_s, pool, listening)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # until uvicorn installs its handlers
+    server.run(sockets=[sock])
+    sys.exit(0 if server.started else 1)

@@ -1,0 +1,69 @@
+"""Operator endpoints: ``GET /dashboard`` (a self-contained page), ``GET /monitor`` (NVML readings) and
+``POST /admin/devices/{device}/drain|enable`` (stop or resume routing work to a device at run time).
+
+The dashboard ships inside the package (``static/dashboard.html``: vanilla JS and canvas, no CDN) and reads
+``/stats``, ``/health`` and ``/monitor`` once a second. With ``--token`` set, every endpoint here but the
+page itself needs ``Authorization: Bearer <token>`` (the page has a token box).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gpufleet.server.base import ServerState, json_response
+from gpufleet.server.errors import HTTPError
+
+__all__ = ["routes"]
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _page() -> bytes:
+    return resources.files("gpufleet.server").joinpath("static/dashboard.html").read_bytes()
+
+
+def routes(state: ServerState) -> dict[str, Handler]:
+    """Handlers by name: ``dashboard``, ``monitor``, ``admin``."""
+    page = _page()
+    monitors: list[Any] = []
+
+    def monitor() -> Any:
+        if not monitors:  # started on first use: a server nobody watches samples nothing
+            from gpufleet.devices.monitor import Monitor
+
+            monitors.append(Monitor(state.pool.devices, period_s=1.0, history=300).start())
+        return monitors[0]
+
+    async def dashboard(request: Request) -> Response:
+        return Response(page, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})
+
+    async def monitor_endpoint(request: Request) -> Response:
+        m = monitor()
+        try:
+            n = int(request.query_params.get("history", "0"))
+        except ValueError:
+            raise HTTPError(400, "history must be an integer number of samples") from None
+        body: dict[str, Any] = {"period_s": m.period_s, "latest": m.latest()}
+        if n > 0:
+            body["history"] = m.history()[-n:]
+        return json_response(body)
+
+    async def admin(request: Request) -> Response:
+        device, action = request.path_params["device"], request.path_params["action"]
+        if action not in ("drain", "enable"):
+            raise HTTPError(404, f"unknown action {action!r}; use drain or enable")
+        set_enabled = getattr(state.pool, "set_enabled", None)
+        if set_enabled is None:
+            raise HTTPError(501, "this server's pool cannot drain devices")
+        workers = set_enabled(device, action == "enable")
+        if inspect.isawaitable(workers):
+            workers = await workers
+        return json_response({"device": device, "enabled": action == "enable", "workers": workers})
+
+    return {"dashboard": dashboard, "monitor": monitor_endpoint, "admin": admin}
