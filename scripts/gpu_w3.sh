@@ -37,6 +37,13 @@ print("stages p50/p99 ms:", {k: (round(v["p50_ms"], 2), round(v["p99_ms"], 2)) f
 PY
   head -15 "$OUT/top_${label}_c256.txt" | tail -9
 }
-run_config default 0.005
-run_config si1ms 0.001
-run_config hw8 0.001 "--http-workers 8"  # 8 HTTP front-end processes over the engine process
+# CONFIGS picks which to run (default: all three measured on 2026-11-23)
+for cfg in ${CONFIGS:-default si1ms hw8}; do
+  case $cfg in
+    default) run_config default 0.005 ;;
+    si1ms) run_config si1ms 0.001 ;;
+    hw4) run_config hw4 0.005 "--http-workers 4" ;;
+    hw8) run_config hw8 0.001 "--http-workers 8" ;;  # 8 HTTP front-end processes over the engine process
+    *) echo "unknown config $cfg" ;;
+  esac
+done
