@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import secrets
+import sys
 import threading
 import time
 from collections import deque
@@ -96,6 +97,11 @@ class Pool:
         from gpufleet.engine.process import ProcessWorker
 
         cfg = self.config
+        if getattr(sys.modules.get("__main__"), "__name__", "") == "__mp_main__":
+            # We are a spawned child re-running the user's script: without this, each child would start its
+            # own pool and the parent would wait for workers that never come up.
+            raise ConfigError("backend='process' starts workers with 'spawn', which re-runs your script in each "
+                              "worker: create the Pool under `if __name__ == \"__main__\":`")
         if cfg.max_batch_size == 0:
             raise ConfigError("max_batch_size=0 (probe) is not supported with backend='process'; give a size")
         blob = model_blob(model)

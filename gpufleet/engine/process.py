@@ -161,7 +161,12 @@ class ProcessWorker(WireIO):
     def _supervise(self) -> None:
         first = True
         while not self._stop.is_set():
-            ok = self._launch()
+            try:
+                ok = self._launch()
+            except Exception as exc:  # noqa: BLE001 - e.g. the OS refused a process: report, never hang start-up
+                self.error = WorkerError(f"{self.name}: cannot start the worker process: {exc}")
+                log.error("%s", self.error)
+                ok = False
             if first:
                 first = False
                 self.ready.set()
@@ -211,7 +216,9 @@ class ProcessWorker(WireIO):
                 self._start_error = PoolClosed("the pool closed during start-up")
                 break
             if not proc.is_alive() and not self._started.wait(0.5):
-                self._start_error = WorkerError(f"{self.name}: the process exited during setup ({_exit(proc)})")
+                self._start_error = WorkerError(
+                    f"{self.name}: the process exited during setup ({_exit(proc)}); its stderr says why (a script "
+                    "that creates the Pool must do so under `if __name__ == \"__main__\":`)")
                 break
             if time.monotonic() > end:
                 self._start_error = WorkerError(f"{self.name}: setup took longer than start_timeout_s="
