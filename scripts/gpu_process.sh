@@ -21,42 +21,48 @@ import torch
 from gpufleet import Pool
 from gpufleet.bench import ImageClassifier
 
-model, bs, backend, wpd, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
-secs = float(os.environ.get("GPUFLEET_W2_SECS", "4"))
-g = torch.Generator().manual_seed(0)
-images = [torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8, generator=g) for _ in range(256)]
-clf = ImageClassifier(model, precision="auto", batch_buckets=(bs,), example_shape=(3, 224, 224),
-                      example_dtype=torch.uint8, warmup_batch_sizes=(bs,))
-row = {"tag": tag, "model": model, "batch": bs, "backend": backend, "workers_per_gpu": wpd}
-try:
-    t0 = time.perf_counter()
-    with Pool(clf, "0", backend=backend, workers_per_device=wpd, max_batch_size=bs, max_wait_ms=2.0,
-              max_queue=1_000_000) as pool:
-        row["startup_s"] = round(time.perf_counter() - t0, 2)
-        ref = list(pool.map(images[:64]))
-        for _ in pool.map(itertools.islice(itertools.cycle(images), bs * 8 * wpd)):
-            pass
+
+def main():
+    model, bs, backend, wpd, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+    secs = float(os.environ.get("GPUFLEET_W2_SECS", "4"))
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8, generator=g) for _ in range(256)]
+    clf = ImageClassifier(model, precision="auto", batch_buckets=(bs,), example_shape=(3, 224, 224),
+                          example_dtype=torch.uint8, warmup_batch_sizes=(bs,))
+    row = {"tag": tag, "model": model, "batch": bs, "backend": backend, "workers_per_gpu": wpd}
+    try:
         t0 = time.perf_counter()
-        n = bs * 8 * wpd
-        for _ in pool.map(itertools.islice(itertools.cycle(images), n)):
-            pass
-        rate = n / (time.perf_counter() - t0)
-        n = max(bs * 20, int(rate * secs))
-        before = pool.stats()
-        t0 = time.perf_counter()
-        done = sum(1 for _ in pool.map(itertools.islice(itertools.cycle(images), n)))
-        elapsed = time.perf_counter() - t0
-        st = pool.stats()
-        again = list(pool.map(images[:64]))
-    batches = st["total_batches"] - before["total_batches"]
-    row.update(items_s=round(done / elapsed, 1), p50_ms=round(st["stages"]["e2e"]["p50_ms"], 3),
-               p99_ms=round(st["stages"]["e2e"]["p99_ms"], 3), avg_batch=round(done / max(1, batches), 2),
-               stages_p50_ms={k: round(v["p50_ms"], 3) for k, v in st["stages"].items()},
-               mps=st.get("mps"), errors=st["errors"],
-               stable=sum(repr(a) == repr(b) for a, b in zip(ref, again)) / len(ref))
-except Exception as exc:  # record and go on with the matrix
-    row["error"] = f"{type(exc).__name__}: {exc}"
-print(json.dumps(row), flush=True)
+        with Pool(clf, "0", backend=backend, workers_per_device=wpd, max_batch_size=bs, max_wait_ms=2.0,
+                  max_queue=1_000_000) as pool:
+            row["startup_s"] = round(time.perf_counter() - t0, 2)
+            ref = list(pool.map(images[:64]))
+            for _ in pool.map(itertools.islice(itertools.cycle(images), bs * 8 * wpd)):
+                pass
+            t0 = time.perf_counter()
+            n = bs * 8 * wpd
+            for _ in pool.map(itertools.islice(itertools.cycle(images), n)):
+                pass
+            rate = n / (time.perf_counter() - t0)
+            n = max(bs * 20, int(rate * secs))
+            before = pool.stats()
+            t0 = time.perf_counter()
+            done = sum(1 for _ in pool.map(itertools.islice(itertools.cycle(images), n)))
+            elapsed = time.perf_counter() - t0
+            st = pool.stats()
+            again = list(pool.map(images[:64]))
+        batches = st["total_batches"] - before["total_batches"]
+        row.update(items_s=round(done / elapsed, 1), p50_ms=round(st["stages"]["e2e"]["p50_ms"], 3),
+                   p99_ms=round(st["stages"]["e2e"]["p99_ms"], 3), avg_batch=round(done / max(1, batches), 2),
+                   stages_p50_ms={k: round(v["p50_ms"], 3) for k, v in st["stages"].items()},
+                   mps=st.get("mps"), errors=st["errors"],
+                   stable=sum(repr(a) == repr(b) for a, b in zip(ref, again)) / len(ref))
+    except Exception as exc:  # record and go on with the matrix
+        row["error"] = f"{type(exc).__name__}: {exc}"
+    print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":  # backend='process' spawns workers that re-import this file
+    main()
 PY
 
 # MATRIX: "model batch backend workers ..." entries separated by ';' (default: the full matrix)
