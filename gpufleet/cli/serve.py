@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
         drain_timeout_s: float = typer.Option(30.0, "--drain-timeout-s", help="Bound on draining at SIGTERM."),
         model_name: Optional[str] = typer.Option(None, "--model-name", help="Name under /v2/models/."),  # noqa: UP045
         log_level: str = typer.Option("info", "--log-level", help="critical | error | warning | info | debug"),
+        log_format: str = typer.Option("text", "--log-format", help="text | json (one JSON object per line)"),
         http_workers: Optional[int] = typer.Option(  # noqa: UP045
             None, "--http-workers", help="HTTP front-end processes over the one engine process "
                                          "(default GPUFLEET_HTTP_WORKERS or 1: uvicorn in the engine process)."),
@@ -53,6 +54,8 @@ def register(app: typer.Typer) -> None:
         levels = ("critical", "error", "warning", "info", "debug", "trace")
         if log_level.lower() not in levels:
             _fail(f"--log-level must be one of {', '.join(levels)}, got {log_level!r}")
+        if log_format not in ("text", "json"):
+            _fail(f"--log-format must be text or json, got {log_format!r}")
         if gpus is not None and cpu_devices is not None:
             _fail("--gpus and --cpu-devices exclude each other")
         pool = {"devices": gpus, "cpu_devices": cpu_devices, "workers_per_device": workers_per_device,
@@ -61,7 +64,7 @@ def register(app: typer.Typer) -> None:
         try:
             code = run_server(model, host=host, port=port, token=token, max_body_mb=max_body_mb,
                               drain_timeout_s=drain_timeout_s, log_level=log_level.lower(), model_name=model_name,
-                              http_workers=http_workers, **pool)
+                              http_workers=http_workers, log_format=log_format, **pool)
         except GpufleetError as exc:
             _fail(str(exc))
         raise typer.Exit(code)

@@ -406,6 +406,7 @@ class Pool:
             "avg_batch_size": round(items / total_batches, 3) if total_batches else 0.0,
             "errors": sum(s["errors"] for _, s in workers), "oom_events": sum(s["oom_events"] for _, s in workers),
             "restarts": sum(s["restarts"] for _, s in workers), "queue_depth": self._outstanding,
+            "rtf": _rtf(workers),
             "uptime_s": round(uptime, 3), "throughput_rps": round(total_req / uptime, 3) if uptime > 0 else 0.0,
             "per_gpu_stats": per_gpu,
             "per_worker_stats": [{**w.describe(), **{k: v for k, v in s.items() if k != "stages"}}
@@ -458,3 +459,9 @@ class Pool:
     def __repr__(self) -> str:
         return (f"Pool(workers={len(self.workers)}, devices=[{', '.join(d.label for d in self.devices)}], "
                 f"balancer={self._balancer.name!r}, max_batch_size={self.config.max_batch_size})")
+
+
+def _rtf(workers: list) -> float | None:
+    """Real-time factor over all workers: device-busy seconds per second of audio/video produced."""
+    media = sum(s.get("media_s", 0.0) for _, s in workers)
+    return round(sum(s["busy_s"] for _, s in workers) / media, 5) if media else None

@@ -67,6 +67,7 @@ class WorkerStats:
         self.oom_events = 0
         self.restarts = 0
         self.busy_s = 0.0
+        self.media_s = 0.0  # seconds of audio/video produced, for models that declare output_seconds()
         self.started = time.monotonic()
         self.stages: dict[str, LatencyWindow] = {}
 
@@ -94,5 +95,7 @@ class WorkerStats:
                 "oom_events": self.oom_events,
                 "restarts": self.restarts,
                 "busy_s": round(self.busy_s, 4),
+                "media_s": round(self.media_s, 4),
+                "rtf": round(self.busy_s / self.media_s, 5) if self.media_s else None,
                 "stages": {k: w.summary() for k, w in list(self.stages.items())},
             }

@@ -209,6 +209,11 @@ class ThreadWorker:
         self.stats.stage("predict").add(t1 - t0)
         for name, seconds in getattr(self.model, "last_timings", {}).items():
             self.stats.stage(name).add(seconds)
+        seconds_of = getattr(self.model, "output_seconds", None)
+        if seconds_of is not None:  # audio/video models: real-time factor = compute time / media produced
+            media = sum(float(seconds_of(o)) for o in outputs)
+            with self.stats.lock:
+                self.stats.media_s += media
         per_item = (t1 - t0) / n
         self.item_time = per_item if not self.item_time else (1 - _EWMA) * self.item_time + _EWMA * per_item
         if self.postprocess is None:

@@ -12,7 +12,9 @@ The app is a thin layer: it decodes, submits items to the pool, and maps errors 
 
 from __future__ import annotations
 
+import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,12 +27,15 @@ from starlette.routing import Route
 
 from gpufleet.engine import Pool
 from gpufleet.errors import WorkerError
+from gpufleet.logs import REQUEST_ID
 from gpufleet.server import ops, v2
 from gpufleet.server.base import ServerState, gather, json_response, read_body, resolve, submit_all
 from gpufleet.server.errors import HTTPError, error_response
 from gpufleet.server.metrics import CONTENT_TYPE, Metrics
 
 __all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
 _RAW_TYPES = ("application/octet-stream",)
@@ -87,6 +92,10 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
         async def endpoint(request: Request) -> Response:
             t0 = time.perf_counter()
             entered = False
+            rid = request.headers.get("x-request-id", "")
+            if not rid or len(rid) > 128 or not rid.isprintable():
+                rid = uuid.uuid4().hex[:16]
+            token = REQUEST_ID.set(rid)
             try:
                 if not open_ and state.token is not None and not state.authorized(request.headers.get("authorization")):
                     raise HTTPError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
@@ -100,9 +109,15 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
             finally:
                 if entered:
                     state.leave()
-            metrics.observe(name, response.status_code, time.perf_counter() - t0)
+                REQUEST_ID.reset(token)
+            seconds = time.perf_counter() - t0
+            metrics.observe(name, response.status_code, seconds)
+            response.headers["X-Request-Id"] = rid
             if frontend_id is not None:
                 response.headers["X-Gpufleet-Frontend"] = frontend_id
+            if response.status_code >= 500 or log.isEnabledFor(logging.DEBUG):
+                log.log(logging.WARNING if response.status_code >= 500 else logging.DEBUG, "%s %s -> %d in %.1f ms "
+                        "(request %s)", request.method, request.url.path, response.status_code, seconds * 1e3, rid)
             return response
 
         return endpoint

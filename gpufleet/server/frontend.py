@@ -20,6 +20,7 @@ import uvicorn
 
 from gpufleet.engine.remote import RemotePool
 from gpufleet.errors import ConfigError
+from gpufleet.logs import configure as configure_logs
 from gpufleet.server.app import create_app
 from gpufleet.server.base import ServerState
 from gpufleet.server.run import _DrainingServer
@@ -41,6 +42,7 @@ class FrontendConfig:
     drain_timeout_s: float = 30.0
     request_timeout_s: float | None = None
     log_level: str = "info"
+    log_format: str = "text"
     ipc_path: str = ""
 
 
@@ -102,14 +104,14 @@ def run_frontend(cfg: FrontendConfig, listening: Any) -> None:
         os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only; it forwards SIGTERM to us
     except OSError:
         pass
-    level = getattr(logging, cfg.log_level.upper(), logging.INFO)
-    logging.basicConfig(level=level, format=f"%(levelname)s [front end {os.getpid()}] %(name)s: %(message)s")
+    configure_logs(cfg.log_level, cfg.log_format, prefix=f"[front end {os.getpid()}] ")
     pool = RemotePool(cfg.ipc_path)
     app = create_app(pool, model_name=cfg.model_name, token=cfg.token, max_body_mb=cfg.max_body_mb,
                      drain_timeout_s=cfg.drain_timeout_s, request_timeout_s=cfg.request_timeout_s,
                      frontend_id=str(os.getpid()))
     uv = uvicorn.Config(app, host=cfg.host, port=cfg.port, loop="auto", http="auto", log_level=cfg.log_level,
-                        access_log=False, timeout_graceful_shutdown=max(1, int(cfg.drain_timeout_s)), lifespan="off")
+                        access_log=False, timeout_graceful_shutdown=max(1, int(cfg.drain_timeout_s)), lifespan="off",
+                        log_config=None if cfg.log_format == "json" else uvicorn.config.LOGGING_CONFIG)
     sock = bind_socket(cfg.host, cfg.port)
     server = _FrontendServer(uv, app.state.gpufleet, cfg.drain_timeout_s, pool, listening)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # until uvicorn installs its handlers

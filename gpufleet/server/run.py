@@ -26,6 +26,8 @@ import uvicorn
 from gpufleet.config import PoolConfig, env_overrides
 from gpufleet.engine import Pool
 from gpufleet.errors import ConfigError
+from gpufleet.logs import FORMATS
+from gpufleet.logs import configure as configure_logs
 from gpufleet.server.app import create_app
 from gpufleet.server.base import ServerState
 
@@ -140,13 +142,14 @@ def http_workers_from(value: int | None, environ: dict[str, str] | None = None) 
 def serve(model: str = "orientation", *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           max_body_mb: float = 16.0, drain_timeout_s: float = 30.0, request_timeout_s: float | None = None,
           log_level: str = "info", model_name: str | None = None, http_workers: int | None = None,
-          **pool_options: Any) -> int:
+          log_format: str = "text", **pool_options: Any) -> int:
     """Serve ``model`` until SIGTERM/SIGINT; returns the exit code (0 after a clean drain).
 
     ``pool_options`` are :class:`gpufleet.PoolConfig` fields; ``None`` values are ignored so environment
     variables (``GPUFLEET_*``, ``GPU_IDS``, ``MAX_BATCH_SIZE``, ...) fill them, and given values win.
     ``http_workers`` (default ``GPUFLEET_HTTP_WORKERS`` or 1) > 1 runs that many HTTP front-end processes
-    over this process's pool (see ``docs/serving.md``).
+    over this process's pool (see ``docs/serving.md``). ``log_format="json"`` logs one JSON object per line,
+    request ids included.
     """
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be 0..65535, got {port}")
@@ -154,6 +157,9 @@ def serve(model: str = "orientation", *, host: str = "127.0.0.1", port: int = 80
         raise ConfigError(f"max_body_mb must be > 0, got {max_body_mb}")
     if drain_timeout_s < 0:
         raise ConfigError(f"drain_timeout_s must be >= 0, got {drain_timeout_s}")
+    if log_format not in FORMATS:
+        raise ConfigError(f"log format must be one of {', '.join(FORMATS)}, got {log_format!r}")
+    configure_logs(log_level, log_format)
     workers = http_workers_from(http_workers)
     config = pool_config(pool_options)
     target, default_name = load_model(model)
@@ -165,13 +171,13 @@ def serve(model: str = "orientation", *, host: str = "127.0.0.1", port: int = 80
 
             front = FrontendConfig(host=host, port=port, model_name=model_name or default_name, token=token,
                                    max_body_mb=max_body_mb, drain_timeout_s=drain_timeout_s,
-                                   request_timeout_s=request_timeout_s, log_level=log_level)
+                                   request_timeout_s=request_timeout_s, log_level=log_level, log_format=log_format)
             return serve_multi(pool, front, workers)
         app = create_app(pool, model_name=model_name or default_name, token=token, max_body_mb=max_body_mb,
                          drain_timeout_s=drain_timeout_s, request_timeout_s=request_timeout_s)
         uv = uvicorn.Config(app, host=host, port=port, loop="auto", http="auto", log_level=log_level,
                             access_log=False, timeout_graceful_shutdown=max(1, int(drain_timeout_s)),
-                            lifespan="off")
+                            lifespan="off", log_config=None if log_format == "json" else uvicorn.config.LOGGING_CONFIG)
         server = _DrainingServer(uv, app.state.gpufleet, drain_timeout_s)
         server.run()
         if not server.started:

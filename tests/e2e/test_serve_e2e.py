@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -114,3 +115,22 @@ def test_serve_env_and_token_flags() -> None:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def test_json_log_format_writes_one_json_object_per_line() -> None:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _start(port, "--log-format", "json", env={"SLOW_MODEL_S": "0.01"})
+    try:
+        _wait_ready(proc, base)
+        proc.send_signal(signal.SIGTERM)  # the drain is logged at WARNING
+        assert proc.wait(30) == 0
+        out = proc.communicate()[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert lines, "nothing was logged"
+    records = [json.loads(line) for line in lines]  # every line is JSON, uvicorn's included
+    assert any("draining" in r["message"] for r in records)
+    assert all({"ts", "level", "logger", "message"} <= set(r) for r in records)

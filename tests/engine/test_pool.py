@@ -724,3 +724,29 @@ def test_cancelled_item_frees_its_queue_slot_at_once() -> None:
         gate.set()
         pool.close()
     assert pool.outstanding == 0
+
+
+class _Speech:
+    """A TTS-like model: each output is 2 s of audio; it declares that through output_seconds()."""
+
+    def setup(self, device) -> None:
+        pass
+
+    def predict(self, batch: list) -> list:
+        time.sleep(0.01)
+        return [{"samples": 32000, "rate": 16000} for _ in batch]
+
+    def output_seconds(self, output: dict) -> float:
+        return output["samples"] / output["rate"]
+
+
+def test_real_time_factor_for_models_that_declare_output_seconds() -> None:
+    with Pool(_Speech, cpu_devices=1, max_batch_size=4, max_wait_ms=0) as pool:
+        list(pool.map(range(8)))
+        st = pool.stats()
+    w = st["per_worker_stats"][0]
+    assert w["media_s"] == pytest.approx(16.0)
+    assert 0 < st["rtf"] < 0.5 and st["rtf"] == pytest.approx(w["busy_s"] / 16.0, rel=0.01)
+    with Pool(lambda b: b, cpu_devices=1) as pool:
+        pool.submit(1).result()
+        assert pool.stats()["rtf"] is None  # no declared duration, no factor
