@@ -73,3 +73,31 @@ def verify_placement(worker: str, device: Device, hello: Hello, env: dict[str, s
             f"{worker}: the worker process is not on the intended GPU {device.label} ({device.name} "
             f"{device.uuid or '?'}): {'; '.join(problems)} (CUDA_VISIBLE_DEVICES={hello.visible!r} in the child)"
         )
+
+
+def weights_device(model: Any) -> str | None:
+    """Where ``model`` keeps its weights: the device of the first parameter or tensor found on it (a
+    ``TorchModel``'s module, or any torch module/tensor attribute), e.g. ``"cuda:1"``; None when it has none."""
+    import torch
+
+    seen: list[Any] = [getattr(model, "module", None), *vars(model).values()] if hasattr(model, "__dict__") else []
+    for value in seen:
+        if isinstance(value, torch.nn.Module):
+            for p in value.parameters():
+                return str(p.device)
+        elif isinstance(value, torch.Tensor):
+            return str(value.device)
+    return None
+
+
+def check_thread_placement(workers: list[Any]) -> None:
+    """Refuse a pool whose workers' weights are not on their own device (the classic "every copy silently
+    landed on cuda:0"): ``DeviceError`` naming the worker, where it should be and where it is."""
+    for w in workers:
+        where = getattr(w, "weights_on", None)
+        if where is None:
+            continue
+        want = w.device.torch
+        if where != want and not (want == "cpu" and where.startswith("cpu")):
+            raise DeviceError(f"{w.name} is meant for {want} but its model weights are on {where}: load them on "
+                              "device.torch in setup(device) (e.g. module.to(device.torch))")

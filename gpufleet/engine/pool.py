@@ -21,11 +21,13 @@ import numpy as np
 from gpufleet.config import PoolConfig
 from gpufleet.devices import Device, select
 from gpufleet.engine.balancer import make_balancer
+from gpufleet.engine.placement import check_thread_placement
 from gpufleet.engine.request import ItemFuture, Request
 from gpufleet.engine.stats import STAGES, percentiles
 from gpufleet.engine.worker import ThreadWorker
 from gpufleet.errors import (
     ConfigError,
+    DeviceError,
     GpufleetError,
     InputError,
     PoolClosed,
@@ -129,6 +131,12 @@ class Pool:
             self._shutdown_workers()
             raise WorkerError(f"{first.name} failed in setup: {type(first.error).__name__}: {first.error}") \
                 from first.error
+        if self.config.backend == "thread":
+            try:
+                check_thread_placement(self.workers)
+            except DeviceError:
+                self._shutdown_workers()
+                raise
         if failed:
             log.warning("pool started degraded: %d of %d workers failed in setup", len(failed), len(self.workers))
         self._refresh_routes()

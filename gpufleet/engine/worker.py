@@ -18,6 +18,7 @@ from typing import Any
 from gpufleet.devices.device import Device
 from gpufleet.engine.batcher import Batcher
 from gpufleet.engine.oom import empty_cache, is_oom
+from gpufleet.engine.placement import weights_device
 from gpufleet.engine.request import Request
 from gpufleet.engine.stats import WorkerStats
 from gpufleet.errors import DeadlineExceeded, GpufleetError, WorkerError
@@ -63,6 +64,8 @@ class ThreadWorker:
         self.pipeline_depth = pipeline_depth
         self.batch_buckets = batch_buckets
         self.model: Any = None
+        self.weights_on: str | None = None  # reported after setup: the device of the model's weights
+        self.context_on: str | None = None  # and the CUDA device current in the worker's thread
         self.preprocess: Callable[[Any], Any] | None = None
         self.postprocess: Callable[[Any], Any] | None = None
         self.ready = threading.Event()
@@ -88,6 +91,11 @@ class ThreadWorker:
                 model.max_batch_size = self.max_batch  # models that size warm-up or graphs by it
             model.setup(self.device)
             self.model = model
+            self.weights_on = weights_device(model)
+            if self.device.is_cuda:
+                import torch
+
+                self.context_on = f"cuda:{torch.cuda.current_device()}"
             self.preprocess = optional_stage(model, "preprocess")
             self.postprocess = optional_stage(model, "postprocess")
             self._pipelined = callable(getattr(model, "launch", None)) and callable(getattr(model, "collect", None))
@@ -309,6 +317,8 @@ class ThreadWorker:
             "current_queue_depth": len(self.batcher),
             "outstanding": self.outstanding,
             "item_time_ms": round(self.item_time * 1e3, 4),
+            "weights_on": self.weights_on,
+            "context_on": self.context_on,
             "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
         }
 

@@ -93,3 +93,9 @@ def test_cuda_graphs_fall_back_to_eager_past_the_largest_bucket() -> None:
         ref = m.module(torch.stack(xs).to(dev.torch)).cpu()
     torch.testing.assert_close(torch.stack(out), ref, rtol=1e-4, atol=1e-4)
     assert len(m._graphs) == 0
+
+
+def test_workers_report_weights_and_context_on_their_gpu() -> None:
+    with Pool(TorchModel(_net()), "all") as pool:
+        for row, dev in zip(pool.stats()["per_worker_stats"], pool.devices, strict=True):
+            assert row["weights_on"] == dev.torch and row["context_on"] == dev.torch
