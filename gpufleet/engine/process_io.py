@@ -12,13 +12,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import InvalidStateError
 from typing import Any
 
 from gpufleet import errors as _errors
 from gpufleet.engine import messages as m
 from gpufleet.engine.placement import verify_placement
-from gpufleet.engine.request import Request
+from gpufleet.engine.request import Request, fail_items, resolve_items
 from gpufleet.errors import DeadlineExceeded, DeviceError, GpufleetError, InputError, WorkerError
 
 __all__ = ["RemoteTraceback", "Sent", "WireIO", "attempts"]
@@ -149,35 +148,12 @@ class WireIO:
         self._resolve(ok, now)
 
     def _resolve(self, pairs: list[tuple[Request, Any]], now: float) -> None:
-        with self._resolve_lock:
-            live = [(r, v) for r, v in pairs if not r.future.done()]
-            if not live:
-                return
-            with self.stats.lock:
-                self.stats.total_requests += len(live)
-                e2e = self.stats.stage("e2e")
-                for r, _ in live:
-                    e2e.add(now - r.t_submit)
-            self._on_done(self, len(live))
-            for r, v in live:
-                r.future.set_result(v)
+        with self._resolve_lock:  # the reader and supervisor threads may finish the same items
+            resolve_items(self, pairs, now)
 
-    def _fail(self, reqs: list[Request], err: GpufleetError) -> None:
+    def _fail(self, reqs: list[Request], err: GpufleetError, cause: BaseException | None = None) -> None:
         with self._resolve_lock:
-            live = [r for r in reqs if not r.future.done()
-                    and (r.future.running() or r.future.set_running_or_notify_cancel())]
-            if not live:
-                return
-            with self.stats.lock:
-                self.stats.errors += len(live)
-            self._on_done(self, len(live))
-            for r in live:
-                e = err if len(live) == 1 else type(err)(str(err))
-                e.__cause__ = err.__cause__
-                try:
-                    r.future.set_exception(e)
-                except InvalidStateError:
-                    pass
+            fail_items(self, reqs, err, cause if cause is not None else err.__cause__)
 
     def _fail_sent(self, inflight: list[Sent], err: GpufleetError) -> None:
         for sent in inflight:

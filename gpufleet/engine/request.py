@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
-__all__ = ["ItemFuture", "Request"]
+__all__ = ["ItemFuture", "Request", "fail_items", "resolve_items"]
 
 
 class ItemFuture(Future):
@@ -35,3 +35,38 @@ class Request:
         self.t_enqueue = t_submit
         self.deadline = deadline
         self.worker: Any = None
+
+
+def resolve_items(worker: Any, pairs: Iterable[tuple[Request, Any]], now: float) -> None:
+    """Deliver results of ``worker``'s items: count them, record end-to-end latency, free their queue slots
+    (``worker._on_done``), then wake the callers. Items already finished (e.g. timed out) are skipped."""
+    live = [(r, v) for r, v in pairs if not r.future.done()]
+    if not live:
+        return
+    stats = worker.stats
+    with stats.lock:
+        stats.total_requests += len(live)
+        e2e = stats.stage("e2e")
+        for r, _ in live:
+            e2e.add(now - r.t_submit)
+    worker._on_done(worker, len(live))
+    for r, v in live:
+        r.future.set_result(v)
+
+
+def fail_items(worker: Any, reqs: Iterable[Request], err: BaseException, cause: BaseException | None) -> None:
+    """Fail ``worker``'s items with ``err`` (a copy per item, ``cause`` chained). Pending items are marked
+    running first, atomically against ``cancel()``: a cancelled item already freed its slot."""
+    live = [r for r in reqs if not r.future.done() and (r.future.running() or r.future.set_running_or_notify_cancel())]
+    if not live:
+        return
+    with worker.stats.lock:
+        worker.stats.errors += len(live)
+    worker._on_done(worker, len(live))
+    for r in live:
+        e = err if len(live) == 1 else type(err)(str(err))
+        e.__cause__ = cause
+        try:
+            r.future.set_exception(e)
+        except InvalidStateError:
+            pass  # cancelled in the meantime; nobody waits for this item

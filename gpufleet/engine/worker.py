@@ -12,14 +12,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor, InvalidStateError
+from concurrent.futures import Executor
 from typing import Any
 
 from gpufleet.devices.device import Device
 from gpufleet.engine.batcher import Batcher
 from gpufleet.engine.oom import empty_cache, is_oom
 from gpufleet.engine.placement import weights_device
-from gpufleet.engine.request import Request
+from gpufleet.engine.request import Request, fail_items, resolve_items
 from gpufleet.engine.stats import WorkerStats
 from gpufleet.errors import DeadlineExceeded, GpufleetError, WorkerError
 from gpufleet.models.base import optional_stage
@@ -253,31 +253,10 @@ class ThreadWorker:
         self._resolve(batch, results)
 
     def _resolve(self, batch: list[Request], results: list) -> None:
-        now = time.monotonic()
-        with self.stats.lock:
-            self.stats.total_requests += len(batch)
-            e2e = self.stats.stage("e2e")
-            for r in batch:
-                e2e.add(now - r.t_submit)
-        self._on_done(self, len(batch))
-        for r, v in zip(batch, results):
-            r.future.set_result(v)
+        resolve_items(self, zip(batch, results, strict=True), time.monotonic())
 
-    def _fail(self, batch: list[Request], err: GpufleetError, cause: BaseException | None) -> None:
-        # Mark pending items running first (atomic against cancel()); cancelled ones freed their slots already.
-        live = [r for r in batch if r.future.running() or r.future.set_running_or_notify_cancel()]
-        if not live:
-            return
-        with self.stats.lock:
-            self.stats.errors += len(live)
-        self._on_done(self, len(live))
-        for r in live:
-            e = err if len(live) == 1 else type(err)(str(err))
-            e.__cause__ = cause
-            try:
-                r.future.set_exception(e)
-            except InvalidStateError:
-                pass  # cancelled in the meantime; nobody waits for this item
+    def _fail(self, batch: list[Request], err: GpufleetError, cause: BaseException | None = None) -> None:
+        fail_items(self, batch, err, cause)
 
     # -- batch size probe ---------------------------------------------------------------------------------
     def _probe(self, sample: Any) -> None:
