@@ -63,23 +63,36 @@ class _PoolCollector(Collector):
                     q.add_metric([stage, quantile], s[key] / 1e3)
         yield q
         yield mean
-        mem = GaugeMetricFamily("gpufleet_gpu_memory_used_bytes", "GPU memory in use (NVML)", labels=labels)
-        total = GaugeMetricFamily("gpufleet_gpu_memory_total_bytes", "GPU memory (NVML)", labels=labels)
-        util = GaugeMetricFamily("gpufleet_gpu_utilization_ratio", "GPU busy fraction (NVML)", labels=labels)
+        gauges = {key: (GaugeMetricFamily(name, doc, labels=[*labels, "uuid"]), scale)
+                  for key, (name, doc, scale) in _GPU_SERIES.items()}
         for dev in self.pool.devices:
             if not dev.is_cuda:
                 continue
             u = gpu_utilization(dev.physical_index if dev.physical_index is not None else dev.index)
             if not u:
                 continue
-            lv = [dev.label, str(dev.index)]
-            if u.get("memory_used_gb") is not None:
-                mem.add_metric(lv, u["memory_used_gb"] * 1e9)
-            if u.get("memory_total_gb") is not None:
-                total.add_metric(lv, u["memory_total_gb"] * 1e9)
-            if u.get("util_gpu") is not None:
-                util.add_metric(lv, u["util_gpu"] / 100.0)
-        yield from (mem, total, util)
+            lv = [dev.label, str(dev.index), dev.uuid]
+            for key, (family, scale) in gauges.items():
+                if u.get(key) is not None:
+                    family.add_metric(lv, u[key] * scale)
+        yield from (family for family, _ in gauges.values())
+
+
+# NVML reading (gpufleet.devices.nvml.gpu_utilization key) -> (metric, help, scale to base units)
+_GPU_SERIES = {
+    "memory_used_gb": ("gpufleet_gpu_memory_used_bytes", "GPU memory in use (NVML)", 1e9),
+    "memory_total_gb": ("gpufleet_gpu_memory_total_bytes", "GPU memory (NVML)", 1e9),
+    "util_gpu": ("gpufleet_gpu_utilization_ratio", "Fraction of time a kernel ran (NVML)", 0.01),
+    "util_mem": ("gpufleet_gpu_memory_utilization_ratio", "Fraction of time memory was read or written", 0.01),
+    "temperature_c": ("gpufleet_gpu_temperature_celsius", "GPU temperature", 1.0),
+    "power_w": ("gpufleet_gpu_power_watts", "Power draw", 1.0),
+    "power_limit_w": ("gpufleet_gpu_power_limit_watts", "Enforced power limit", 1.0),
+    "sm_clock_mhz": ("gpufleet_gpu_sm_clock_hertz", "SM clock", 1e6),
+    "mem_clock_mhz": ("gpufleet_gpu_memory_clock_hertz", "Memory clock", 1e6),
+    "nvdec_util": ("gpufleet_gpu_decoder_utilization_ratio", "NVDEC busy fraction", 0.01),
+    "nvenc_util": ("gpufleet_gpu_encoder_utilization_ratio", "NVENC busy fraction", 0.01),
+    "processes": ("gpufleet_gpu_processes", "Compute processes on the GPU", 1.0),
+}
 
 
 class Metrics:
