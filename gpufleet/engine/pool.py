@@ -145,6 +145,9 @@ class Pool:
     def _refresh_routes(self) -> None:
         # ``healthy`` of a process worker is False while its process restarts or its circuit breaker is open.
         self._routes = [] if self._closing else [w for w in self.workers if w.healthy and w.enabled]
+        self._routes_on: dict[str, list[Any]] = {}  # device label -> its routable workers (``device=`` hint)
+        for w in self._routes:
+            self._routes_on.setdefault(w.device.label, []).append(w)
 
     def _on_worker_state(self) -> None:
         """A process worker went down, came back, or its breaker changed state."""
@@ -187,8 +190,11 @@ class Pool:
 
     # -- submitting ---------------------------------------------------------------------------------------
     def submit(self, item: Any, *, timeout_s: float | None = None,
-               progress: Callable[[Any], None] | None = None) -> Future:
+               progress: Callable[[Any], None] | None = None, device: str | None = None) -> Future:
         """Queue one item; the future resolves to its result or raises a :class:`GpufleetError`.
+
+        ``device`` (a label such as ``"cuda:1"``) prefers that device's workers, e.g. for a frame already
+        decoded into its memory; other devices serve it only when that one has no healthy worker.
 
         ``progress`` (process backend) is called, on a pool thread, with each value the model passes to
         ``gpufleet.engine.child.report_progress`` while it serves the item.
@@ -210,7 +216,7 @@ class Pool:
             if self._outstanding >= self.config.max_queue:
                 raise QueueFullError(f"queue full: {self._outstanding} items outstanding (max_queue="
                                      f"{self.config.max_queue})")
-            routes = self._routes
+            routes = self._routes_on.get(device) or self._routes if device is not None else self._routes
             if not routes:
                 raise WorkerError("no healthy worker to serve the item")
             w = self._balancer.pick(routes)
@@ -259,8 +265,10 @@ class Pool:
         return self.submit(item).result()
 
     def map(self, items: Iterable[Any], *, ordered: bool = True, max_in_flight: int | None = None,
-            return_exceptions: bool = False, timeout_s: float | None = None) -> Iterator[Any]:
-        """Stream results for ``items``: in input order (``ordered=True``) or as they finish.
+            return_exceptions: bool = False, timeout_s: float | None = None,
+            device: str | None = None) -> Iterator[Any]:
+        """Stream results for ``items``: in input order (``ordered=True``) or as they finish; ``device``
+        prefers one device's workers (see :meth:`submit`).
 
         At most ``max_in_flight`` items are queued at once (default: four full batches per worker), so
         an endless iterator is consumed lazily. An item's error is raised when its turn comes, or yielded
@@ -271,14 +279,15 @@ class Pool:
             max_in_flight = max(8, 4 * per_worker * max(1, len(self.workers)))
         limit = max(1, min(max_in_flight, self.config.max_queue))
         if ordered:
-            return self._map_ordered(items, limit, return_exceptions, timeout_s)
-        return self._map_unordered(items, limit, return_exceptions, timeout_s)
+            return self._map_ordered(items, limit, return_exceptions, timeout_s, device)
+        return self._map_unordered(items, limit, return_exceptions, timeout_s, device)
 
-    def _submit_waiting(self, item: Any, timeout_s: float | None, oldest: Future | None) -> Future:
+    def _submit_waiting(self, item: Any, timeout_s: float | None, oldest: Future | None,
+                        device: str | None) -> Future:
         """Submit; when other producers filled the queue, wait for our oldest item (or a moment) and retry."""
         while True:
             try:
-                return self.submit(item, timeout_s=timeout_s)
+                return self.submit(item, timeout_s=timeout_s, device=device)
             except QueueFullError:
                 if oldest is not None and not oldest.done():
                     try:
@@ -296,11 +305,11 @@ class Pool:
         return fut.result()
 
     def _map_ordered(self, items: Iterable[Any], limit: int, return_exceptions: bool,
-                     timeout_s: float | None) -> Iterator[Any]:
+                     timeout_s: float | None, device: str | None) -> Iterator[Any]:
         pending: deque[Future] = deque()
         try:
             for x in items:
-                pending.append(self._submit_waiting(x, timeout_s, pending[0] if pending else None))
+                pending.append(self._submit_waiting(x, timeout_s, pending[0] if pending else None, device))
                 while len(pending) >= limit:
                     yield self._value(pending.popleft(), return_exceptions)
             while pending:
@@ -310,12 +319,12 @@ class Pool:
                 f.cancel()
 
     def _map_unordered(self, items: Iterable[Any], limit: int, return_exceptions: bool,
-                       timeout_s: float | None) -> Iterator[Any]:
+                       timeout_s: float | None, device: str | None) -> Iterator[Any]:
         done: SimpleQueue[Future] = SimpleQueue()
         live: set[Future] = set()
         try:
             for x in items:
-                f = self._submit_waiting(x, timeout_s, None)
+                f = self._submit_waiting(x, timeout_s, None, device)
                 live.add(f)
                 f.add_done_callback(done.put)
                 while len(live) >= limit:
@@ -431,7 +440,7 @@ class Pool:
             if self._closed:
                 return
             self._closing = True
-            self._routes = []
+            self._routes, self._routes_on = [], {}
             if drain:
                 end = None if timeout is None else time.monotonic() + timeout
                 while self._outstanding > 0:

@@ -352,7 +352,10 @@ class VideoJob:
                         return
 
             limit = max(self.config.queue_size, 2 * (self.config.chunk or 8))
-            for res in self.pool.map(items(), ordered=True, max_in_flight=limit, return_exceptions=True):
+            # Frames decoded into a GPU's memory are served by that GPU's workers when it has any.
+            where = dev.label if dev is not None else None
+            for res in self.pool.map(items(), ordered=True, max_in_flight=limit, return_exceptions=True,
+                                     device=where):
                 index, pts, image = metas.popleft()
                 err = f"{type(res).__name__}: {res}" if isinstance(res, BaseException) else None
                 if not emit(FrameResult(s.name, index, pts, None if err else res, image, err)):

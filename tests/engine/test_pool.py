@@ -750,3 +750,15 @@ def test_real_time_factor_for_models_that_declare_output_seconds() -> None:
     with Pool(lambda b: b, cpu_devices=1) as pool:
         pool.submit(1).result()
         assert pool.stats()["rtf"] is None  # no declared duration, no factor
+
+
+def test_device_hint_prefers_that_device_and_falls_back() -> None:
+    with Pool(lambda b: b, cpu_devices=3, max_batch_size=4) as pool:
+        assert list(pool.map(range(40), device="cpu:2")) == list(range(40))
+        per = {g["device"]: g["total_requests"] for g in pool.stats()["per_gpu_stats"]}
+        assert per == {"cpu:0": 0, "cpu:1": 0, "cpu:2": 40}
+        pool.set_enabled("cpu:2", False)  # no healthy worker there: any device serves it
+        assert pool.submit(7, device="cpu:2").result(10) == 7
+        assert pool.submit(8, device="cpu:9").result(10) == 8  # unknown label: no preference
+        per = {g["device"]: g["total_requests"] for g in pool.stats()["per_gpu_stats"]}
+        assert per["cpu:2"] == 40 and per["cpu:0"] + per["cpu:1"] == 2
