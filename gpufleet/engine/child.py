@@ -12,6 +12,7 @@ Inside ``predict``, :func:`report_progress` sends progress to the item's ``progr
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pickle
@@ -143,6 +144,7 @@ class _Child:
             self.send(m.SetupFailed(_error("setup", exc)))
             return False
         self.model = model
+        gc.freeze()  # the model and imports live as long as this process: keep them out of full GC passes
         self.pre = optional_stage(model, "preprocess")
         self.post = optional_stage(model, "postprocess")
         self.send(m.Ready(self.pre is not None, self.post is not None))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import secrets
@@ -140,6 +141,9 @@ class Pool:
         if failed:
             log.warning("pool started degraded: %d of %d workers failed in setup", len(failed), len(self.workers))
         self._refresh_routes()
+        if self.config.gc_freeze:
+            # Measured (CPU, torch imported): 43k -> 94-123k items/s through map; see PoolConfig.gc_freeze.
+            gc.freeze()
         log.info("pool ready: %d worker(s) on %s", len(self._routes), ", ".join(d.label for d in self.devices))
 
     def _refresh_routes(self) -> None:

@@ -762,3 +762,11 @@ def test_device_hint_prefers_that_device_and_falls_back() -> None:
         assert pool.submit(8, device="cpu:9").result(10) == 8  # unknown label: no preference
         per = {g["device"]: g["total_requests"] for g in pool.stats()["per_gpu_stats"]}
         assert per["cpu:2"] == 40 and per["cpu:0"] + per["cpu:1"] == 2
+
+
+def test_gc_freeze_after_setup() -> None:
+    import gc
+
+    with Pool(lambda b: b, cpu_devices=1, gc_freeze=True) as pool:
+        pool.submit(1).result(10)
+        assert gc.get_freeze_count() > 0  # objects alive after set-up are out of the collector's passes
