@@ -144,6 +144,7 @@ class _Child:
             self.send(m.SetupFailed(_error("setup", exc)))
             return False
         self.model = model
+        gc.collect()
         gc.freeze()  # the model and imports live as long as this process: keep them out of full GC passes
         self.pre = optional_stage(model, "preprocess")
         self.post = optional_stage(model, "postprocess")
