@@ -48,8 +48,9 @@ def run(balancer: str, seconds: float) -> dict:
         elapsed = time.perf_counter() - t0
         per = {g["device"]: g["total_requests"] for g in pool.stats()["per_gpu_stats"]}
     a = np.asarray(lat) * 1e3
-    return {"balancer": balancer, "items_s": round(len(lat) / elapsed, 1), "p50_ms": round(float(np.percentile(a, 50)), 2),
-            "p99_ms": round(float(np.percentile(a, 99)), 2), "items_per_device": per,
+    return {"balancer": balancer, "items_s": round(len(lat) / elapsed, 1),
+            "p50_ms": round(float(np.percentile(a, 50)), 2), "p99_ms": round(float(np.percentile(a, 99)), 2),
+            "items_per_device": per,
             "fast_share": round(per["cpu:0"] / max(1, sum(per.values())), 3)}
 
 
