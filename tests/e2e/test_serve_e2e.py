@@ -3,49 +3,28 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e.serving import ROOT, free_port, start_server, wait_ready
+
 MODEL = ROOT / "tests" / "server" / "slow_model.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(port: int, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "gpufleet", "serve", f"{MODEL}:SlowModel", "--port", str(port), "--cpu-devices", "1",
-         "--log-level", "warning", *args],
-        cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_server(f"{MODEL}:SlowModel", port, *args, env=env)
 
 
 def _wait_ready(proc: subprocess.Popen, base: str, headers: dict[str, str] | None = None) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[0]
-        try:
-            if httpx.get(f"{base}/v2/health/ready", headers=headers, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("server did not become ready")
+    wait_ready(proc, base, headers, timeout_s=60)
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0() -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     # One worker, batches of 2, 0.4 s each: 8 requests keep it busy for ~1.6 s after the signal.
     proc = _start(port, "--max-batch-size", "2", "--max-wait-ms", "1", "--drain-timeout-s", "30",
@@ -101,7 +80,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0() -> None:
 
 
 def test_serve_env_and_token_flags() -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = _start(port, "--token", "tok", env={"MAX_BATCH_SIZE": "3", "SLOW_MODEL_S": "0.01"})
     try:
@@ -118,7 +97,7 @@ def test_serve_env_and_token_flags() -> None:
 
 
 def test_json_log_format_writes_one_json_object_per_line() -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = _start(port, "--log-format", "json", env={"SLOW_MODEL_S": "0.01"})
     try:

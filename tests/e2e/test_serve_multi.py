@@ -6,47 +6,26 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e.serving import ROOT, free_port, start_server, wait_ready
+
 MODEL = f"{ROOT / 'tests' / 'server' / 'echo_model.py'}:Echo"
 FRONTEND = "x-gpufleet-frontend"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(port: int, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "gpufleet", "serve", MODEL, "--port", str(port), "--cpu-devices", "1",
-         "--log-level", "warning", *args],
-        cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_server(MODEL, port, *args, env=env)
 
 
 def _wait_ready(proc: subprocess.Popen, base: str) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[0]
-        try:
-            if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("server did not become ready")
+    wait_ready(proc, base)
 
 
 def _stop(proc: subprocess.Popen) -> str:
@@ -61,7 +40,7 @@ def _stop(proc: subprocess.Popen) -> str:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, subprocess.Popen]]:
-    port = _free_port()
+    port = free_port()
     proc = _start(port, "--http-workers", "2", "--max-batch-size", "4", "--max-wait-ms", "1", "--max-queue", "8",
                   "--timeout-s", "1.0")
     base = f"http://127.0.0.1:{port}"
@@ -190,7 +169,7 @@ def _frontend_pids(base: str, want: int = 2, tries: int = 200) -> set[int]:
 
 
 def test_frontend_crash_is_restarted_then_sigterm_drains() -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = _start(port, "--max-batch-size", "2", "--max-wait-ms", "1", "--drain-timeout-s", "30",
                   env={"GPUFLEET_HTTP_WORKERS": "2"})
