@@ -23,8 +23,8 @@ from gpufleet.config import PoolConfig
 from gpufleet.devices import Device, select
 from gpufleet.engine.balancer import make_balancer
 from gpufleet.engine.placement import check_thread_placement
+from gpufleet.engine.report import health_report, stats_report
 from gpufleet.engine.request import ItemFuture, Request
-from gpufleet.engine.stats import STAGES, percentiles
 from gpufleet.engine.worker import ThreadWorker
 from gpufleet.errors import (
     ConfigError,
@@ -374,68 +374,17 @@ class Pool:
 
     def health(self) -> dict:
         """Readiness and per-worker health in the seed's ``/health`` shape."""
-        backends = []
-        for w in self.workers:
-            snap = w.stats.snapshot()
-            backends.append({
-                "address": w.name, "device": w.device.label, "worker": w.index, "healthy": w.healthy,
-                "enabled": w.enabled, "total_requests": snap["total_requests"], "error_count": snap["errors"],
-                "error": None if w.error is None else str(w.error),
-            })
-            extra = getattr(w, "health_extra", None)  # process workers: pid, breaker state, restarts
-            if extra is not None:
-                info = extra()
-                backends[-1].update(info, error_count=snap["errors"] + info["worker_failures"])
-        healthy = sum(1 for b in backends if b["healthy"])
-        return {"healthy": self.ready, "ready": self.ready, "draining": self._closing and not self._closed,
-                "total_backends": len(backends), "healthy_count": healthy, "backends": backends}
+        return health_report(self.workers, ready=self.ready, draining=self._closing and not self._closed)
 
     def stats(self) -> dict:
         """Totals, throughput, per-GPU stats in the seed schema, per-worker stats and stage percentiles (ms)."""
-        workers = [(w, w.stats.snapshot()) for w in self.workers]
-        per_gpu = []
-        for dev in self.devices:
-            mine = [(w, s) for w, s in workers if w.device == dev]
-            reqs = sum(s["total_requests"] for _, s in mine)
-            batches = sum(s["total_batches"] for _, s in mine)
-            items = sum(w.stats.items_in_batches for w, _ in mine)
-            per_gpu.append({
-                "gpu_id": dev.index, "device": dev.label, "name": dev.name,
-                "current_queue_depth": sum(len(w.batcher) for w, _ in mine),
-                "outstanding": sum(w.outstanding for w, _ in mine),
-                "total_requests": reqs, "total_batches": batches,
-                "avg_batch_size": round(items / batches, 3) if batches else 0.0,
-                "errors": sum(s["errors"] for _, s in mine), "workers": len(mine),
-            })
-        total_req = sum(s["total_requests"] for _, s in workers)
-        total_batches = sum(s["total_batches"] for _, s in workers)
-        items = sum(w.stats.items_in_batches for w, _ in workers)
-        uptime = time.monotonic() - self._started
-        stages: dict[str, dict] = {}
-        names = {n for w, _ in workers for n in list(w.stats.stages)} | set(STAGES)
-        for name in sorted(names):
-            parts = [w.stats.stages[name].samples() for w, _ in workers if name in list(w.stats.stages)]
-            if name == "preprocess" and self._pre_stats["count"]:
-                with self._pre_lock:
-                    parts = [np.fromiter(self._pre_stats["samples"], dtype=np.float64)]
-            samples = np.concatenate(parts) if parts else np.zeros(0)
-            if samples.size:
-                stages[name] = {"count": int(samples.size), "mean_ms": float(samples.mean() * 1e3),
-                                **percentiles(samples)}
-        return {
-            "num_gpus": len(self.devices), "num_workers": len(self.workers), "balancer": self._balancer.name,
-            "backend": self.config.backend, "mps": self.mps,
-            "total_requests": total_req, "total_batches": total_batches,
-            "avg_batch_size": round(items / total_batches, 3) if total_batches else 0.0,
-            "errors": sum(s["errors"] for _, s in workers), "oom_events": sum(s["oom_events"] for _, s in workers),
-            "restarts": sum(s["restarts"] for _, s in workers), "queue_depth": self._outstanding,
-            "rtf": _rtf(workers),
-            "uptime_s": round(uptime, 3), "throughput_rps": round(total_req / uptime, 3) if uptime > 0 else 0.0,
-            "per_gpu_stats": per_gpu,
-            "per_worker_stats": [{**w.describe(), **{k: v for k, v in s.items() if k != "stages"}}
-                                 for w, s in workers],
-            "stages": stages,
-        }
+        pre = None
+        if self._pre_stats["count"]:  # items preprocessed by the pool's threads (not inside process workers)
+            with self._pre_lock:
+                pre = np.fromiter(self._pre_stats["samples"], dtype=np.float64)
+        return stats_report(self.workers, self.devices, balancer=self._balancer.name, backend=self.config.backend,
+                            mps=self.mps, outstanding=self._outstanding, started=self._started,
+                            preprocess_samples=pre)
 
     # -- shutdown -----------------------------------------------------------------------------------------
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
@@ -483,8 +432,3 @@ class Pool:
         return (f"Pool(workers={len(self.workers)}, devices=[{', '.join(d.label for d in self.devices)}], "
                 f"balancer={self._balancer.name!r}, max_batch_size={self.config.max_batch_size})")
 
-
-def _rtf(workers: list) -> float | None:
-    """Real-time factor over all workers: device-busy seconds per second of audio/video produced."""
-    media = sum(s.get("media_s", 0.0) for _, s in workers)
-    return round(sum(s["busy_s"] for _, s in workers) / media, 5) if media else None
