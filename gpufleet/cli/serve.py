@@ -32,6 +32,8 @@ def register(app: typer.Typer) -> None:
         gpus: Optional[str] = typer.Option(None, "--gpus", help='"all" or "0,2" (default: all / GPU_IDS).'),  # noqa: UP045
         cpu_devices: Optional[int] = typer.Option(None, "--cpu-devices", help="Use N CPU devices (no GPU)."),  # noqa: UP045
         workers_per_device: Optional[int] = typer.Option(None, "--workers-per-device"),  # noqa: UP045
+        backend: Optional[str] = typer.Option(  # noqa: UP045
+            None, "--backend", help="thread (default) | process: one process per worker, restarted when it dies"),
         max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size", help="0 = probe the best size."),  # noqa: UP045
         max_wait_ms: Optional[float] = typer.Option(None, "--max-wait-ms"),  # noqa: UP045
         balancer: Optional[str] = typer.Option(None, "--balancer", help="round-robin | queue-depth | speed"),  # noqa: UP045
@@ -59,6 +61,7 @@ def register(app: typer.Typer) -> None:
         if gpus is not None and cpu_devices is not None:
             _fail("--gpus and --cpu-devices exclude each other")
         pool = {"devices": gpus, "cpu_devices": cpu_devices, "workers_per_device": workers_per_device,
+                "backend": backend,
                 "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms, "balancer": balancer,
                 "max_queue": max_queue, "timeout_s": timeout_s}
         try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import pickle
 import signal
 import threading
 import time
@@ -132,11 +131,12 @@ class _Child:
                 return  # the parent is gone; the main loop sees EOF
 
     def setup(self) -> bool:
+        from gpufleet.engine.placement import load_model_blob
         from gpufleet.models.base import model_factory, optional_stage
 
         try:
             self.send(_hello(self.spec.device))
-            model = model_factory(pickle.loads(self.spec.model))()
+            model = model_factory(load_model_blob(self.spec.model))()
             if self.spec.batch_buckets and hasattr(model, "batch_buckets"):
                 model.batch_buckets = self.spec.batch_buckets
             model.setup(self.spec.device)
@@ -243,7 +243,10 @@ class _Child:
 def main(conn: Any, spec: ChildSpec) -> None:
     """Entry point of the spawned child (``multiprocessing`` target)."""
     os.environ.update(spec.env)  # before the model is unpickled or CUDA initialised
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which drains and stops us
+    # Ctrl-C, and a SIGTERM sent to the whole process group (systemd, `timeout`, `kill -TERM -pgid`), go to
+    # the parent, which drains and then stops us; we exit on its Shutdown message, on EOF, or by SIGKILL.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=spec.log_level, format=f"%(asctime)s %(levelname)s worker-{spec.worker}: %(message)s")
     child = _Child(conn, spec)
     stop = threading.Event()

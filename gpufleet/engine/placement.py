@@ -4,23 +4,57 @@
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import inspect
 import os
 import pickle
+import sys
 from typing import Any
 
 from gpufleet.devices.device import Device
 from gpufleet.engine.messages import Hello
 from gpufleet.errors import ConfigError, DeviceError
 
-__all__ = ["model_blob", "pin_env", "verify_placement"]
+__all__ = ["load_model_blob", "model_blob", "pin_env", "verify_placement"]
+
+
+def _file_modules(model: Any) -> list[tuple[str, str]]:
+    """(module name, file) of the model's module when a fresh interpreter cannot import it by name — a model
+    loaded from ``path/to/file.py:Class`` (``gpufleet serve``): the child loads that file under the same name
+    before it unpickles the model."""
+    owner = model if inspect.isclass(model) or inspect.isfunction(model) else type(model)
+    name = getattr(owner, "__module__", None) or ""
+    mod = sys.modules.get(name)
+    path = getattr(mod, "__file__", None)
+    if not name or name == "__main__" or mod is None or not path:
+        return []
+    if importlib.machinery.PathFinder.find_spec(name.split(".")[0]) is not None:
+        return []  # importable from sys.path: pickle's by-reference lookup works in the child
+    return [(name, os.path.abspath(path))]
+
+
+def load_model_blob(blob: bytes) -> Any:
+    """The model of :func:`model_blob`, in the child: loads file-only modules first, then unpickles."""
+    files, payload = pickle.loads(blob)
+    for name, path in files:
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or spec.loader is None:
+                raise ConfigError(f"cannot load the model's module {name} from {path}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+    return pickle.loads(payload)
 
 
 def model_blob(model: Any) -> bytes:
     """``model`` pickled for a spawned child: a class or module-level function travels by reference (the
-    child imports it), an instance by value, an embedded model by name. ``ConfigError`` for what cannot."""
+    child imports it, or loads its file), an instance by value, an embedded model by name. ``ConfigError``
+    for what cannot."""
     try:
-        blob = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+        blob = pickle.dumps((_file_modules(model), pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)),
+                            protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # PicklingError, AttributeError ("Can't pickle local object"), TypeError
         what = "lambda" if getattr(model, "__name__", "") == "<lambda>" else type(model).__name__
         if inspect.isfunction(model) or inspect.isclass(model):

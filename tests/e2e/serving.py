@@ -20,12 +20,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, port: int, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``gpufleet serve MODEL`` on 127.0.0.1:port with one CPU device; output piped (stderr into stdout)."""
+def start_server(model: str, port: int, *args: str, env: dict[str, str] | None = None,
+                 new_session: bool = False) -> subprocess.Popen:
+    """``gpufleet serve MODEL`` on 127.0.0.1:port with one CPU device; output piped (stderr into stdout).
+    ``new_session`` makes it a process-group leader, so a test may signal its whole group."""
     return subprocess.Popen(
         [sys.executable, "-m", "gpufleet", "serve", model, "--port", str(port), "--cpu-devices", "1",
          "--log-level", "warning", *args],
-        cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=new_session)
 
 
 def wait_ready(proc: subprocess.Popen, base: str, headers: dict[str, str] | None = None,
