@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,10 +38,12 @@ def resolve_dtype(precision: str, device: Device) -> torch.dtype:
 class _Launch:
     """One batch in flight: its size, host outputs (pinned, filled asynchronously) and the events to wait on."""
 
-    __slots__ = ("n", "out", "done", "marks", "extra")
+    __slots__ = ("n", "out", "done", "marks", "batch_s", "compute_s", "extra")
 
-    def __init__(self, n: int, out: Any, done: Any = None, marks: tuple | None = None) -> None:
+    def __init__(self, n: int, out: Any, done: Any = None, marks: tuple | None = None, batch_s: float = 0.0,
+                 compute_s: float = 0.0) -> None:
         self.n, self.out, self.done, self.marks = n, out, done, marks
+        self.batch_s, self.compute_s = batch_s, compute_s  # host-side batch assembly; CPU devices' forward
         self.extra: Any = None  # for subclasses: per-batch state carried from launch to collect
 
 
@@ -151,17 +154,24 @@ class TorchModel(Model):
     def launch(self, batch: list) -> _Launch:
         """Stack, copy and run one batch without waiting for the device; :meth:`collect` waits."""
         n = len(batch)
+        t0 = time.perf_counter()
         if not self._cuda:
+            x = self._stack(batch, None)
+            t1 = time.perf_counter()
             with torch.inference_mode():
-                return _Launch(n, self._forward(self._stack(batch, None)))
+                out = self._forward(x)
+            return _Launch(n, out, batch_s=t1 - t0, compute_s=time.perf_counter() - t1)
         slot = self._slot
         self._slot = (slot + 1) % self.staging_slots
         x = self._stack(batch, slot)
+        batch_s = time.perf_counter() - t0
         bucket = self._graphs.bucket(n) if self._graphs is not None else None
         if bucket is not None:
-            return self._launch_graph(x, n, bucket, slot)
+            handle = self._launch_graph(x, n, bucket, slot)
+            handle.batch_s = batch_s
+            return handle
         with torch.inference_mode():
-            marks = tuple(torch.cuda.Event(enable_timing=True) for _ in range(3))
+            marks = _marks()
             if x.device.type == "cpu":
                 with torch.cuda.stream(self._copy_stream):
                     marks[0].record()
@@ -176,13 +186,14 @@ class TorchModel(Model):
             with torch.cuda.stream(self._stream):
                 x.record_stream(self._stream)
                 y = self._forward(x)
-                out = _tree(y, lambda t: _to_host_async(t))
                 marks[2].record()
-        return _Launch(n, out, marks[2], marks)
+                out = _tree(y, lambda t: _to_host_async(t))
+                marks[3].record()
+        return _Launch(n, out, marks[3], marks, batch_s)
 
     def _launch_graph(self, x: torch.Tensor, n: int, bucket: int, slot: int) -> _Launch:
         cap = self._graphs.get(bucket, x.shape[1:], x.dtype)
-        marks = tuple(torch.cuda.Event(enable_timing=True) for _ in range(3))
+        marks = _marks()
         with torch.inference_mode():
             if x.device.type == "cpu":
                 with torch.cuda.stream(self._copy_stream):
@@ -195,25 +206,35 @@ class TorchModel(Model):
                 self._stream.wait_event(marks[1])
                 with torch.cuda.stream(self._stream):
                     cap.graph.replay()
-                    out = _tree(cap.y, lambda t: _to_host_async(t[:n]))
                     marks[2].record()
+                    out = _tree(cap.y, lambda t: _to_host_async(t[:n]))
+                    marks[3].record()
             else:
                 with torch.cuda.stream(self._stream):
                     marks[0].record()
                     cap.x[:n].copy_(x)
                     marks[1].record()
                     cap.graph.replay()
-                    out = _tree(cap.y, lambda t: _to_host_async(t[:n]))
                     marks[2].record()
-        cap.done = marks[2]
-        return _Launch(n, out, marks[2], marks)
+                    out = _tree(cap.y, lambda t: _to_host_async(t[:n]))
+                    marks[3].record()
+        cap.done = marks[3]
+        return _Launch(n, out, marks[3], marks)
 
     def collect(self, handle: _Launch) -> list:
-        """Wait for a launched batch and split its output into one entry per item."""
+        """Wait for a launched batch and split its output into one entry per item.
+
+        Sets ``last_timings`` (seconds): ``batch`` (stacking on the host), and on CUDA ``h2d``, ``compute``
+        (from the copy's end to the output on the device: includes waiting behind the previous batch) and
+        ``d2h`` from CUDA events; on CPU ``compute`` is the forward pass.
+        """
         if handle.done is not None:
             handle.done.synchronize()
             m = handle.marks
-            self.last_timings = {"h2d": m[0].elapsed_time(m[1]) / 1e3, "compute": m[1].elapsed_time(m[2]) / 1e3}
+            self.last_timings = {"batch": handle.batch_s, "h2d": m[0].elapsed_time(m[1]) / 1e3,
+                                 "compute": m[1].elapsed_time(m[2]) / 1e3, "d2h": m[2].elapsed_time(m[3]) / 1e3}
+        else:
+            self.last_timings = {"batch": handle.batch_s, "compute": handle.compute_s}
         return _split(handle.out, handle.n)
 
     def _forward(self, x: torch.Tensor) -> Any:
@@ -253,6 +274,11 @@ class TorchModel(Model):
             self._staged[slot].synchronize()  # its previous copy to the device must have finished
         torch.stack(items, out=buf[:n])
         return buf[:n]
+
+
+def _marks() -> tuple:
+    """Timing events: before the copy in, after it, after the forward pass, after the copy out."""
+    return tuple(torch.cuda.Event(enable_timing=True) for _ in range(4))
 
 
 def _tree(y: Any, fn: Callable[[torch.Tensor], Any]) -> Any:

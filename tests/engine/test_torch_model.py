@@ -197,3 +197,11 @@ def test_load_hook_and_module_factory() -> None:
             assert torch.allclose(pool.submit(x).result(timeout=30), want, atol=1e-5)
     with pytest.raises(NotImplementedError):
         TorchModel().setup(CPU)
+
+
+def test_stage_timings_include_batch_assembly_and_compute() -> None:
+    with Pool(TorchModel(torch.nn.Linear(8, 2)), cpu_devices=1, max_batch_size=8) as pool:
+        list(pool.map([torch.randn(8) for _ in range(32)]))
+        stages = pool.stats()["stages"]
+    assert {"batch", "compute", "predict", "queue_wait", "e2e"} <= set(stages)
+    assert stages["batch"]["count"] >= 4 and stages["compute"]["p50_ms"] >= 0.0
