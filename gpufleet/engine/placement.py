@@ -110,8 +110,9 @@ def verify_placement(worker: str, device: Device, hello: Hello, env: dict[str, s
 
 
 def weights_device(model: Any) -> str | None:
-    """Where ``model`` keeps its weights: the device of the first parameter or tensor found on it (a
-    ``TorchModel``'s module, or any torch module/tensor attribute), e.g. ``"cuda:1"``; None when it has none."""
+    """Where ``model`` keeps its weights: the device of the first parameter of its torch module (a
+    ``TorchModel``'s ``module``, else the first ``nn.Module`` attribute), e.g. ``"cuda:1"``; None when it
+    has none. Plain tensor attributes are not looked at: small CPU-side tables are legitimate."""
     import torch
 
     seen: list[Any] = [getattr(model, "module", None), *vars(model).values()] if hasattr(model, "__dict__") else []
@@ -119,8 +120,6 @@ def weights_device(model: Any) -> str | None:
         if isinstance(value, torch.nn.Module):
             for p in value.parameters():
                 return str(p.device)
-        elif isinstance(value, torch.Tensor):
-            return str(value.device)
     return None
 
 

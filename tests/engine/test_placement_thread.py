@@ -32,3 +32,19 @@ def test_each_worker_reports_its_placement() -> None:
         assert [r["context_on"] for r in rows] == [None, None]  # no CUDA context on CPU devices
     with Pool(lambda b: b, cpu_devices=1) as pool:  # a plain function has no weights to check
         assert pool.stats()["per_worker_stats"][0]["weights_on"] is None
+
+
+class _CpuTable(Model):
+    """Weights on its device, plus a small CPU-side lookup tensor: fine."""
+
+    def setup(self, device) -> None:
+        self.table = torch.arange(4)
+        self.module = torch.nn.Linear(2, 2, device=device.torch)
+
+    def predict(self, batch: list) -> list:
+        return batch
+
+
+def test_cpu_side_tensors_are_not_misplacement() -> None:
+    with Pool(_CpuTable, cpu_devices=1) as pool:
+        assert pool.stats()["per_worker_stats"][0]["weights_on"] == "cpu"
