@@ -37,14 +37,15 @@ demo: venv
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 		echo "installing Debian chromium for the dashboard browser test"; \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			chromium) >/dev/null 2>&1 || echo "chromium could not be installed: the browser test will skip"; }
+		(timeout 300 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq \
+			--no-install-recommends chromium) >/dev/null 2>&1 \
+			|| echo "chromium could not be installed: the browser test will skip"; }
 
 test: venv browser
 	$(PYTHON) -m pytest -q -ra $(PYTEST_ARGS)
 
 lint: venv
-	$(PYTHON) -m ruff check gpufleet tests
+	$(PYTHON) -m ruff check gpufleet tests scripts
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
