@@ -89,7 +89,7 @@ class Pool:
                     max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_wait_ms,
                     max_probe_batch=cfg.max_probe_batch, pipeline_depth=cfg.pipeline_depth,
                     batch_buckets=cfg.batch_buckets,
-                    executor=self._executor, on_done=self._done,
+                    executor=self._executor, on_done=self._done, on_state=self._on_worker_state,
                 ))
         self._start()
 

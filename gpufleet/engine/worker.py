@@ -47,6 +47,7 @@ class ThreadWorker:
         batch_buckets: tuple[int, ...] | None = None,
         executor: Executor,
         on_done: Callable[[ThreadWorker, int], None],
+        on_state: Callable[[], None] | None = None,
     ) -> None:
         self.index = index
         self.device = device
@@ -72,7 +73,9 @@ class ThreadWorker:
         self._make_model = make_model
         self._executor = executor
         self._on_done = on_done
+        self._on_state = on_state
         self._oom_logged = False
+        self._inflight: deque[tuple[list[Request], Any, float]] = deque()
         self._thread = threading.Thread(target=self._main, name=f"gpufleet-{self.name}", daemon=True)
 
     # -- life cycle ---------------------------------------------------------------------------------------
@@ -113,18 +116,24 @@ class ThreadWorker:
         except BaseException as exc:  # noqa: BLE001 - a bug in the loop must not hang callers
             log.exception("%s stopped unexpectedly", self.name)
             self.error, self.healthy = exc, False
-            self._fail(self.batcher.drain(), WorkerError(f"{self.name} stopped: {exc}"), exc)
+            if self._on_state is not None:
+                self._on_state()  # the pool stops routing here
+            err = WorkerError(f"{self.name} stopped: {exc}")
+            self._fail([r for batch, _, _ in self._inflight for r in batch] + self.batcher.drain(), err, exc)
+            while (batch := self.batcher.take(1 << 30)) is not None:  # routed here before the routes changed
+                self._fail(batch, err, exc)
 
     # -- the serving loop ---------------------------------------------------------------------------------
     def _loop(self) -> None:
-        inflight: deque[tuple[list[Request], Any, float]] = deque()
+        inflight = self._inflight  # batches launched on the device, not yet collected
         depth = self.pipeline_depth if self._pipelined else 1
         while True:
             if inflight:
                 # The device is busy: take only what is queued now, else finish the oldest batch.
                 batch = self.batcher.take(self.max_batch, block=False) if len(inflight) < depth else []
                 if not batch:
-                    self._finish(*inflight.popleft())
+                    self._finish(*inflight[0])
+                    inflight.popleft()  # only once finished: a crash in between still sees its items
                     continue
             else:
                 batch = self.batcher.take(self.max_batch)

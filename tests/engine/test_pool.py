@@ -770,3 +770,36 @@ def test_gc_freeze_after_setup() -> None:
     with Pool(lambda b: b, cpu_devices=1, gc_freeze=True) as pool:
         pool.submit(1).result(10)
         assert gc.get_freeze_count() > 0  # objects alive after set-up are out of the collector's passes
+
+
+class _CollectBreaks:
+    """A pipelined model whose collect() hits a bug in the worker loop's own code path (not predict)."""
+
+    def setup(self, device) -> None:
+        self.n = 0
+
+    def predict(self, batch: list) -> list:
+        return batch
+
+    def launch(self, batch: list) -> list:
+        return batch
+
+    def collect(self, handle: list) -> list:
+        self.n += 1
+        if self.n == 2:
+            raise SystemExit("loop-level failure")  # BaseException: escapes _finish's handler
+        return handle
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_loop_crash_fails_in_flight_items_instead_of_hanging() -> None:
+    with Pool(_CollectBreaks, cpu_devices=1, max_batch_size=2, max_wait_ms=0) as pool:
+        futures = [pool.submit(i) for i in range(8)]
+        results = []
+        for f in futures:
+            try:
+                results.append(f.result(timeout=10))
+            except WorkerError as exc:
+                results.append(exc)
+    assert any(isinstance(r, WorkerError) for r in results)
+    assert all(isinstance(r, (int, WorkerError)) for r in results)  # every item answered, none hangs
