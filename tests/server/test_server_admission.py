@@ -10,10 +10,10 @@ import httpx
 import orjson
 import pytest
 import slow_model
-from conftest import live_server
 from slow_model import Failing, SlowModel
 
 from gpufleet import Pool
+from tests.server.conftest import live_server
 
 
 @pytest.fixture()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import b64, jpeg, live_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpufleet import Pool
+from tests.server.conftest import b64, jpeg, live_server
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import struct
 
 import httpx
 import orjson
-from conftest import b64, jpeg, live_server
 
 from gpufleet import Pool
+from tests.server.conftest import b64, jpeg, live_server
 
 V2 = "/v2/models/orientation/infer"
 
