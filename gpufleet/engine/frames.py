@@ -4,7 +4,7 @@ clients: length-prefixed msgspec msgpack frames on a Unix stream socket.
 A frame is a 4-byte little-endian length and one message. Messages are tagged ``msgspec.Struct``s encoded
 as arrays (a submit costs a few bytes beyond its item):
 
-    client -> engine   Submit {id, item, timeout_s}   Cancel {id}   Call {id, method}
+    client -> engine   Submit {id, item, timeout_s}   Cancel {id}   Call {id, method, args}
     engine -> client   Result {id, ok, value | error_type, error_message}   State {ready, draining}
 
 Items and results are msgpack values; numpy arrays and scalars travel as msgpack *ext* values (dtype,
@@ -46,10 +46,12 @@ class Cancel(msgspec.Struct, tag="c", array_like=True):
 
 
 class Call(msgspec.Struct, tag="q", array_like=True):
-    """An RPC: ``method`` is ``info``, ``stats`` or ``health``; the answer is a :class:`Result` with the same id."""
+    """An RPC: ``method`` is ``info``, ``stats``, ``health`` or ``set_enabled`` (``args``: device label, bool);
+    the answer is a :class:`Result` with the same id."""
 
     id: int
     method: str
+    args: Union[list, None] = None  # noqa: UP007
 
 
 class Result(msgspec.Struct, tag="r", array_like=True):

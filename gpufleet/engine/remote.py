@@ -255,6 +255,9 @@ class PoolServer:
                               **self.info}
             elif m.method in ("stats", "health"):  # may take milliseconds: keep the socket loop free
                 value = await asyncio.get_running_loop().run_in_executor(None, getattr(self.pool, m.method))
+            elif m.method == "set_enabled":  # the dashboard's drain/enable, from any front end
+                label, enabled = m.args or (None, None)
+                value = self.pool.set_enabled(str(label), bool(enabled))
             else:
                 raise ValueError(f"unknown RPC method {m.method!r}")
             result = Result(m.id, True, value)
@@ -344,14 +347,14 @@ class RemotePool:
         if self._pending.pop(rid, None) is not None and self._link is not None:
             self._link.send(Cancel(rid))
 
-    async def _call(self, method: str) -> Any:
+    async def _call(self, method: str, args: list | None = None) -> Any:
         link = self._link
         if link is None:
             raise PoolClosed("the engine process is gone")
         rid = self._next_id = self._next_id + 1
         fut = self._loop.create_future()  # type: ignore[union-attr]
         self._pending[rid] = fut
-        link.send(Call(rid, method))
+        link.send(Call(rid, method, args))
         try:
             return await fut
         finally:
@@ -362,6 +365,10 @@ class RemotePool:
 
     async def health(self) -> dict:
         return await self._call("health")
+
+    async def set_enabled(self, device_label: str, enabled: bool) -> list[int]:
+        """Stop (or resume) routing to a device in the engine: :meth:`gpufleet.Pool.set_enabled`, remotely."""
+        return await self._call("set_enabled", [device_label, enabled])
 
     def _on_messages(self, link: _Link, msgs: list[Message]) -> None:
         pending = self._pending

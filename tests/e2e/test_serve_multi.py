@@ -231,3 +231,18 @@ def test_frontend_crash_is_restarted_then_sigterm_drains() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_dashboard_drain_and_enable_reach_the_engine(server: tuple[str, subprocess.Popen]) -> None:
+    base, _ = server
+    assert httpx.get(f"{base}/dashboard").status_code == 200
+    assert [r["device"] for r in httpx.get(f"{base}/monitor").json()["latest"]] == ["cpu:0"]
+    r = httpx.post(f"{base}/admin/devices/cpu:0/drain")
+    assert r.status_code == 200 and r.json() == {"device": "cpu:0", "enabled": False, "workers": [0]}
+    try:  # every front end sees the engine's state
+        for _ in range(4):
+            assert httpx.get(f"{base}/health").json()["backends"][0]["enabled"] is False
+    finally:
+        r = httpx.post(f"{base}/admin/devices/cpu:0/enable")
+    assert r.status_code == 200 and r.json()["enabled"] is True
+    assert httpx.post(f"{base}/predict", json="after", timeout=10).status_code == 200
