@@ -39,6 +39,7 @@ class Submit(msgspec.Struct, tag="s", array_like=True):
     id: int
     item: Any
     timeout_s: Union[float, None] = None  # noqa: UP007 - msgspec reads the annotation at runtime on 3.9+
+    pre: bool = False  # the front end already ran the model's preprocess on ``item``
 
 
 class Cancel(msgspec.Struct, tag="c", array_like=True):

@@ -196,11 +196,14 @@ class Pool:
 
     # -- submitting ---------------------------------------------------------------------------------------
     def submit(self, item: Any, *, timeout_s: float | None = None,
-               progress: Callable[[Any], None] | None = None, device: str | None = None) -> Future:
+               progress: Callable[[Any], None] | None = None, device: str | None = None,
+               preprocessed: bool = False) -> Future:
         """Queue one item; the future resolves to its result or raises a :class:`GpufleetError`.
 
         ``device`` (a label such as ``"cuda:1"``) prefers that device's workers, e.g. for a frame already
         decoded into its memory; other devices serve it only when that one has no healthy worker.
+        ``preprocessed=True`` says the model's ``preprocess`` already ran on ``item`` (an HTTP front end did);
+        the thread backend then skips it.
 
         ``progress`` (process backend) is called, on a pool thread, with each value the model passes to
         ``gpufleet.engine.child.report_progress`` while it serves the item.
@@ -230,7 +233,7 @@ class Pool:
             self._outstanding += 1
             req.worker = w
         fut._on_cancel = lambda: self._release(req)  # a cancelled item frees its slot now; workers skip it
-        if w.preprocess is None:
+        if w.preprocess is None or preprocessed:
             w.batcher.put(req)
         else:
             self._executor.submit(self._preprocess, w, req)

@@ -25,7 +25,7 @@ from typing import Any
 
 from gpufleet.devices import Device
 from gpufleet.engine.frames import Call, Cancel, Codec, Message, Result, State, Submit, error_from, error_result
-from gpufleet.errors import PoolClosed, WorkerError
+from gpufleet.errors import GpufleetError, InputError, PoolClosed, WorkerError
 
 __all__ = ["PoolServer", "RemotePool", "serve_pool"]
 
@@ -206,7 +206,7 @@ class PoolServer:
         for m in msgs:
             if type(m) is Submit:
                 try:
-                    fut = submit(m.item, timeout_s=m.timeout_s)
+                    fut = submit(m.item, timeout_s=m.timeout_s, preprocessed=m.pre)
                 except Exception as exc:  # noqa: BLE001 - admission errors (QueueFullError, ...) answer at once
                     link.pack(error_result(m.id, exc))
                     continue
@@ -304,6 +304,10 @@ class RemotePool:
         self._next_id = 0
         self._ready = False
         self._draining = False
+        # Set by the front end when the model's preprocess may run here (``frontend_preprocess``): CPU work
+        # like image decoding then spreads over the front-end processes instead of the engine's one GIL.
+        self.preprocess: Callable[[Any], Any] | None = None
+        self.preprocess_executor: Any = None
 
     async def connect(self) -> RemotePool:
         loop = self._loop = asyncio.get_running_loop()
@@ -337,10 +341,35 @@ class RemotePool:
             raise PoolClosed("the engine process is gone")
         rid = self._next_id = self._next_id + 1
         fut = self._loop.create_future()  # type: ignore[union-attr]
-        link.send(Submit(rid, item, timeout_s))  # TypeError (unsendable item) propagates before anything is kept
+        if self.preprocess is not None:
+            work = self._loop.run_in_executor(self.preprocess_executor, self.preprocess, item)  # type: ignore
+            work.add_done_callback(partial(self._send_preprocessed, rid, fut, timeout_s))
+        else:
+            link.send(Submit(rid, item, timeout_s))  # TypeError (unsendable item) propagates before anything is kept
         self._pending[rid] = fut
         fut.add_done_callback(partial(self._settled, rid))
         return fut
+
+    def _send_preprocessed(self, rid: int, fut: asyncio.Future, timeout_s: float | None,
+                           work: asyncio.Future) -> None:
+        if fut.done():
+            return  # cancelled while preprocessing (the client went away)
+        exc = work.exception()
+        if exc is not None:
+            self._pending.pop(rid, None)
+            err = exc if isinstance(exc, GpufleetError) else InputError(f"preprocess failed: {exc}")
+            fut.set_exception(err)
+            return
+        link = self._link
+        if link is None:
+            self._pending.pop(rid, None)
+            fut.set_exception(PoolClosed("the engine process is gone"))
+            return
+        try:
+            link.send(Submit(rid, work.result(), timeout_s, True))
+        except TypeError as err:
+            self._pending.pop(rid, None)
+            fut.set_exception(InputError(f"the preprocessed item cannot be sent to the engine: {err}"))
 
     def _settled(self, rid: int, fut: asyncio.Future) -> None:
         # Results pop their id before resolving; an id still pending here was cancelled by the caller.
@@ -398,6 +427,8 @@ class RemotePool:
     def close(self) -> None:
         if self._link is not None:
             self._link.close()
+        if self.preprocess_executor is not None:
+            self.preprocess_executor.shutdown(wait=False, cancel_futures=True)
 
     def __repr__(self) -> str:
         return f"RemotePool({self.path!r}, connected={self.connected}, ready={self.ready})"

@@ -44,6 +44,7 @@ class FrontendConfig:
     log_level: str = "info"
     log_format: str = "text"
     ipc_path: str = ""
+    model: str = ""  # the serve MODEL spec: front ends build an unset-up copy to run its preprocess
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -62,6 +63,20 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _attach_preprocess(pool: RemotePool, spec: str) -> None:
+    """Run the model's ``preprocess`` in this front end, on a few threads, before items go to the engine."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpufleet.models.base import model_factory, optional_stage
+    from gpufleet.server.run import load_model
+
+    template = model_factory(load_model(spec)[0])()  # not set up: frontend_preprocess models need no setup
+    pool.preprocess = optional_stage(template, "preprocess")
+    pool.preprocess_executor = ThreadPoolExecutor(max(2, min(8, os.cpu_count() or 2)),
+                                                  thread_name_prefix="gpufleet-frontend-pre")
+    log.info("front end %d runs %s's preprocess", os.getpid(), spec)
+
+
 class _FrontendServer(_DrainingServer):
     """Connects the remote pool on uvicorn's loop before serving; tells the supervisor once it listens."""
 
@@ -70,9 +85,12 @@ class _FrontendServer(_DrainingServer):
         super().__init__(config, state, drain_timeout_s)
         self.pool = pool
         self.listening = listening
+        self.model_spec = ""
 
     async def serve(self, sockets: Any = None) -> None:
         await self.pool.connect()
+        if self.pool.info.get("frontend_preprocess") and self.model_spec:
+            _attach_preprocess(self.pool, self.model_spec)
         self.pool.on_state = self._on_state
         self.pool.on_lost = self._on_lost
         announce = asyncio.ensure_future(self._announce())
@@ -114,6 +132,7 @@ def run_frontend(cfg: FrontendConfig, listening: Any) -> None:
                         log_config=None if cfg.log_format == "json" else uvicorn.config.LOGGING_CONFIG)
     sock = bind_socket(cfg.host, cfg.port)
     server = _FrontendServer(uv, app.state.gpufleet, cfg.drain_timeout_s, pool, listening)
+    server.model_spec = cfg.model
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # until uvicorn installs its handlers
     server.run(sockets=[sock])
     sys.exit(0 if server.started else 1)

@@ -171,7 +171,8 @@ def serve(model: str = "orientation", *, host: str = "127.0.0.1", port: int = 80
 
             front = FrontendConfig(host=host, port=port, model_name=model_name or default_name, token=token,
                                    max_body_mb=max_body_mb, drain_timeout_s=drain_timeout_s,
-                                   request_timeout_s=request_timeout_s, log_level=log_level, log_format=log_format)
+                                   request_timeout_s=request_timeout_s, log_level=log_level, log_format=log_format,
+                                   model=model)
             return serve_multi(pool, front, workers)
         app = create_app(pool, model_name=model_name or default_name, token=token, max_body_mb=max_body_mb,
                          drain_timeout_s=drain_timeout_s, request_timeout_s=request_timeout_s)

@@ -132,7 +132,11 @@ def serve_multi(pool: Any, cfg: FrontendConfig, n: int) -> int:
     path = os.path.join(tmp, "engine.sock")
     cfg = replace(cfg, port=reserve.getsockname()[1], ipc_path=path)
     # Not ready until every front end listens: a load balancer then sees the whole layout at once.
-    server = serve_pool(pool, path, info={"model_spec": v2.model_spec(pool).to_dict()}, accepting=False)
+    # Front ends may run the model's preprocess themselves when the model says it is a pure function of the
+    # item and the thread backend serves it (process workers preprocess in their own children).
+    pre = bool(getattr(pool.model, "frontend_preprocess", False)) and pool.config.backend == "thread"
+    server = serve_pool(pool, path, info={"model_spec": v2.model_spec(pool).to_dict(), "frontend_preprocess": pre},
+                        accepting=False)
     fronts = _Frontends(cfg, n)
     old = {s: signal.signal(s, fronts.on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -246,3 +246,29 @@ def test_dashboard_drain_and_enable_reach_the_engine(server: tuple[str, subproce
         r = httpx.post(f"{base}/admin/devices/cpu:0/enable")
     assert r.status_code == 200 and r.json()["enabled"] is True
     assert httpx.post(f"{base}/predict", json="after", timeout=10).status_code == 200
+
+
+@pytest.mark.timeout(180)
+def test_front_ends_run_a_pure_preprocess_themselves() -> None:
+    """orientation's preprocess (JPEG decode, resize) runs in the front ends: answers are right, bad images
+    get 400, and the engine's own preprocess stage stays empty."""
+    from tests.server.conftest import b64, jpeg
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start_server("orientation", port, "--http-workers", "2", "--max-batch-size", "8")
+    try:
+        wait_ready(proc, base, timeout_s=120)
+        angles = [0, 90, 180, 270]
+        answers = [httpx.post(f"{base}/predict", json={"image": b64(jpeg(angle=a, seed=a))}, timeout=30)
+                   for a in angles]
+        assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+        right = sum(r.json()["angle"] == a for r, a in zip(answers, angles, strict=True))
+        assert right >= 3
+        bad = httpx.post(f"{base}/predict", json={"image": "%%%"}, timeout=30)
+        assert bad.status_code == 400 and "base64" in bad.json()["error"]
+        stages = httpx.get(f"{base}/stats").json()["stages"]
+        assert "preprocess" not in stages and stages["predict"]["count"] >= 1
+    finally:
+        out = _stop(proc)
+    assert proc.returncode == 0, out

@@ -42,6 +42,9 @@ class OrientationModel(Model):
     90
     """
 
+    # preprocess is a pure function of the item (no set-up state): HTTP front ends may run it themselves.
+    frontend_preprocess = True
+
     def __init__(self, runtime: str = "auto") -> None:
         self.runtime = check_runtime(runtime)
         self.runner: Runner | None = None
