@@ -245,7 +245,13 @@ def test_dashboard_drain_and_enable_reach_the_engine(server: tuple[str, subproce
     finally:
         r = httpx.post(f"{base}/admin/devices/cpu:0/enable")
     assert r.status_code == 200 and r.json()["enabled"] is True
-    assert httpx.post(f"{base}/predict", json="after", timeout=10).status_code == 200
+    # Routed again (this server's 1 s item deadline can pass on a loaded CI machine: 504 is a retry, 500 not).
+    codes = []
+    for _ in range(10):
+        codes.append(httpx.post(f"{base}/predict", json="after", timeout=10).status_code)
+        if codes[-1] != 504:
+            break
+    assert codes[-1] == 200, codes
 
 
 @pytest.mark.timeout(180)
