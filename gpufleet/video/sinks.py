@@ -65,8 +65,41 @@ def _boxes(results: Any) -> list[list[int]]:
     return [[int(v) for v in r["box"]] for r in results if isinstance(r, dict) and len(r.get("box", ())) == 4]
 
 
+# A 3×5 bitmap font for the labels drawn above boxes: digits, '.', '-' (scores and class indices).
+_GLYPHS = {
+    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
+    "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001010010010",
+    "8": "111101111101111", "9": "111101111001111", ".": "000000000000010", "-": "000000111000000",
+}
+_SCALE = 2  # each font pixel is 2×2: 6×10 pixels a character
+
+
+def _label(result: Any) -> str:
+    if isinstance(result, dict):
+        if isinstance(result.get("score"), (int, float)):
+            return f"{result['score']:.2f}"
+        if isinstance(result.get("class"), int):
+            return str(result["class"])
+    return ""
+
+
+def _text_mask(text: str) -> np.ndarray:
+    """A boolean (H, W) mask of ``text`` in the bitmap font (unknown characters are skipped)."""
+    cols = []
+    for ch in text:
+        g = _GLYPHS.get(ch)
+        if g is not None:
+            cols.append(np.array([int(b) for b in g], dtype=bool).reshape(5, 3))
+            cols.append(np.zeros((5, 1), dtype=bool))  # spacing
+    if not cols:
+        return np.zeros((0, 0), dtype=bool)
+    mask = np.concatenate(cols, axis=1)
+    return mask.repeat(_SCALE, axis=0).repeat(_SCALE, axis=1)
+
+
 def draw_boxes(image: Any, results: Any, thickness: int = 2) -> Any:
-    """A copy of ``image`` (numpy HWC or torch CHW, any device) with each result's ``box`` outlined."""
+    """A copy of ``image`` (numpy HWC or torch CHW, any device) with each result's ``box`` outlined and its
+    score (or class index) written above it; on a CUDA tensor all drawing happens on the GPU."""
     boxes = _boxes(results)
     if isinstance(image, np.ndarray):
         out, h, w = image.copy(), image.shape[0], image.shape[1]
@@ -86,6 +119,25 @@ def draw_boxes(image: Any, results: Any, thickness: int = 2) -> Any:
                 out[ys, xs] = color
             else:
                 out[:, ys, xs] = color
+    labels = [_label(r) for r in results if isinstance(r, dict) and len(r.get("box", ())) == 4] \
+        if isinstance(results, list) else []
+    for (x0, y0, _, y1), text in zip(boxes, labels, strict=True):
+        mask = _text_mask(text)
+        mh, mw = mask.shape
+        if not mh or mw > w:
+            continue
+        top = y0 - mh - 2 if y0 - mh - 2 >= 0 else y1 + 2  # above the box, else below it; never over the text
+        if top + mh > h:
+            continue
+        left = max(0, min(w - mw, x0))
+        if isinstance(out, np.ndarray):
+            out[top:top + mh, left:left + mw][mask] = color
+        else:
+            import torch
+
+            m = torch.from_numpy(mask).to(out.device, non_blocking=True)
+            region = out[:, top:top + mh, left:left + mw]
+            region[:, m] = color.view(3, 1).expand(3, int(mask.sum()))
     return out
 
 

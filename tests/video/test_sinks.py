@@ -36,3 +36,15 @@ def test_models_resolve_and_prepare_on_the_frames_device() -> None:
     clf = ImageClassifier("resnet18", example_shape=(3, 224, 224), example_dtype=torch.uint8)
     batch = make_preparer(clf)(frames)
     assert batch[0].shape == (3, 224, 224) and batch[0].dtype == torch.uint8
+
+
+def test_scores_are_written_above_boxes_identically_on_numpy_and_torch() -> None:
+    img = np.full((60, 80, 3), 255, dtype=np.uint8)
+    results = [{"box": [10, 30, 50, 50], "score": 0.93}, {"box": [5, 2, 30, 20], "class": 7}]
+    a = draw_boxes(img, results)
+    b = draw_boxes(torch.from_numpy(img).permute(2, 0, 1), results).permute(1, 2, 0).numpy()
+    assert np.array_equal(a, b)
+    label_rows = a[18:28, 10:40]  # "0.93" sits just above the first box (10 px tall)
+    assert (label_rows != 255).any()
+    plain = draw_boxes(img, [{"box": [10, 30, 50, 50]}])
+    assert np.array_equal(plain[18:28, 10:40], img[18:28, 10:40])  # no score, no label
