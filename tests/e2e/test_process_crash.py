@@ -7,7 +7,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -15,19 +14,13 @@ from gpufleet import Pool
 from gpufleet.engine.shm import leaked_segments
 from gpufleet.errors import WorkerError
 from tests.engine.process_models import Doubler
+from tests.waiting import wait_until as _wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
 OURS = f"gpufleet_{os.getpid():x}"
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 60.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def test_kill9_under_load_loses_nothing_and_restarts() -> None:
@@ -112,3 +105,7 @@ def test_stopped_child_misses_heartbeats_and_is_replaced() -> None:
         assert wait_until(lambda: victim.pid != old and victim.healthy, 60)
         assert "heartbeat" in pool.health()["backends"][1]["last_failure"]
         assert list(pool.map(range(40))) == [2 * x for x in range(40)]
+
+
+def wait_until(cond, timeout: float = 60.0) -> bool:
+    return _wait_until(cond, timeout)

@@ -24,6 +24,7 @@ from gpufleet.errors import (
     WorkerError,
 )
 from gpufleet.models import Model
+from tests.waiting import wait_until as _wait_until
 
 ENVS = ("GPU_IDS", "GPUFLEET_GPUS", "GPUFLEET_CPU_DEVICES", "CUDA_VISIBLE_DEVICES")
 
@@ -62,13 +63,6 @@ def gated(gate: Gate, fn: Callable[[list], list] = double, key: object = "gate")
     return predict
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
 
 
 class ByDevice(Model):
@@ -803,3 +797,7 @@ def test_a_worker_loop_crash_fails_in_flight_items_instead_of_hanging() -> None:
                 results.append(exc)
     assert any(isinstance(r, WorkerError) for r in results)
     assert all(isinstance(r, (int, WorkerError)) for r in results)  # every item answered, none hangs
+
+
+def wait_until(cond, timeout: float = 5.0) -> bool:
+    return _wait_until(cond, timeout)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -16,19 +14,13 @@ from gpufleet import Pool
 from gpufleet.engine.shm import leaked_segments
 from gpufleet.errors import DeadlineExceeded, InputError, WorkerError
 from tests.engine.process_models import Doubler, Echo, FailingSetup, FailingSetupOnOne, Stages, double
+from tests.waiting import wait_until as _wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 OURS = f"gpufleet_{os.getpid():x}"  # every segment a pool of this test process creates starts so
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 30.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +151,7 @@ def test_close_without_drain_fails_inflight_and_stops_children() -> None:
     assert running.exception(timeout=5) is not None and queued.exception(timeout=5) is not None
     assert not any(pr.is_alive() for pr in procs)
     assert leaked_segments(OURS) == []
+
+
+def wait_until(cond, timeout: float = 30.0) -> bool:
+    return _wait_until(cond, timeout)
