@@ -69,7 +69,7 @@ def run_demo(
             seen += 1
     summary.update({
         "resolution": f"{size[0]}x{size[1]}",
-        "runtime": runtime,
+        "runtime": _resolved_runtime(runtime, devices, cpu_devices),
         "setup_s": round(max(0.0, total_s - summary["elapsed_s"]), 3),
         "recall": round(found / seen, 4) if seen else 0.0,
         "frames_checked": seen,
@@ -80,3 +80,13 @@ def run_demo(
     })
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _resolved_runtime(runtime: str, devices: str | None, cpu_devices: int | None) -> str:
+    """What ``auto`` picked for the first device: ONNX Runtime on CPU devices, PyTorch on GPUs without ORT-CUDA."""
+    if runtime != "auto":
+        return runtime
+    from gpufleet.devices import select
+    from gpufleet.models.zoo.runner import resolve_runtime
+
+    return resolve_runtime(runtime, select(devices, cpu_devices=cpu_devices)[0])
