@@ -163,6 +163,8 @@ class ImageClassifier(TorchModel):
             for i, x in enumerate(out):  # decoded arrays from preprocess join the batch on the device
                 if isinstance(x, torch.Tensor) and x.device.type == "cpu":
                     out[i] = x.to(self._dev, non_blocking=True)
+        # The batch is stacked next on the current stream: it must see the decodes and resizes done above.
+        torch.cuda.current_stream(self._dev).wait_stream(self._stream)
         return out
 
     # -- device side ----------------------------------------------------------------------------------------
