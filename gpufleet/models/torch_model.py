@@ -165,6 +165,8 @@ class TorchModel(Model):
         self._slot = (slot + 1) % self.staging_slots
         x = self._stack(batch, slot)
         batch_s = time.perf_counter() - t0
+        if x.device.type != "cpu":  # items already on the GPU were stacked on the current stream
+            self._stream.wait_stream(torch.cuda.current_stream(self._dev))
         bucket = self._graphs.bucket(n) if self._graphs is not None else None
         if bucket is not None:
             handle = self._launch_graph(x, n, bucket, slot)
