@@ -87,8 +87,8 @@ def test_dashboard_in_chromium_updates_and_drains_a_device(served: str, load: No
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.add_init_script("localStorage.setItem('gpufleet-token', 's3cret')")
             page.goto(served + "/dashboard")
-            # charts update within 3 s of loading
-            page.wait_for_function("window.gpufleetUpdates >= 3", timeout=3500)
+            # charts update within 3 s of loading: the first draw at load, then at least one refresh
+            page.wait_for_function("window.gpufleetUpdates >= 2", timeout=3000)
             assert page.locator('[data-dev="cpu:0"] canvas').count() == 1
             assert page.locator('[data-dev="cpu:1"] canvas').count() == 1
             assert page.locator("#error").inner_text() == ""
