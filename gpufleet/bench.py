@@ -10,6 +10,7 @@ import itertools
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,31 +44,37 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
+def _time_steps(step: Callable[[], Any], dev: torch.device, bs: int, seconds: float) -> dict[str, float]:
+    """Warm up ``step``, time ~30% of ``seconds`` of synchronised single steps (latency), then the rest as
+    back-to-back steps with one final sync (throughput)."""
+    for _ in range(3):
+        step()
+    _sync(dev)
+    lat = []
+    t_end = time.perf_counter() + seconds * 0.3
+    while time.perf_counter() < t_end or len(lat) < 3:
+        t0 = time.perf_counter()
+        step()
+        _sync(dev)
+        lat.append(time.perf_counter() - t0)
+    iters = max(3, int(seconds * 0.7 / statistics.median(lat)))
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    _sync(dev)
+    elapsed = time.perf_counter() - t0
+    lat.sort()
+    return {"items_s": iters * bs / elapsed, "p50_ms": statistics.median(lat) * 1e3,
+            "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3}
+
+
 def _raw(module: torch.nn.Module, dev: torch.device, dtype: torch.dtype, bs: int, size: int,
          seconds: float, channels_last: bool) -> dict[str, float]:
     x = torch.randn(bs, 3, size, size, device=dev).to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        for _ in range(3):
-            module(x)
-        _sync(dev)
-        lat = []
-        t_end = time.perf_counter() + seconds * 0.3
-        while time.perf_counter() < t_end or len(lat) < 3:
-            t0 = time.perf_counter()
-            module(x)
-            _sync(dev)
-            lat.append(time.perf_counter() - t0)
-        iters = max(3, int(seconds * 0.7 / statistics.median(lat)))
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            module(x)
-        _sync(dev)
-        elapsed = time.perf_counter() - t0
-    lat.sort()
-    return {"items_s": iters * bs / elapsed, "p50_ms": statistics.median(lat) * 1e3,
-            "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3}
+        return _time_steps(lambda: module(x), dev, bs, seconds)
 
 
 def _raw_graph(module: torch.nn.Module, dev: torch.device, dtype: torch.dtype, bs: int, size: int,
@@ -79,25 +86,7 @@ def _raw_graph(module: torch.nn.Module, dev: torch.device, dtype: torch.dtype, b
         return module(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
 
     cap = GraphCache(fwd, dev, (bs,), buffers=1).get(bs, torch.Size((3, size, size)), dtype)
-    for _ in range(3):
-        cap.graph.replay()
-    _sync(dev)
-    lat = []
-    t_end = time.perf_counter() + seconds * 0.3
-    while time.perf_counter() < t_end or len(lat) < 3:
-        t0 = time.perf_counter()
-        cap.graph.replay()
-        _sync(dev)
-        lat.append(time.perf_counter() - t0)
-    iters = max(3, int(seconds * 0.7 / statistics.median(lat)))
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        cap.graph.replay()
-    _sync(dev)
-    elapsed = time.perf_counter() - t0
-    lat.sort()
-    return {"items_s": iters * bs / elapsed, "p50_ms": statistics.median(lat) * 1e3,
-            "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3}
+    return _time_steps(cap.graph.replay, dev, bs, seconds)
 
 
 def _pooled(spec: BenchSpec, bs: int, expect_rate: float | None) -> dict[str, Any]:

@@ -24,13 +24,11 @@ from gpufleet.devices import Device, select
 from gpufleet.engine.balancer import make_balancer
 from gpufleet.engine.placement import check_thread_placement
 from gpufleet.engine.report import health_report, stats_report
-from gpufleet.engine.request import ItemFuture, Request
+from gpufleet.engine.request import ItemFuture, Request, preprocess_error
 from gpufleet.engine.worker import ThreadWorker
 from gpufleet.errors import (
     ConfigError,
     DeviceError,
-    GpufleetError,
-    InputError,
     PoolClosed,
     QueueFullError,
     WorkerError,
@@ -72,7 +70,7 @@ class Pool:
         self._closed = False
         self._started = time.monotonic()
         self._pre_lock = threading.Lock()
-        self._pre_stats: dict[str, Any] = {"count": 0, "samples": deque(maxlen=4096)}
+        self._pre_samples: deque[float] = deque(maxlen=4096)  # seconds per item, preprocessed by pool threads
         threads = cfg.preprocess_threads or max(2, min(32, (os.cpu_count() or 2)))
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="gpufleet-cpu")
         make_model = model_factory(model)
@@ -246,14 +244,10 @@ class Pool:
         try:
             req.item = w.preprocess(req.item)
         except Exception as exc:  # noqa: BLE001 - a bad item fails alone
-            err = exc if isinstance(exc, GpufleetError) else InputError(f"preprocess failed: {exc}")
-            if err is not exc:
-                err.__cause__ = exc
-            w._fail([req], err, exc)
+            w._fail([req], preprocess_error(exc), exc)
             return
         with self._pre_lock:
-            self._pre_stats["count"] += 1
-            self._pre_stats["samples"].append(time.monotonic() - t0)
+            self._pre_samples.append(time.monotonic() - t0)
         if w.batcher.closed:
             w._fail([req], PoolClosed("the pool closed before the item was served"), None)
             return
@@ -382,9 +376,9 @@ class Pool:
     def stats(self) -> dict:
         """Totals, throughput, per-GPU stats in the seed schema, per-worker stats and stage percentiles (ms)."""
         pre = None
-        if self._pre_stats["count"]:  # items preprocessed by the pool's threads (not inside process workers)
+        if self._pre_samples:  # items preprocessed by the pool's threads (not inside process workers)
             with self._pre_lock:
-                pre = np.fromiter(self._pre_stats["samples"], dtype=np.float64)
+                pre = np.fromiter(self._pre_samples, dtype=np.float64)
         return stats_report(self.workers, self.devices, balancer=self._balancer.name, backend=self.config.backend,
                             mps=self.mps, outstanding=self._outstanding, started=self._started,
                             preprocess_samples=pre)

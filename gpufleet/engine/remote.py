@@ -25,7 +25,8 @@ from typing import Any
 
 from gpufleet.devices import Device
 from gpufleet.engine.frames import Call, Cancel, Codec, Message, Result, State, Submit, error_from, error_result
-from gpufleet.errors import GpufleetError, InputError, PoolClosed, WorkerError
+from gpufleet.engine.request import preprocess_error
+from gpufleet.errors import InputError, PoolClosed, WorkerError
 
 __all__ = ["PoolServer", "RemotePool", "serve_pool"]
 
@@ -357,8 +358,7 @@ class RemotePool:
         exc = work.exception()
         if exc is not None:
             self._pending.pop(rid, None)
-            err = exc if isinstance(exc, GpufleetError) else InputError(f"preprocess failed: {exc}")
-            fut.set_exception(err)
+            fut.set_exception(preprocess_error(exc))
             return
         link = self._link
         if link is None:

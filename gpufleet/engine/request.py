@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
-__all__ = ["ItemFuture", "Request", "fail_items", "resolve_items"]
+__all__ = ["ItemFuture", "Request", "fail_items", "preprocess_error", "resolve_items"]
 
 
 class ItemFuture(Future):
@@ -70,3 +70,15 @@ def fail_items(worker: Any, reqs: Iterable[Request], err: BaseException, cause: 
             r.future.set_exception(e)
         except InvalidStateError:
             pass  # cancelled in the meantime; nobody waits for this item
+
+
+def preprocess_error(exc: BaseException) -> BaseException:
+    """What a failed ``preprocess`` answers its item with: the model's own ``GpufleetError`` as it is, anything
+    else as ``InputError`` (a preprocess fails on a bad item), the original chained."""
+    from gpufleet.errors import GpufleetError, InputError
+
+    if isinstance(exc, GpufleetError):
+        return exc
+    err = InputError(f"preprocess failed: {exc}")
+    err.__cause__ = exc
+    return err

@@ -19,9 +19,6 @@ def _start(port: int, *args: str, env: dict[str, str] | None = None) -> subproce
     return start_server(f"{MODEL}:SlowModel", port, *args, env=env)
 
 
-def _wait_ready(proc: subprocess.Popen, base: str, headers: dict[str, str] | None = None) -> None:
-    wait_ready(proc, base, headers, timeout_s=60)
-
 
 def test_sigterm_drains_in_flight_requests_and_exits_0() -> None:
     port = free_port()
@@ -30,7 +27,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0() -> None:
     proc = _start(port, "--max-batch-size", "2", "--max-wait-ms", "1", "--drain-timeout-s", "30",
                   env={"SLOW_MODEL_S": "0.4"})
     try:
-        _wait_ready(proc, base)
+        wait_ready(proc, base, timeout_s=60)
         assert httpx.post(f"{base}/predict", json="warm").json() == {"echo": "warm"}
         results: list[httpx.Response | BaseException] = []
         lock = threading.Lock()
@@ -84,7 +81,7 @@ def test_serve_env_and_token_flags() -> None:
     base = f"http://127.0.0.1:{port}"
     proc = _start(port, "--token", "tok", env={"MAX_BATCH_SIZE": "3", "SLOW_MODEL_S": "0.01"})
     try:
-        _wait_ready(proc, base, {"authorization": "Bearer tok"})
+        wait_ready(proc, base, {"authorization": "Bearer tok"}, timeout_s=60)
         assert httpx.get(f"{base}/stats").status_code == 401
         stats = httpx.get(f"{base}/stats", headers={"authorization": "Bearer tok"}).json()
         assert stats["per_worker_stats"][0]["max_batch_size"] == 3  # from MAX_BATCH_SIZE
@@ -101,7 +98,7 @@ def test_json_log_format_writes_one_json_object_per_line() -> None:
     base = f"http://127.0.0.1:{port}"
     proc = _start(port, "--log-format", "json", env={"SLOW_MODEL_S": "0.01"})
     try:
-        _wait_ready(proc, base)
+        wait_ready(proc, base, timeout_s=60)
         proc.send_signal(signal.SIGTERM)  # the drain is logged at WARNING
         assert proc.wait(30) == 0
         out = proc.communicate()[0]

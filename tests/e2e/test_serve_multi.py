@@ -24,9 +24,6 @@ def _start(port: int, *args: str, env: dict[str, str] | None = None) -> subproce
     return start_server(MODEL, port, *args, env=env)
 
 
-def _wait_ready(proc: subprocess.Popen, base: str) -> None:
-    wait_ready(proc, base)
-
 
 def _stop(proc: subprocess.Popen) -> str:
     if proc.poll() is None:
@@ -45,7 +42,7 @@ def server() -> Iterator[tuple[str, subprocess.Popen]]:
                   "--timeout-s", "1.0")
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(proc, base)
+        wait_ready(proc, base)
         yield base, proc
     finally:
         out = _stop(proc)
@@ -174,7 +171,7 @@ def test_frontend_crash_is_restarted_then_sigterm_drains() -> None:
     proc = _start(port, "--max-batch-size", "2", "--max-wait-ms", "1", "--drain-timeout-s", "30",
                   env={"GPUFLEET_HTTP_WORKERS": "2"})
     try:
-        _wait_ready(proc, base)
+        wait_ready(proc, base)
         before = _frontend_pids(base)
         assert len(before) == 2
         victim = min(before)
