@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import platform
+from dataclasses import replace
 import statistics
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from gpufleet.devices import select
+from gpufleet.devices import Device, select
 from gpufleet.engine import Pool
 from gpufleet.models.torch_model import resolve_dtype
 from gpufleet.models.zoo.classifier import ImageClassifier, build_module
@@ -37,6 +38,8 @@ class BenchSpec:
     pool: bool = True
     cuda_graphs: bool = False
     compile: bool = False
+    backend: str = "thread"
+    scale: bool = False
 
 
 def _sync(dev: torch.device) -> None:
@@ -98,7 +101,7 @@ def _pooled(spec: BenchSpec, bs: int, expect_rate: float | None) -> dict[str, An
                             compile=spec.compile, batch_buckets=buckets, example_shape=(3, size, size),
                             example_dtype=torch.uint8, warmup_batch_sizes=buckets if spec.cuda_graphs else (bs,))
     with Pool(model, spec.devices, cpu_devices=spec.cpu_devices, workers_per_device=spec.workers_per_device,
-              max_batch_size=bs, max_wait_ms=2.0, max_queue=1_000_000) as pool:
+              backend=spec.backend, max_batch_size=bs, max_wait_ms=2.0, max_queue=1_000_000) as pool:
         for _ in pool.map(images[: bs * 4]):  # warm-up: every worker sees full batches
             pass
         rate = expect_rate or 0.0
@@ -124,6 +127,15 @@ def _pooled(spec: BenchSpec, bs: int, expect_rate: float | None) -> dict[str, An
             "stages": {k: round(v["p50_ms"], 3) for k, v in st["stages"].items()}}
 
 
+def _scale_specs(spec: BenchSpec, devices: list[Device]) -> list[tuple[int, BenchSpec]]:
+    """The pooled runs of ``--scale``: the first 1, 2, 4 ... of the selected devices, then all of them."""
+    counts = sorted({k for k in (1 << i for i in range(len(devices).bit_length())) if k <= len(devices)}
+                    | {len(devices)})
+    if not devices[0].is_cuda:
+        return [(k, replace(spec, devices="cpu", cpu_devices=k)) for k in counts]
+    return [(k, replace(spec, devices=",".join(str(d.index) for d in devices[:k]))) for k in counts]
+
+
 def run_bench(spec: BenchSpec) -> dict[str, Any]:
     """Measure every batch size of ``spec``; returns a JSON-able report."""
     devices = select(spec.devices, cpu_devices=spec.cpu_devices)
@@ -144,7 +156,17 @@ def run_bench(spec: BenchSpec) -> dict[str, Any]:
             if spec.cuda_graphs and dev.type == "cuda":
                 row["raw_graph"] = _raw_graph(module, dev, dtype, bs, spec.image_size, spec.seconds,
                                               ref._channels_last)
-        if spec.pool:
+        if spec.pool and spec.scale:
+            per_raw = row["raw"]["items_s"] * spec.workers_per_device if "raw" in row else None
+            row["scaling"] = []
+            for k, sub in _scale_specs(spec, devices):
+                r = _pooled(sub, bs, per_raw * k if per_raw else None)
+                base = row["scaling"][0]["items_s"] if row["scaling"] else r["items_s"]
+                row["scaling"].append({"devices": k, **r, "speedup": round(r["items_s"] / base, 3)})
+            row["pool"] = row["scaling"][-1]
+            if "raw" in row:  # W2 is one device against its own ceiling
+                row["pool_vs_raw"] = round(row["scaling"][0]["items_s"] / row["raw"]["items_s"], 4)
+        elif spec.pool:
             raw_rate = row["raw"]["items_s"] * len(devices) * spec.workers_per_device if "raw" in row else None
             row["pool"] = _pooled(spec, bs, raw_rate)
             if "raw" in row:
@@ -156,7 +178,7 @@ def run_bench(spec: BenchSpec) -> dict[str, Any]:
         "device": f"{dev0.name} ({dev0.label})", "devices": [d.label for d in devices],
         "model": spec.model, "precision": str(dtype).replace("torch.", ""), "image_size": spec.image_size,
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "workers_per_device": spec.workers_per_device, "cuda_graphs": spec.cuda_graphs, "compile": spec.compile,
+        "workers_per_device": spec.workers_per_device, "backend": spec.backend, "cuda_graphs": spec.cuda_graphs, "compile": spec.compile,
         "rows": rows,
     }
 
@@ -170,8 +192,8 @@ def print_report(report: dict[str, Any]) -> None:
                   f"{report['device']} · pool devices {', '.join(report['devices'])} · torch {report['torch']} "
                   f"cuda {report['cuda']} · {report['date']}")
     graphs = any("raw_graph" in r for r in report["rows"])
-    console.print(f"pool: cuda_graphs={report.get('cuda_graphs')} compile={report.get('compile')} "
-                  f"workers/device={report['workers_per_device']}")
+    console.print(f"pool: backend={report.get('backend', 'thread')} cuda_graphs={report.get('cuda_graphs')} "
+                  f"compile={report.get('compile')} workers/device={report['workers_per_device']}")
     table = Table("batch", "raw items/s", "raw p50 ms", *(["raw graph items/s"] if graphs else []), "pool items/s",
                   "pool p50 ms", "pool p99 ms", "avg batch",
                   "pool/raw per device")
@@ -186,3 +208,12 @@ def print_report(report: dict[str, Any]) -> None:
                       f(pool, "p50_ms", ".2f"), f(pool, "p99_ms", ".2f"), f(pool, "avg_batch", ".1f"),
                       f"{r['pool_vs_raw']:.1%}" if "pool_vs_raw" in r else "-")
     console.print(table)
+    if any("scaling" in r for r in report["rows"]):
+        scaling = Table("batch", "devices", "pool items/s", "p50 ms", "p99 ms", "avg batch", "speedup vs 1",
+                        "items per device", title="scaling (same run)")
+        for r in report["rows"]:
+            for s in r.get("scaling", []):
+                scaling.add_row(str(r["batch_size"]), str(s["devices"]), f"{s['items_s']:,.0f}",
+                                f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}", f"{s['avg_batch']:.1f}",
+                                f"{s['speedup']:.2f}x", " ".join(f"{d}={n}" for d, n in s["per_device"].items()))
+        console.print(scaling)

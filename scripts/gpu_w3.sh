@@ -13,9 +13,10 @@ run_config() {  # $1 = label, $2 = python switch interval (s) of the serving (en
   echo "== $label: server ready after ${i}s (${3:-single process})"
   L="python3 -m gpufleet load http://127.0.0.1:8000/predict --payload jpeg224 --duration $DUR --warmup $WARM"
   $L -c 8 --json > "$OUT/w3_${label}_c8.json"
-  $L -c 256 --processes 4 --json > "$OUT/w3_${label}_c256p4.json" &
-  LP=$!; sleep $((WARM + DUR / 2)); top -b -n 1 -w 200 | head -25 > "$OUT/top_${label}_c256.txt"; wait $LP
-  $L -c 256 --json > "$OUT/w3_${label}_c256p1.json"
+  $L -c 256 --processes "${LOADP:-4}" --json > "$OUT/w3_${label}_c256p4.json" &
+  LP=$!; sleep $((WARM + DUR / 2)); top -b -c -n 2 -d 2 -w 220 | awk '/^top -/{n++} n==2' | head -40 > "$OUT/top_${label}_c256.txt"
+  curl -s localhost:8000/monitor > "$OUT/monitor_${label}_c256.json"; wait $LP
+  [ -n "${SKIP_P1:-}" ] || $L -c 256 --json > "$OUT/w3_${label}_c256p1.json"
   python3 -m gpufleet load http://127.0.0.1:8000/predict --payload jpeg224 --burst 50 --json > "$OUT/w5_${label}_b50.json"
   python3 -m gpufleet load http://127.0.0.1:8000/predict --payload jpeg224 --burst 500 --json > "$OUT/w5_${label}_b500.json"
   curl -s localhost:8000/stats > "$OUT/stats_$label.json"
@@ -25,6 +26,8 @@ run_config() {  # $1 = label, $2 = python switch interval (s) of the serving (en
 import json, sys, os
 out, label = sys.argv[1:3]
 for name in ("c8", "c256p4", "c256p1"):
+    if not os.path.exists(os.path.join(out, f"w3_{label}_{name}.json")):
+        continue
     r = json.load(open(os.path.join(out, f"w3_{label}_{name}.json")))
     lat = r["latency"]
     print(f"W3 {label} {name}: {r['rps']:.0f} req/s p50 {lat['p50_ms']:.1f} p90 {lat['p90_ms']:.1f} p99 {lat['p99_ms']:.1f} ms errors {r['errors']}")
@@ -34,8 +37,14 @@ for name in ("b50", "b500"):
     print(f"W5 {label} {name}: {r['total_duration_s']:.3f}s ok {r['successful']}/{r['burst']} {r['throughput_rps']:.0f} req/s p99 {r['latency']['p99_ms']:.1f} ms batches {s.get('total_batches')} avg {s.get('avg_batch_size')}")
 st = json.load(open(os.path.join(out, f"stats_{label}.json")))
 print("stages p50/p99 ms:", {k: (round(v["p50_ms"], 2), round(v["p99_ms"], 2)) for k, v in st["stages"].items()})
+print("per device:", [(g["device"], g["total_requests"], g["avg_batch_size"]) for g in st["per_gpu_stats"]])
+try:
+    mon = json.load(open(os.path.join(out, f"monitor_{label}_c256.json")))
+    print("NVML during c=256:", json.dumps(mon)[:600])
+except Exception as e:
+    print("monitor:", e)
 PY
-  head -15 "$OUT/top_${label}_c256.txt" | tail -9
+  head -30 "$OUT/top_${label}_c256.txt" | tail -24
 }
 # CONFIGS picks which to run (default: all three measured on 2026-11-23)
 for cfg in ${CONFIGS:-default si1ms hw8}; do
@@ -44,6 +53,10 @@ for cfg in ${CONFIGS:-default si1ms hw8}; do
     si1ms) run_config si1ms 0.001 ;;
     hw4) run_config hw4 0.005 "--http-workers 4" ;;
     hw8) run_config hw8 0.001 "--http-workers 8" ;;  # 8 HTTP front-end processes over the engine process
+    g1hw8) run_config g1hw8 0.001 "--gpus 0 --http-workers 8" ;;  # issue 10: 1 GPU vs 2, same front ends
+    g2hw8) run_config g2hw8 0.001 "--gpus 0,1 --http-workers 8" ;;
+    g1hw12) run_config g1hw12 0.001 "--gpus 0 --http-workers 12" ;;
+    g2hw12) run_config g2hw12 0.001 "--gpus 0,1 --http-workers 12" ;;
     *) echo "unknown config $cfg" ;;
   esac
 done

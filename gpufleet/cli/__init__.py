@@ -89,6 +89,9 @@ def bench(
     raw: bool = typer.Option(True, "--raw/--no-raw", help="Measure the model's own ceiling (W1)."),
     pool: bool = typer.Option(True, "--pool/--no-pool", help="Measure the same model through Pool.map (W2)."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Pool: replay CUDA graphs per batch bucket."),
+    backend: str = typer.Option("thread", "--backend", help="Pool workers: thread | process."),
+    scale: bool = typer.Option(False, "--scale", help="Pool on the first 1, 2, 4 ... selected devices, side by "
+                                                      "side, with the speedup over one device."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the module (raw and pool)."),
     switch_interval_ms: Optional[float] = typer.Option(  # noqa: UP045
         None, "--switch-interval-ms", help="Set Python's thread switch interval (GIL hand-over) for this run."),
@@ -105,7 +108,7 @@ def bench(
         _fail(f"--batch-sizes must be positive integers separated by commas, got {batch_sizes!r}")
     spec = BenchSpec(model=model, batch_sizes=tuple(sizes), precision=precision, image_size=image_size,
                      seconds=seconds, devices=gpus, cpu_devices=cpu_devices, workers_per_device=workers_per_device,
-                     raw=raw, pool=pool, cuda_graphs=cuda_graphs, compile=compile_)
+                     raw=raw, pool=pool, cuda_graphs=cuda_graphs, compile=compile_, backend=backend, scale=scale)
     if switch_interval_ms is not None:
         if switch_interval_ms <= 0:
             _fail("--switch-interval-ms must be > 0")

@@ -145,6 +145,9 @@ class Pool:
             gc.collect()
             gc.freeze()
         log.info("pool ready: %d worker(s) on %s", len(self._routes), ", ".join(d.label for d in self.devices))
+        for w in self.workers:  # the placement proof: where each copy's weights and CUDA context really are
+            where = {k: v for k in ("weights_on", "context_on", "pid") if (v := getattr(w, k, None)) is not None}
+            log.info("%s placement: %s", w.name, " ".join(f"{k}={v}" for k, v in where.items()) or "n/a")
 
     def _refresh_routes(self) -> None:
         # ``healthy`` of a process worker is False while its process restarts or its circuit breaker is open.

@@ -70,6 +70,7 @@ class ProcessWorker(WireIO):
         self.ready = threading.Event()
         self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown_s)
         self.pid: int | None = None
+        self.context_on: str | None = None  # the child's GPU as it reported it: "cuda:0 NVIDIA H100 (GPU-1a2b…)"
         self._make_model = make_model
         self._model: Any = None
         self._blob = model_blob
@@ -328,7 +329,7 @@ class ProcessWorker(WireIO):
             "worker": self.index, "device": self.device.label, "backend": "process", "pid": self.pid,
             "healthy": self.healthy, "enabled": self.enabled, "max_batch_size": self.max_batch,
             "current_queue_depth": len(self.batcher), "outstanding": self.outstanding,
-            "item_time_ms": round(self.item_time * 1e3, 4),
+            "item_time_ms": round(self.item_time * 1e3, 4), "context_on": self.context_on,
             "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
             **self.breaker.describe(),
         }

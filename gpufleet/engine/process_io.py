@@ -68,6 +68,8 @@ class WireIO:
             elif isinstance(msg, m.Progress):
                 self._on_progress(msg)
             elif isinstance(msg, m.Hello):
+                self.context_on = (f"{msg.kind}:{msg.current_device} {msg.name} ({msg.uuid})" if msg.kind == "cuda"
+                                   else msg.kind)
                 try:
                     verify_placement(self.name, self.device, msg, self._env)
                 except DeviceError as exc:
