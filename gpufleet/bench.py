@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import itertools
 import platform
-from dataclasses import replace
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -178,7 +177,8 @@ def run_bench(spec: BenchSpec) -> dict[str, Any]:
         "device": f"{dev0.name} ({dev0.label})", "devices": [d.label for d in devices],
         "model": spec.model, "precision": str(dtype).replace("torch.", ""), "image_size": spec.image_size,
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "workers_per_device": spec.workers_per_device, "backend": spec.backend, "cuda_graphs": spec.cuda_graphs, "compile": spec.compile,
+        "workers_per_device": spec.workers_per_device, "backend": spec.backend, "cuda_graphs": spec.cuda_graphs,
+        "compile": spec.compile,
         "rows": rows,
     }
 
@@ -215,5 +215,6 @@ def print_report(report: dict[str, Any]) -> None:
             for s in r.get("scaling", []):
                 scaling.add_row(str(r["batch_size"]), str(s["devices"]), f"{s['items_s']:,.0f}",
                                 f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}", f"{s['avg_batch']:.1f}",
-                                f"{s['speedup']:.2f}x", " ".join(f"{d}={n}" for d, n in s["per_device"].items()))
+                                f"{s['speedup']:.2f}x",
+                                " ".join(f"{d}={n}" for d, n in s["per_device"].items()))
         console.print(scaling)

@@ -107,8 +107,8 @@ if __name__ == "__main__":
     step("warmup", lambda: decode_only([0]))  # file cache, CUDA contexts, library load
     for ds in SETS:
         gpus = [int(g) for g in ds.split(",")]
-        step(f"decode_only_gpus{ds.replace(',', '')}", lambda: decode_only(gpus))
-        step(f"pipeline_gpus{ds.replace(',', '')}", lambda: pipeline(ds))
+        step(f"decode_only_gpus{ds.replace(',', '')}", lambda g=gpus: decode_only(g))
+        step(f"pipeline_gpus{ds.replace(',', '')}", lambda d=ds: pipeline(d))
     for ds in SETS[1:]:
         a, b = report.get(f"pipeline_gpus{SETS[0]}", {}), report.get(f"pipeline_gpus{ds.replace(',', '')}", {})
         if a.get("fps") and b.get("fps"):
