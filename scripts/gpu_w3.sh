@@ -9,7 +9,11 @@ run_config() {  # $1 = label, $2 = python switch interval (s) of the serving (en
   python3 -c "import sys; extra=sys.argv[1:]; sys.setswitchinterval($2); sys.argv=['gpufleet','serve','resnet50','--port','8000','--max-batch-size','128','--max-wait-ms','2','--max-queue','8192','--log-level','warning']+extra; from gpufleet.cli import main; main()" ${3:-} > "$OUT/serve_$label.log" 2>&1 &
   SPID=$!
   # With --http-workers N, readiness turns 200 only once every front end listens.
-  for i in $(seq 1 120); do curl -sf localhost:8000/v2/health/ready >/dev/null && break; sleep 1; done
+  for i in $(seq 1 120); do
+    curl -sf localhost:8000/v2/health/ready >/dev/null && break
+    kill -0 $SPID 2>/dev/null || { echo "== $label: server exited: $(tail -3 "$OUT/serve_$label.log")"; return; }
+    sleep 1
+  done
   echo "== $label: server ready after ${i}s (${3:-single process})"
   L="python3 -m gpufleet load http://127.0.0.1:8000/predict --payload jpeg224 --duration $DUR --warmup $WARM"
   $L -c 8 --json > "$OUT/w3_${label}_c8.json"

@@ -10,13 +10,20 @@ import inspect
 import os
 import pickle
 import sys
+import threading
 from typing import Any
 
 from gpufleet.devices.device import Device
 from gpufleet.engine.messages import Hello
 from gpufleet.errors import ConfigError, DeviceError
 
-__all__ = ["load_model_blob", "model_blob", "pin_env", "verify_placement"]
+__all__ = ["CUDA_SETUP_LOCK", "load_model_blob", "model_blob", "pin_env", "verify_placement"]
+
+# Thread workers of one process set up their CUDA models one at a time, and CUDA graphs are captured under
+# this lock: PyTorch's graph capture touches process-wide state (the RNG generators' registration, the
+# legacy stream), and two workers capturing at once failed on 2x H200 ("Cannot register the state during
+# capturing stage", cudaErrorStreamCaptureInvalidated). Re-entrant, so a capture inside setup nests.
+CUDA_SETUP_LOCK = threading.RLock()
 
 
 def _file_modules(model: Any) -> list[tuple[str, str]]:
@@ -68,17 +75,24 @@ def model_blob(model: Any) -> bytes:
     return blob
 
 
+GPU_CHILD_THREADS = 4  # OpenMP/MKL threads of a process worker on a GPU (unless OMP_NUM_THREADS is set)
+
+
 def pin_env(device: Device, threads: int | None = None) -> dict[str, str]:
     """Environment for the child of ``device``: ``CUDA_VISIBLE_DEVICES`` = that GPU's uuid (or physical index),
-    so it is ``cuda:0`` in the child; CPU devices see no GPU and get ``threads`` OpenMP threads each."""
+    so it is ``cuda:0`` in the child; CPU devices see no GPU. Each child gets ``threads`` OpenMP threads (at most
+    ``GPU_CHILD_THREADS`` on a GPU) unless ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` are set."""
     env: dict[str, str] = {}
     if device.is_cuda:
         if device.uuid.upper().startswith(("GPU-", "MIG-")):
             env["CUDA_VISIBLE_DEVICES"] = device.uuid
         elif device.physical_index is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(device.physical_index)
-        return env
-    env["CUDA_VISIBLE_DEVICES"] = ""
+        # A GPU worker's CPU work is copying: a few threads. Every child with an OpenMP team as large as the
+        # machine oversubscribes the cores and stalls each parallel region (seen on 2x H200).
+        threads = min(threads, GPU_CHILD_THREADS) if threads else GPU_CHILD_THREADS
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     if threads:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             if name not in os.environ:

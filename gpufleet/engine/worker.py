@@ -18,7 +18,7 @@ from typing import Any
 from gpufleet.devices.device import Device
 from gpufleet.engine.batcher import Batcher
 from gpufleet.engine.oom import empty_cache, is_oom
-from gpufleet.engine.placement import weights_device
+from gpufleet.engine.placement import CUDA_SETUP_LOCK, weights_device
 from gpufleet.engine.request import Request, fail_items, resolve_items
 from gpufleet.engine.stats import WorkerStats
 from gpufleet.errors import DeadlineExceeded, GpufleetError, WorkerError
@@ -92,7 +92,11 @@ class ThreadWorker:
                 model.batch_buckets = self.batch_buckets  # e.g. TorchModel's CUDA-graph buckets
             if self.max_batch > 0 and getattr(model, "max_batch_size", 0) is None:
                 model.max_batch_size = self.max_batch  # models that size warm-up or graphs by it
-            model.setup(self.device)
+            if self.device.is_cuda:
+                with CUDA_SETUP_LOCK:  # one CUDA set-up (and graph capture) at a time in this process
+                    model.setup(self.device)
+            else:
+                model.setup(self.device)
             self.model = model
             self.weights_on = weights_device(model)
             if self.device.is_cuda:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from gpufleet.engine.batcher import bucket_for
+from gpufleet.engine.placement import CUDA_SETUP_LOCK
 
 __all__ = ["DEFAULT_BUCKETS", "Captured", "GraphCache"]
 
@@ -71,6 +72,10 @@ class GraphCache:
         return len(self._graphs)
 
     def _capture(self, bucket: int, shape: tuple, dtype: torch.dtype) -> Captured:
+        with CUDA_SETUP_LOCK, torch.cuda.device(self.device):  # one capture at a time per process
+            return self._capture_locked(bucket, shape, dtype)
+
+    def _capture_locked(self, bucket: int, shape: tuple, dtype: torch.dtype) -> Captured:
         dev = self.device
         if dtype.is_floating_point:
             x = torch.randn((bucket, *shape), device=dev).to(dtype)
@@ -83,7 +88,7 @@ class GraphCache:
                 self.forward(x)
         torch.cuda.synchronize(dev)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: other workers' threads may use CUDA while this one captures.
+        # thread_local: other workers' threads may serve (not capture) while this one captures.
         with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             y = self.forward(x)
         torch.cuda.synchronize(dev)

@@ -14,7 +14,7 @@ from gpufleet.devices import Device
 from gpufleet.engine import messages as m
 from gpufleet.engine.breaker import CircuitBreaker
 from gpufleet.engine.child import is_sticky_cuda_error
-from gpufleet.engine.placement import model_blob, pin_env, verify_placement
+from gpufleet.engine.placement import GPU_CHILD_THREADS, model_blob, pin_env, verify_placement
 from gpufleet.engine.shm import INLINE_MAX, Attachments, Codec, SegmentPool, leaked_segments, unlink_prefix
 from gpufleet.errors import ConfigError, DeviceError
 from tests.engine.process_models import Doubler, double
@@ -138,10 +138,17 @@ def test_sticky_cuda_errors_recognised() -> None:
 GPU = Device(index=1, kind="cuda", name="NVIDIA H100", uuid="GPU-aaaa-1111", physical_index=3)
 
 
-def test_pin_env_and_placement_check() -> None:
-    assert pin_env(GPU) == {"CUDA_VISIBLE_DEVICES": "GPU-aaaa-1111"}
-    assert pin_env(Device(index=0, kind="cuda", name="X", physical_index=2)) == {"CUDA_VISIBLE_DEVICES": "2"}
-    assert pin_env(Device(index=0, kind="cpu"))["CUDA_VISIBLE_DEVICES"] == ""
+def test_pin_env_and_placement_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    small = {"OMP_NUM_THREADS": str(GPU_CHILD_THREADS), "MKL_NUM_THREADS": str(GPU_CHILD_THREADS)}
+    assert pin_env(GPU, 16) == {"CUDA_VISIBLE_DEVICES": "GPU-aaaa-1111", **small}  # GPU children: few threads
+    assert pin_env(Device(index=0, kind="cuda", name="X", physical_index=2)) == {"CUDA_VISIBLE_DEVICES": "2",
+                                                                                  **small}
+    assert pin_env(Device(index=0, kind="cpu"), 16) == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "16",
+                                                        "MKL_NUM_THREADS": "16"}
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice wins
+    assert "OMP_NUM_THREADS" not in pin_env(GPU, 16)
     env = pin_env(GPU)
     verify_placement("w", GPU, m.Hello(pid=1, kind="cuda", current_device=0, name="NVIDIA H100",
                                        uuid="GPU-aaaa-1111"), env)
