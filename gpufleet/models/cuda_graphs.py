@@ -45,6 +45,7 @@ class GraphCache:
         self._graphs: dict[tuple, Captured] = {}
         self._pool = torch.cuda.graph_pool_handle()  # one memory pool: replays are serialised on one stream
         self._turn = 0
+        self._stream: torch.cuda.Stream | None = None  # capture stream on ``device`` (made on first capture)
 
     def bucket(self, n: int) -> int | None:
         """The bucket for ``n`` items, or ``None`` past the largest (run eagerly)."""
@@ -82,15 +83,21 @@ class GraphCache:
         else:
             x = torch.randint(0, 100, (bucket, *shape), device=dev).to(dtype)
         torch.cuda.synchronize(dev)
-        side = torch.cuda.Stream(dev)
-        with torch.inference_mode(), torch.cuda.stream(side):
-            for _ in range(3):  # warm-up outside capture: cuDNN autotuning, lazy inits
+        # Our own capture stream on this device, shared by warm-up and capture: torch.cuda.graph's default
+        # is one process-wide stream made on the first device that captured (cuda:0), so a worker on cuda:1
+        # captured on a cuda:0 stream and cuDNN's per-stream workspace was allocated mid-capture
+        # ("operation not permitted when stream is capturing", seen on 2x H200).
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(dev)
+        with torch.inference_mode(), torch.cuda.stream(self._stream):
+            for _ in range(3):  # warm-up outside capture: cuDNN autotuning, workspaces, lazy inits
                 self.forward(x)
         torch.cuda.synchronize(dev)
         graph = torch.cuda.CUDAGraph()
         # thread_local: other workers' threads may serve (not capture) while this one captures.
-        with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool, stream=self._stream,
+                                                      capture_error_mode="thread_local"):
             y = self.forward(x)
         torch.cuda.synchronize(dev)
-        log.info("captured a CUDA graph for batch bucket %d, items %s %s", bucket, shape, dtype)
+        log.info("captured a CUDA graph for batch bucket %d, items %s %s on %s", bucket, shape, dtype, dev)
         return Captured(graph, x, y)

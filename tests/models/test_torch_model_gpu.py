@@ -99,3 +99,21 @@ def test_workers_report_weights_and_context_on_their_gpu() -> None:
     with Pool(TorchModel(_net()), "all") as pool:
         for row, dev in zip(pool.stats()["per_worker_stats"], pool.devices, strict=True):
             assert row["weights_on"] == dev.torch and row["context_on"] == dev.torch
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_cuda_graphs_on_every_gpu_of_one_pool() -> None:
+    """Thread workers on different GPUs each capture their own graphs (on a stream of their own device) and
+    serve correct results; seen failing on 2x H200 before captures were serialised and given a per-device
+    stream."""
+    net = _net()
+    xs = [torch.randn(3, 32, 32) for _ in range(400)]
+    with torch.inference_mode():
+        ref = net(torch.stack(xs))
+    model = TorchModel(net, precision="fp32", cuda_graphs=True, batch_buckets=(1, 4, 16),
+                       example_shape=(3, 32, 32), warmup_batch_sizes=(1, 4, 16))
+    with Pool(model, "all", max_batch_size=16, max_wait_ms=1) as pool:
+        out = torch.stack(list(pool.map(xs)))
+        per = [g["total_requests"] for g in pool.stats()["per_gpu_stats"]]
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+    assert len(per) == torch.cuda.device_count() and all(n > 0 for n in per)
