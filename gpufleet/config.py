@@ -31,6 +31,8 @@ class PoolConfig:
     alive once the workers are set up (modules, weights, the interpreter's imports) out of the garbage
     collector's view (``gc.freeze()``), so its periodic full passes stop scanning them: with torch imported
     that doubles the engine's items/s and removes collector pauses from the latency tail.
+    A model's ``preprocess`` runs on ``preprocess_threads`` pool threads (default: one per core, 2–32), or in
+    the submitting thread once it is measured cheaper than that hand-off (under 30 µs per item).
 
     ``backend="process"`` (one spawned process per worker, see docs/processes.md) adds: ``max_retries``
     (times an item is retried after the process serving it died), ``batch_timeout_s`` (a batch running

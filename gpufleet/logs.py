@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from contextvars import ContextVar
 
-__all__ = ["FORMATS", "REQUEST_ID", "JsonFormatter", "configure"]
+__all__ = ["FORMATS", "REQUEST_ID", "JsonFormatter", "StderrHandler", "configure"]
 
 FORMATS = ("text", "json")
 REQUEST_ID: ContextVar[str | None] = ContextVar("gpufleet_request_id", default=None)
@@ -43,11 +44,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the one at set-up.
+
+    A handler bound to the stderr of set-up time breaks when that stream is swapped and closed (test runners,
+    embedding applications): every later record then prints a "Logging error" traceback instead.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
 def configure(level: str = "info", fmt: str = "text", *, prefix: str = "") -> None:
     """Send every logger's records to stderr in ``fmt`` ("text" or "json") at ``level`` and above."""
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    handler = logging.StreamHandler()
+    handler = StderrHandler()
     handler.addFilter(_RequestId())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

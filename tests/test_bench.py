@@ -38,7 +38,7 @@ def test_cli_bench_json_and_bad_flags() -> None:
     ok = runner.invoke(app, ["bench", "--model", "resnet18", "--batch-sizes", "2", "--image-size", "32",
                              "--seconds", "0.1", "--cpu-devices", "1", "--no-raw", "--json"])
     assert ok.exit_code == 0, ok.output
-    assert json.loads(ok.output)["rows"][0]["pool"]["items_s"] > 0
+    assert json.loads(ok.stdout)["rows"][0]["pool"]["items_s"] > 0
     bad = runner.invoke(app, ["bench", "--batch-sizes", "8,x"])
     assert bad.exit_code != 0 and "--batch-sizes" in bad.output
 

@@ -44,3 +44,15 @@ def test_text_format_and_bad_format(capsys: pytest.CaptureFixture[str]) -> None:
     assert "WARNING [x] gpufleet.t: careful" in capsys.readouterr().err
     with pytest.raises(ValueError, match="text, json"):
         configure("info", "yaml")
+
+def test_records_go_to_the_current_stderr_after_it_was_swapped_and_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    first = io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    configure("info", "text")
+    first.close()  # what a test runner does with the stream it captured into
+    second = io.StringIO()
+    monkeypatch.setattr("sys.stderr", second)
+    logging.getLogger("gpufleet.test").info("after the swap")
+    assert "after the swap" in second.getvalue() and "Logging error" not in second.getvalue()

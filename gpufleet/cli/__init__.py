@@ -25,7 +25,9 @@ def _fail(message: str, code: int = 2) -> None:
 
 @app.callback()
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level.")) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+    from gpufleet.logs import StderrHandler
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[StderrHandler()],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 

@@ -417,6 +417,39 @@ def test_preprocess_error_fails_only_that_item() -> None:
         assert wait_until(lambda: pool.outstanding == 0)
 
 
+class WhereIsPreprocess(Model):
+    """Records which thread ran each preprocess; items that say "slow" take 5 ms."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def preprocess(self, item: object) -> object:
+        if item == "slow":
+            time.sleep(0.005)
+        self.threads.append(threading.get_ident())
+        return item
+
+    def predict(self, batch: list) -> list:
+        return batch
+
+
+@pytest.mark.timeout(30)
+def test_cheap_preprocess_runs_in_the_submitting_thread_and_a_slow_one_goes_back() -> None:
+    model = WhereIsPreprocess()
+    with Pool(model, cpu_devices=2, max_batch_size=4, max_wait_ms=1) as pool:
+        seen = pool.workers[0].model, pool.workers[1].model
+        me = threading.get_ident()
+        for i in range(40):  # measured on pool threads first, one at a time so each sample is in
+            pool.submit(i).result(timeout=10)
+        assert pool._pre_inline
+        before = [len(m.threads) for m in seen]
+        assert [pool.submit(i).result(timeout=10) for i in range(10)] == list(range(10))
+        assert [t for m, b in zip(seen, before) for t in m.threads[b:]] == [me] * 10
+        assert pool.submit("slow").result(timeout=10) == "slow"  # inline once, then off the caller's thread
+        assert not pool._pre_inline
+        assert pool.stats()["stages"]["preprocess"]["count"] == 51
+
+
 @pytest.mark.timeout(30)
 def test_postprocess_runs_per_item() -> None:
     with Pool(Stages, cpu_devices=2, max_batch_size=8) as pool:

@@ -117,3 +117,34 @@ def test_cuda_graphs_on_every_gpu_of_one_pool() -> None:
         per = [g["total_requests"] for g in pool.stats()["per_gpu_stats"]]
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
     assert len(per) == torch.cuda.device_count() and all(n > 0 for n in per)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_jpegs_on_two_gpus_of_one_process_decode_on_one(caplog: pytest.LogCaptureFixture) -> None:
+    """torchvision rebuilds its one GPU JPEG decoder whenever another device calls it; the classifier decodes
+    every GPU's batches on one device and copies them, so two thread workers give the same answers as one GPU
+    (the speed is in docs/scaling.md, W3 on 2 GPUs)."""
+    import io
+    import logging
+
+    from PIL import Image
+
+    from gpufleet.models.zoo.classifier import ImageClassifier
+
+    rng = torch.Generator().manual_seed(0)
+    jpegs = []
+    for _ in range(64):
+        buf = io.BytesIO()
+        img = torch.randint(0, 256, (64, 64, 3), dtype=torch.uint8, generator=rng).numpy()
+        Image.fromarray(img).save(buf, format="JPEG", quality=90)
+        jpegs.append(buf.getvalue())
+    make = lambda: ImageClassifier("resnet18", image_size=64, precision="fp32")  # noqa: E731
+    with Pool(make(), "0", max_batch_size=16, max_wait_ms=1) as one:
+        ref = list(one.map(jpegs))
+    caplog.set_level(logging.INFO, logger="gpufleet.models.zoo.classifier")
+    with Pool(make(), "0,1", max_batch_size=16, max_wait_ms=1, balancer="round-robin") as two:
+        out = list(two.map(jpegs * 4))
+        per = [g["total_requests"] for g in two.stats()["per_gpu_stats"]]
+    assert [o["class"] for o in out] == [r["class"] for r in ref] * 4
+    assert all(n > 0 for n in per)
+    assert "JPEGs for cuda:1 decode on cuda:0" in caplog.text

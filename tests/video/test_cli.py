@@ -44,7 +44,10 @@ def test_sigint_leaves_a_playable_file(clips, tmp_path) -> None:
     out, jl = tmp_path / "cut.mp4", tmp_path / "cut.jsonl"
     cmd = [sys.executable, "-m", "gpufleet", "video", str(clips["text"]), "--model", SLOW, "--cpu-devices", "1",
            "--batch-size", "1", "--segments", "1", "--out", str(out), "--jsonl", str(jl), "--json"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parents[2])
+    # A shell without job control starts background jobs with SIGINT ignored, and Python keeps it ignored:
+    # give the child the default disposition so Ctrl-C raises KeyboardInterrupt in it however pytest was run.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parents[2],
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         if jl.exists() and sum(1 for _ in open(jl)) >= 3:

@@ -28,6 +28,21 @@ _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
 _BUILD_LOCK = threading.Lock()
+# torchvision keeps one GPU JPEG decoder per process and rebuilds it (nvJPEG handle, buffers, stream) whenever
+# a call names another device: two workers of one process on cuda:0 and cuda:1 rebuilt it on every batch
+# (2x H200, served W3: 168 req/s instead of ~10,000). So the first device that decodes in a process decodes
+# for all of them; the others copy the decoded images to their own GPU (peer to peer).
+_DECODER_LOCK = threading.Lock()
+_decoder_device: torch.device | None = None
+
+
+def decoder_device(dev: torch.device) -> torch.device:
+    """The device this process decodes JPEGs on: the first one asked for (see ``_decoder_device``)."""
+    global _decoder_device
+    with _DECODER_LOCK:
+        if _decoder_device is None:
+            _decoder_device = dev
+        return _decoder_device
 
 
 def build_module(name: str) -> torch.nn.Module:
@@ -52,6 +67,22 @@ class _Bad:
         self.message = message
 
 
+def _decode_jpegs(data: list[torch.Tensor], dev: torch.device) -> list:
+    """RGB images of encoded JPEGs, decoded on ``dev`` in one batched call; a bad one becomes a ``_Bad``."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=dev)
+    except RuntimeError:  # one bad image fails the batched call: decode one by one to find it
+        out: list = []
+        for x in data:
+            try:
+                out.append(decode_jpeg(x, mode=ImageReadMode.RGB, device=dev))
+            except RuntimeError as exc:
+                out.append(_Bad(f"cannot decode the JPEG: {exc}"))
+        return out
+
+
 class ImageClassifier(TorchModel):
     """Top-1 ``{"class", "score"}`` per image. Items: JPEG bytes, ``{"image": base64}``, uint8 CHW tensors or
     HWC arrays. On CUDA devices CUDA graphs are captured per batch bucket up to the pool's max batch size.
@@ -69,6 +100,7 @@ class ImageClassifier(TorchModel):
         self.image_size = image_size
         self.weights = weights
         self.max_batch_size: int | None = None  # set by the pool's worker before setup
+        self._decode_stream: torch.cuda.Stream | None = None  # on another GPU's decoder (decoder_device)
 
     def load(self, device: Device) -> torch.nn.Module:
         # Workers set up in parallel threads and torch's RNG is global: seed and build under one lock so
@@ -144,20 +176,22 @@ class ImageClassifier(TorchModel):
 
     def _decode_gpu(self, batch: list) -> list:
         """Decode every encoded item of ``batch`` on the GPU in one call, on the compute stream."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-
         idx = [i for i, x in enumerate(batch) if x.dim() == 1]
         out = list(batch)
+        home = decoder_device(self._dev)
         with torch.cuda.stream(self._stream):
-            try:
-                imgs = decode_jpeg([batch[i] for i in idx], mode=ImageReadMode.RGB, device=self._dev)
-            except RuntimeError:  # one bad image fails the batched call: decode one by one to find it
-                imgs = []
-                for i in idx:
-                    try:
-                        imgs.append(decode_jpeg(batch[i], mode=ImageReadMode.RGB, device=self._dev))
-                    except RuntimeError as exc:
-                        imgs.append(_Bad(f"cannot decode the JPEG: {exc}"))
+            if home == self._dev:
+                imgs = _decode_jpegs([batch[i] for i in idx], home)
+            else:
+                if self._decode_stream is None:
+                    self._decode_stream = torch.cuda.Stream(home)
+                    log.info("JPEGs for %s decode on %s: torchvision keeps one GPU decoder per process "
+                             "(backend='process' decodes on every GPU)", self._dev, home)
+                # Decoded and copied out on a stream of the decoding GPU: the copy to this device waits for
+                # the current streams of both devices (that one and our compute stream).
+                with torch.cuda.stream(self._decode_stream):
+                    imgs = [x if isinstance(x, _Bad) else x.to(self._dev, non_blocking=True)
+                            for x in _decode_jpegs([batch[i] for i in idx], home)]
             for i, img in zip(idx, imgs):
                 out[i] = img if isinstance(img, _Bad) else self._resize(img)
             for i, x in enumerate(out):  # decoded arrays from preprocess join the batch on the device
