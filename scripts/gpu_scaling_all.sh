@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Issue 10 in ONE call on a 2-GPU machine (device time is short): W2 (thread and process backends), W3 and W4,
+# each on 1 GPU and on 2 GPUs side by side, then the GPU-marked tests. Carry .whl (server wheels, PyAV and
+# PyNvVideoCodec: ~63 MB). Every step is time-boxed; results are appended to $OUT/summary.txt as they come
+# and $OUT/all.tgz (raw JSON and logs) is refreshed after each step, so a cut-off run still returns them.
+# Knobs: SECS (bench seconds), DUR/WARM (W3 seconds per concurrency), STEPS (which steps, in order).
+export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+W=/tmp/work; rm -rf "$W"; mkdir -p "$W"
+T0=$(date +%s)
+source scripts/device_setup.sh
+export COLUMNS=160  # rich tables in files: wide enough for every column
+S="$OUT/summary.txt"
+say() { echo "$*" | tee -a "$S"; }
+pack() { tar czf /tmp/all.tgz -C "$W" . 2>/dev/null && mv /tmp/all.tgz "$OUT/all.tgz"; }
+stamp() { say "== $1 (t=$(( $(date +%s) - T0 ))s)"; }
+{ nvidia-smi --query-gpu=index,name,uuid,memory.total,driver_version --format=csv; nvidia-smi topo -m; nproc;
+  python3 -c "import torch, torchvision, av, PyNvVideoCodec, uvicorn; print(torch.__version__, torchvision.__version__, av.__version__, PyNvVideoCodec.__version__, uvicorn.__version__)"; } > "$W/machine.txt" 2>&1
+head -4 "$W/machine.txt" | tee -a "$S"; tail -2 "$W/machine.txt" | tee -a "$S"
+B="python3 -m gpufleet bench --model resnet50 --precision fp16 --cuda-graphs --seconds ${SECS:-2} --scale --json"
+report() {  # $1 = bench JSON file
+  python3 -c "import json,sys; from gpufleet.bench import print_report; print_report(json.load(open(sys.argv[1])))" "$1" 2>&1 \
+    | tee -a "$S" || tail -5 "${1%.json}.err" | tee -a "$S"
+}
+for step in ${STEPS:-w2t w3 w2p w4 tests}; do
+  case $step in
+    w2t) stamp "W2 thread backend, 1 vs 2 GPUs"
+         timeout 110 $B --batch-sizes 8,64 > "$W/w2_thread.json" 2> "$W/w2_thread.err"; report "$W/w2_thread.json" ;;
+    w2p) stamp "W2 process backend, 1 vs 2 GPUs"
+         timeout 90 $B --batch-sizes 64 --backend process --no-raw > "$W/w2_process.json" 2> "$W/w2_process.err"
+         report "$W/w2_process.json" ;;
+    w3)  stamp "W3 jpeg224 served, 1 vs 2 GPUs (8 HTTP front ends, 8 load processes)"
+         OUT=$W CONFIGS="g1hw8 g2hw8" LOADP=8 SKIP_P1=1 DUR=${DUR:-8} WARM=${WARM:-2} timeout 170 bash scripts/gpu_w3.sh \
+           > "$W/w3.txt" 2>&1
+         grep -E "^(==|W3|W5|stages|per device|NVML)|server exit" "$W/w3.txt" | cut -c1-400 | tee -a "$S" ;;
+    w4)  stamp "W4 video1080, 1 vs 2 GPUs"
+         OUT=$W INPUTS=8 DECODERS=${DECODERS:-8} timeout 130 python3 scripts/gpu_video_scale.py > "$W/w4.txt" 2>&1
+         grep -E "^\{|W4" "$W/w4.txt" | cut -c1-700 | tee -a "$S"; rm -f "$W"/frames_*.jsonl "$W/video1080.mp4" ;;
+    tests) stamp "pytest -m gpu"
+         timeout 75 python3 -m pytest -q -p no:cacheprovider -m gpu tests > "$W/gpu_tests.txt" 2>&1
+         tail -6 "$W/gpu_tests.txt" | tee -a "$S" ;;
+  esac
+  pack
+done
+stamp "done"
+pack
