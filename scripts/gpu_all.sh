@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Issue 10 in ONE call on a 2-GPU machine (device time is short): W2 (thread and process backends), W3 and W4,
-# each on 1 GPU and on 2 GPUs side by side, then the GPU-marked tests. Carry .whl (server wheels, PyAV and
-# PyNvVideoCodec: ~63 MB). Every step is time-boxed; results are appended to $OUT/summary.txt as they come
+# The benchmark evidence in ONE device call (device time is short). Carry .whl (server wheels, PyAV and
+# PyNvVideoCodec: ~63 MB). STEPS picks the steps, in order:
+#   2-GPU machine (issue 10, default): w2t w3 w2p w4 tests — W2 (thread, process backends), W3 and W4, each on
+#     1 GPU and on 2 GPUs side by side, then the GPU-marked tests;
+#   1-GPU machine (issues 5, 8): w2one proc w3one w4one tests — W2 bs 8/64 vs raw, the process-backend matrix
+#     with and without MPS plus kill -9 under load, W3 with 8 HTTP front ends, W4 with 8 inputs. Every step is time-boxed; results are appended to $OUT/summary.txt as they come
 # and $OUT/all.tgz (raw JSON and logs) is refreshed after each step, so a cut-off run still returns them.
 # Knobs: SECS (bench seconds), DUR/WARM (W3 seconds per concurrency), STEPS (which steps, in order).
 export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -34,6 +37,21 @@ for step in ${STEPS:-w2t w3 w2p w4 tests}; do
          grep -E "^(==|W3|W5|stages|per device|NVML)|server exit" "$W/w3.txt" | cut -c1-400 | tee -a "$S" ;;
     w4)  stamp "W4 video1080, 1 vs 2 GPUs"
          OUT=$W INPUTS=8 DECODERS=${DECODERS:-8} timeout 130 python3 scripts/gpu_video_scale.py > "$W/w4.txt" 2>&1
+         grep -E "^\{|W4" "$W/w4.txt" | cut -c1-700 | tee -a "$S"; rm -f "$W"/frames_*.jsonl "$W/video1080.mp4" ;;
+    w2one) stamp "W2 one GPU: pool vs raw"
+         timeout 100 ${B/--scale/} --batch-sizes 8,64 > "$W/w2_one.json" 2> "$W/w2_one.err"; report "$W/w2_one.json" ;;
+    proc) stamp "process backend: workers per GPU, MPS, kill -9 under load"
+         OUT=$W SKIP_TESTS=1 SECS=${SECS:-2} MATRIX="${MATRIX:-resnet18 8 thread 1;resnet18 8 process 1 2 4 8}" \
+           MATRIX_MPS="${MATRIX_MPS:-resnet18 8 process 2 4 8}" timeout 240 bash scripts/gpu_process.sh \
+           > "$W/process.txt" 2>&1
+         grep -E "^(==|  resnet|\{)|MPS|mps" "$W/process.txt" | cut -c1-400 | tee -a "$S" ;;
+    w3one) stamp "W3 jpeg224 served, one GPU, 8 HTTP front ends, 8 load processes"
+         OUT=$W CONFIGS="hw8" LOADP=8 SKIP_P1=1 DUR=${DUR:-8} WARM=${WARM:-2} timeout 100 bash scripts/gpu_w3.sh \
+           > "$W/w3.txt" 2>&1
+         grep -E "^(==|W3|W5|stages|per device|NVML)|server exit" "$W/w3.txt" | cut -c1-400 | tee -a "$S" ;;
+    w4one) stamp "W4 video1080, one GPU, 8 inputs"
+         OUT=$W INPUTS=8 DECODERS=${DECODERS:-8} DEVICE_SETS=0 timeout 100 python3 scripts/gpu_video_scale.py \
+           > "$W/w4.txt" 2>&1
          grep -E "^\{|W4" "$W/w4.txt" | cut -c1-700 | tee -a "$S"; rm -f "$W"/frames_*.jsonl "$W/video1080.mp4" ;;
     tests) stamp "pytest -m gpu"
          timeout 75 python3 -m pytest -q -p no:cacheprovider -m gpu tests > "$W/gpu_tests.txt" 2>&1
