@@ -40,13 +40,17 @@ for step in ${STEPS:-w2t w3 w2p w4 tests}; do
          grep -E "^\{|W4" "$W/w4.txt" | cut -c1-700 | tee -a "$S"; rm -f "$W"/frames_*.jsonl "$W/video1080.mp4" ;;
     w2one) stamp "W2 one GPU: pool vs raw"
          timeout 100 ${B/--scale/} --batch-sizes 8,64 > "$W/w2_one.json" 2> "$W/w2_one.err"; report "$W/w2_one.json" ;;
+    kill9) stamp "kill -9 of a process worker under load"
+         OUT=$W SKIP_TESTS=1 MATRIX=" " NO_MPS=1 timeout 90 bash scripts/gpu_process.sh > "$W/process.txt" 2>&1
+         grep -E "^(==|\{)" "$W/process.txt" | cut -c1-600 | tee -a "$S" ;;
+    aiohttp) python3 -c "import aiohttp, aiohttp.http_parser as p, uvloop; print('aiohttp', aiohttp.__version__, p.HttpResponseParser.__module__, 'uvloop', uvloop.__version__)" 2>&1 | tee -a "$S" ;;
     proc) stamp "process backend: workers per GPU, MPS, kill -9 under load"
          OUT=$W SKIP_TESTS=1 SECS=${SECS:-2} MATRIX="${MATRIX:-resnet18 8 thread 1;resnet18 8 process 1 2 4 8}" \
            MATRIX_MPS="${MATRIX_MPS:-resnet18 8 process 2 4 8}" timeout 240 bash scripts/gpu_process.sh \
            > "$W/process.txt" 2>&1
          grep -E "^(==|  resnet|\{)|MPS|mps" "$W/process.txt" | cut -c1-400 | tee -a "$S" ;;
     w3one) stamp "W3 jpeg224 served, one GPU, 8 HTTP front ends, 8 load processes"
-         OUT=$W CONFIGS="hw8" LOADP=8 SKIP_P1=1 DUR=${DUR:-8} WARM=${WARM:-2} timeout 100 bash scripts/gpu_w3.sh \
+         OUT=$W CONFIGS="hw8" LOADP=8 SKIP_P1=1 DUR=${DUR:-8} WARM=${WARM:-2} timeout ${W3_LIMIT:-100} bash scripts/gpu_w3.sh \
            > "$W/w3.txt" 2>&1
          grep -E "^(==|W3|W5|stages|per device|NVML)|server exit" "$W/w3.txt" | cut -c1-400 | tee -a "$S" ;;
     w4one) stamp "W4 video1080, one GPU, 8 inputs"
@@ -54,7 +58,9 @@ for step in ${STEPS:-w2t w3 w2p w4 tests}; do
            > "$W/w4.txt" 2>&1
          grep -E "^\{|W4" "$W/w4.txt" | cut -c1-700 | tee -a "$S"; rm -f "$W"/frames_*.jsonl "$W/video1080.mp4" ;;
     tests) stamp "pytest -m gpu"
-         timeout 75 python3 -m pytest -q -p no:cacheprovider -m gpu tests > "$W/gpu_tests.txt" 2>&1
+         # Only the files with GPU tests: others import test-only packages (tritonclient) absent there.
+         timeout 75 python3 -m pytest -q -rs -p no:cacheprovider -m gpu $(grep -rl "mark.gpu" tests) \
+           > "$W/gpu_tests.txt" 2>&1
          tail -6 "$W/gpu_tests.txt" | tee -a "$S" ;;
   esac
   pack
