@@ -153,19 +153,42 @@ class _Child:
         return True
 
     def serve(self) -> None:
+        # Models with launch/collect keep two batches in flight, as thread workers do: the next batch (the
+        # parent sends up to two) is stacked, copied and launched before the previous one is collected, so the
+        # GPU does not idle while this process answers, decodes and stacks. Measured on one H200: a process
+        # worker ran ResNet-50 at batch 64 at half a thread worker's rate when it served one batch at a time.
+        pipelined = callable(getattr(self.model, "launch", None)) and callable(getattr(self.model, "collect", None))
+        pending: _Work | None = None
         while True:
             try:
+                if pending is not None and not self.conn.poll():
+                    self.finish(pending)  # nothing else queued: answer now rather than wait for more
+                    pending = None
+                    continue
                 data = self.conn.recv_bytes()
             except (EOFError, OSError):
                 return  # the parent closed the pipe or died
             msg = self.codec.decode(data)
             if isinstance(msg, m.Batch):
-                self.run(msg)
+                work = self.begin(msg, launch=pipelined)
+                if pending is not None:
+                    self.finish(pending)
+                pending = work if pipelined else None
+                if not pipelined and work is not None:
+                    self.finish(work)
             elif isinstance(msg, m.Free):
                 for name in msg.segments:
                     self.pool.release(name)
             elif isinstance(msg, m.Shutdown):
+                if pending is not None:
+                    self.finish(pending)
                 return
+
+    def _checked(self, out: Any, n: int) -> list:
+        if not isinstance(out, (list, tuple)) or len(out) != n:
+            got = f"{len(out)} outputs" if isinstance(out, (list, tuple)) else type(out).__name__
+            raise GpufleetError(f"predict returned {got} for {n} items (must be a list of the same length)")
+        return list(out)
 
     def _predict(self, items: list) -> list:
         try:
@@ -177,13 +200,11 @@ class _Child:
             self.oom_batch = max(self.oom_batch, len(items))
             half = len(items) // 2
             return self._predict(items[:half]) + self._predict(items[half:])
-        if not isinstance(out, (list, tuple)) or len(out) != len(items):
-            got = f"{len(out)} outputs" if isinstance(out, (list, tuple)) else type(out).__name__
-            raise GpufleetError(f"predict returned {got} for {len(items)} items (must be a list of the same "
-                                "length)")
-        return list(out)
+        return self._checked(out, len(items))
 
-    def run(self, batch: m.Batch) -> None:
+    def begin(self, batch: m.Batch, *, launch: bool) -> _Work | None:
+        """Preprocess a batch and, with ``launch``, start it on the device; ``None`` if it was answered already
+        (its launch failed)."""
         items, errors, timings = batch.items, {}, {}
         alive = list(range(len(items)))
         if self.pre is not None:
@@ -195,22 +216,44 @@ class _Child:
                     errors[i] = _error("input", exc)
             alive = [i for i in alive if i not in errors]
             timings["preprocess"] = (time.monotonic() - t0) / max(1, len(items))
+        work = _Work(batch, items, alive, errors, timings)
+        if launch and alive:
+            _progress.send, _progress.batch_id, _progress.index = self.send, batch.id, alive
+            try:
+                work.handle = self.model.launch([items[i] for i in alive])
+            except Exception as exc:  # noqa: BLE001
+                if not is_oom(exc):
+                    self._failed(batch, exc)
+                    return None
+                empty_cache(self.spec.device)  # served one batch at a time (in halves if need be) in finish
+            finally:
+                _progress.send = None
+        return work
+
+    def finish(self, work: _Work) -> None:
+        """Collect (or run) a begun batch, postprocess it and answer the parent."""
+        batch, items, alive, errors, timings = work.batch, work.items, work.alive, work.errors, work.timings
         outputs: list[Any] = [None] * len(items)
         self.oom_batch = 0
         if alive:
             _progress.send, _progress.batch_id, _progress.index = self.send, batch.id, alive
-            t0 = time.monotonic()
             try:
-                got = self._predict([items[i] for i in alive])
+                got = None
+                if work.handle is not None:
+                    try:
+                        got = self._checked(self.model.collect(work.handle), len(alive))
+                    except Exception as exc:
+                        if not is_oom(exc):
+                            raise
+                        empty_cache(self.spec.device)
+                if got is None:
+                    got = self._predict([items[i] for i in alive])
             except Exception as exc:  # noqa: BLE001
-                sticky = is_sticky_cuda_error(exc)
-                self.send(m.Result(batch.id, error=_error("sticky" if sticky else "model", exc)))
-                if sticky:  # every later kernel in this context would fail: let the parent recycle us
-                    os._exit(STICKY_EXIT)
+                self._failed(batch, exc)
                 return
             finally:
                 _progress.send = None
-            timings["predict"] = time.monotonic() - t0
+            timings["predict"] = time.monotonic() - work.t0
             for name, seconds in getattr(self.model, "last_timings", {}).items():
                 timings[name] = float(seconds)
             t0 = time.monotonic()
@@ -224,7 +267,7 @@ class _Child:
                 outputs[i] = out
             if self.post is not None:
                 timings["postprocess"] = (time.monotonic() - t0) / len(alive)
-        del items, batch.items  # drop views into the parent's segment before answering
+        del items, work.items, batch.items  # drop views into the parent's segment before answering
         prepared, need = self.codec.prepare(outputs)
         seg = self.pool.acquire(need) if need else None
         res = m.Result(batch.id, prepared, errors, None, timings, self.oom_batch,
@@ -239,6 +282,24 @@ class _Child:
             return
         with self._send_lock:
             self.conn.send_bytes(data)
+
+    def _failed(self, batch: m.Batch, exc: BaseException) -> None:
+        """The whole batch failed in the model: answer it with the error; a sticky CUDA error ends us."""
+        sticky = is_sticky_cuda_error(exc)
+        self.send(m.Result(batch.id, error=_error("sticky" if sticky else "model", exc)))
+        if sticky:  # every later kernel in this context would fail: let the parent recycle us
+            os._exit(STICKY_EXIT)
+
+
+class _Work:
+    """A batch between :meth:`_Child.begin` and :meth:`_Child.finish`."""
+
+    __slots__ = ("batch", "items", "alive", "errors", "timings", "handle", "t0")
+
+    def __init__(self, batch: m.Batch, items: list, alive: list[int], errors: dict, timings: dict) -> None:
+        self.batch, self.items, self.alive, self.errors, self.timings = batch, items, alive, errors, timings
+        self.handle: Any = None
+        self.t0 = time.monotonic()
 
 
 def main(conn: Any, spec: ChildSpec) -> None:

@@ -98,3 +98,23 @@ class FailingSetupOnOne(Model):
 
     def predict(self, batch: list) -> list:
         return [x + 1 for x in batch]
+
+
+class Overlapping(Model):
+    """Splits predict into launch/collect like TorchModel; each output is ``(x * 2, overlap)`` where overlap
+    counts batches launched after this one and before it was collected (>0: the child kept two in flight)."""
+
+    def setup(self, device) -> None:
+        self.launched = 0
+
+    def launch(self, batch: list) -> tuple[list, int]:
+        self.launched += 1
+        return batch, self.launched
+
+    def collect(self, handle: tuple[list, int]) -> list:
+        batch, seq = handle
+        time.sleep(0.01)  # the "device" computing
+        return [(x * 2, self.launched - seq) for x in batch]
+
+    def predict(self, batch: list) -> list:
+        return self.collect(self.launch(batch))

@@ -13,7 +13,7 @@ import torch
 from gpufleet import Pool
 from gpufleet.engine.shm import leaked_segments
 from gpufleet.errors import DeadlineExceeded, InputError, WorkerError
-from tests.engine.process_models import Doubler, Echo, FailingSetup, FailingSetupOnOne, Stages, double
+from tests.engine.process_models import Doubler, Echo, FailingSetup, FailingSetupOnOne, Overlapping, Stages, double
 from tests.waiting import wait_until as _wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -84,6 +84,13 @@ def test_stages_run_in_the_child_and_fail_per_item() -> None:
     assert isinstance(res[3], WorkerError) and "postprocess failed" in str(res[3])
     for r, x in zip((res[0], res[2], res[4]), "abc"):
         assert r["x"] == x and r["pre"] == r["predict"] == r["post"] != os.getpid()
+
+
+def test_child_keeps_two_batches_in_flight_for_launch_collect_models() -> None:
+    with Pool(Overlapping, cpu_devices=1, backend="process", max_batch_size=4, max_wait_ms=1) as pool:
+        out = list(pool.map(range(80)))
+    assert [x for x, _ in out] == [2 * i for i in range(80)]
+    assert max(o for _, o in out) >= 1  # a later batch was launched before an earlier one was collected
 
 
 def test_module_level_function_model() -> None:
