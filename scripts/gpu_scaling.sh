@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Issue 10 on a 2-GPU machine, call 1 of 2: placement proof, W2 and W3 on 1 GPU and on 2 GPUs side by side,
-# and the balancers on unequal GPUs. Carry .whls (server wheels + PyAV; they stay in /tmp/site for call 2,
-# scripts/gpu_scaling_video.sh, made right after while the machine is warm). Everything lands in $OUT/all.tgz.
+# Superseded by scripts/gpu_all.sh (one call for everything). Kept as run on 2026-11-23 on a 2-GPU machine:
+# placement proof, W2 and W3 on 1 GPU and on 2 GPUs side by side, and the balancers on unequal GPUs.
+# Carry .whl (server wheels). Everything lands in $OUT/all.tgz.
 export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-WHEELS=${WHEELS:-.whls} source scripts/device_setup.sh
+source scripts/device_setup.sh
 B="python3 -m gpufleet bench --model resnet50 --precision fp16 --cuda-graphs --seconds ${SECS:-3} --scale --json"
 { nvidia-smi; nvidia-smi topo -m; python3 -m gpufleet gpus; } > "$OUT/machine.txt" 2>&1
 grep -E "H200|H100|GPU[0-9]|cuda:" "$OUT/machine.txt" | head -8
