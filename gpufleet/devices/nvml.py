@@ -6,8 +6,11 @@ NVML indices are physical (nvidia-smi) indices; NVML ignores ``CUDA_VISIBLE_DEVI
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -161,10 +164,32 @@ def mps_running(*, proc_root: str | os.PathLike[str] = "/proc", pipe_dir: str | 
     except OSError as exc:
         log.debug("cannot list %s: %s", proc_root, exc)
     pipe = pipe_dir or os.environ.get("CUDA_MPS_PIPE_DIRECTORY") or "/tmp/nvidia-mps"
+    return _control_live(Path(pipe) / "control")
+
+
+def _control_live(path: Path) -> bool:
+    """Whether a daemon listens on its control endpoint. The file outlives the daemon (seen after ``quit`` on an
+    H200), so a socket must accept a connection and a FIFO must have a reader; another kind of file counts."""
     try:
-        return (Path(pipe) / "control").exists()
+        mode = path.stat().st_mode
     except OSError:
         return False
+    if stat.S_ISSOCK(mode):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            try:
+                sock.connect(str(path))
+            except OSError as exc:  # refused: nobody listens; no permission: another user's daemon
+                return exc.errno in (errno.EACCES, errno.EPERM)
+        return True
+    if stat.S_ISFIFO(mode):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:  # ENXIO: no reader; no permission: another user's daemon
+            return exc.errno in (errno.EACCES, errno.EPERM)
+        os.close(fd)
+        return True
+    return True
 
 
 def visible_devices_env() -> str | None:

@@ -323,6 +323,30 @@ def test_mps_running_from_pipe_dir(tmp_path, monkeypatch):
     assert not mps_running(proc_root=tmp_path / "missing", pipe_dir=str(tmp_path / "nope"))
 
 
+def test_mps_control_endpoint_must_be_live(tmp_path):
+    """After ``quit`` the daemon's control socket or FIFO stays on disk: only a live endpoint counts."""
+    import socket
+
+    empty = tmp_path / "proc"
+    empty.mkdir()
+    sock_dir, fifo_dir = tmp_path / "sock", tmp_path / "fifo"
+    sock_dir.mkdir()
+    fifo_dir.mkdir()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(sock_dir / "control"))
+    server.listen(1)
+    assert mps_running(proc_root=empty, pipe_dir=str(sock_dir))
+    server.close()  # the file stays, nobody listens
+    assert (sock_dir / "control").exists() and not mps_running(proc_root=empty, pipe_dir=str(sock_dir))
+    os.mkfifo(fifo_dir / "control")
+    assert not mps_running(proc_root=empty, pipe_dir=str(fifo_dir))
+    reader = os.open(fifo_dir / "control", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        assert mps_running(proc_root=empty, pipe_dir=str(fifo_dir))
+    finally:
+        os.close(reader)
+
+
 def test_visible_devices_env(monkeypatch):
     assert nvml.visible_devices_env() is None
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
