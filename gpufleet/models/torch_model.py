@@ -237,7 +237,12 @@ class TorchModel(Model):
                                  "compute": m[1].elapsed_time(m[2]) / 1e3, "d2h": m[2].elapsed_time(m[3]) / 1e3}
         else:
             self.last_timings = {"batch": handle.batch_s, "compute": handle.compute_s}
-        return _split(handle.out, handle.n)
+        return self.split(handle.out, handle.n)
+
+    def split(self, out: Any, n: int) -> list:
+        """One output per item from the batch's host output (row ``i`` of every tensor); models with small
+        outputs override it to convert a whole batch at once."""
+        return _split(out, n)
 
     def _forward(self, x: torch.Tensor) -> Any:
         x = self.transform(x)

@@ -209,6 +209,11 @@ class ImageClassifier(TorchModel):
         score, cls = y.float().softmax(1).max(1)
         return cls, score
 
+    def split(self, out: Any, n: int) -> list:
+        # Two Python lists per batch instead of 2 x n zero-dim tensors read one by one (9 vs 139 µs at 64).
+        cls, score = out
+        return list(zip(cls.tolist(), score.tolist(), strict=True))
+
     def postprocess(self, output: Any) -> dict[str, Any]:
         if isinstance(output, _Bad):
             raise InputError(output.message)
