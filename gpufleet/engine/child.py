@@ -161,13 +161,14 @@ class _Child:
         pending: _Work | None = None
         while True:
             try:
-                if pending is not None and not self.conn.poll():
-                    self.finish(pending)  # nothing else queued: answer now rather than wait for more
-                    pending = None
-                    continue
-                data = self.conn.recv_bytes()
+                idle = pending is not None and not self.conn.poll()
+                data = None if idle else self.conn.recv_bytes()
             except (EOFError, OSError):
                 return  # the parent closed the pipe or died
+            if data is None:
+                self.finish(pending)  # nothing else queued: answer now rather than wait for more
+                pending = None
+                continue
             msg = self.codec.decode(data)
             if isinstance(msg, m.Batch):
                 work = self.begin(msg, launch=pipelined)
