@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark evidence in ONE device call (device time is short). Carry .whl (server wheels, PyAV and
 # PyNvVideoCodec: ~63 MB). STEPS picks the steps, in order:
-#   2-GPU machine (issue 10, default): w2t w3 w2p w4 tests — W2 (thread, process backends), W3 and W4, each on
-#     1 GPU and on 2 GPUs side by side, then the GPU-marked tests;
+#   2-GPU machine (issue 10, default): w2t w3 w2p w4 bal tests — W2 (thread, process backends), W3 and W4, each
+#     on 1 GPU and on 2 GPUs side by side, the balancers with GPU 1 slowed by a background load, the GPU tests;
 #   1-GPU machine (issues 5, 8): w2one proc w3one w4one tests — W2 bs 8/64 vs raw, the process-backend matrix
 #     with and without MPS plus kill -9 under load, W3 with 8 HTTP front ends, W4 with 8 inputs. Every step is time-boxed; results are appended to $OUT/summary.txt as they come
 # and $OUT/all.tgz (raw JSON and logs) is refreshed after each step, so a cut-off run still returns them.
@@ -24,7 +24,7 @@ report() {  # $1 = bench JSON file
   python3 -c "import json,sys; from gpufleet.bench import print_report; print_report(json.load(open(sys.argv[1])))" "$1" 2>&1 \
     | tee -a "$S" || tail -5 "${1%.json}.err" | tee -a "$S"
 }
-for step in ${STEPS:-w2t w3 w2p w4 tests}; do
+for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
   case $step in
     w2t) stamp "W2 thread backend, 1 vs 2 GPUs"
          timeout 110 $B --batch-sizes 8,64 > "$W/w2_thread.json" 2> "$W/w2_thread.err"; report "$W/w2_thread.json" ;;
@@ -38,6 +38,9 @@ for step in ${STEPS:-w2t w3 w2p w4 tests}; do
     w4)  stamp "W4 video1080, 1 vs 2 GPUs"
          OUT=$W INPUTS=8 DECODERS=${DECODERS:-8} timeout 130 python3 scripts/gpu_video_scale.py > "$W/w4.txt" 2>&1
          grep -E "^\{|W4" "$W/w4.txt" | cut -c1-700 | tee -a "$S"; rm -f "$W"/frames_*.jsonl "$W/video1080.mp4" ;;
+    bal) stamp "balancers, GPU 1 shared with a background matmul load"
+         timeout 150 python3 scripts/gpu_balancers.py "${BAL_SECS:-6}" 256 > "$W/balancers.txt" 2>&1
+         grep "^{" "$W/balancers.txt" | cut -c1-400 | tee -a "$S" ;;
     w2one) stamp "W2 one GPU: pool vs raw"
          timeout 100 ${B/--scale/} --batch-sizes 8,64 > "$W/w2_one.json" 2> "$W/w2_one.err"; report "$W/w2_one.json" ;;
     kill9) stamp "kill -9 of a process worker under load"
