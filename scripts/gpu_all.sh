@@ -31,8 +31,9 @@ for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
     w2p) stamp "W2 process backend, 1 vs 2 GPUs"
          timeout 90 $B --batch-sizes 64 --backend process --no-raw > "$W/w2_process.json" 2> "$W/w2_process.err"
          report "$W/w2_process.json" ;;
-    w3)  stamp "W3 jpeg224 served, 1 vs 2 GPUs (8 HTTP front ends, 8 load processes)"
-         OUT=$W CONFIGS="g1hw8 g2hw8" LOADP=8 SKIP_P1=1 DUR=${DUR:-8} WARM=${WARM:-2} timeout 170 bash scripts/gpu_w3.sh \
+    w3)  stamp "W3 jpeg224 served, 1 vs 2 GPUs (8 HTTP front ends, 8 load processes; 2 GPUs also with process workers)"
+         OUT=$W CONFIGS="${W3_CONFIGS:-g1hw8 g2hw8 g2hw8p}" LOADP=8 SKIP_P1=1 DUR=${DUR:-8} WARM=${WARM:-2} \
+           timeout ${W3_LIMIT:-230} bash scripts/gpu_w3.sh \
            > "$W/w3.txt" 2>&1
          grep -E "^(==|W3|W5|stages|per device|NVML)|server exit" "$W/w3.txt" | cut -c1-400 | tee -a "$S" ;;
     w4)  stamp "W4 video1080, 1 vs 2 GPUs"
