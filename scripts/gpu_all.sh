@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The benchmark evidence in ONE device call (device time is short). Carry .whl (server wheels, PyAV and
-# PyNvVideoCodec: ~63 MB). STEPS picks the steps, in order:
+# The benchmark evidence in ONE device call (device time is short). Carry .whl (made by scripts/fetch_wheels.sh:
+# server wheels, PyAV and PyNvVideoCodec, ~63 MB). STEPS picks the steps, in order:
 #   2-GPU machine (issue 10, default): w2t w3 w2p w4 bal tests — W2 (thread, process backends), W3 and W4, each
 #     on 1 GPU and on 2 GPUs side by side, the balancers with GPU 1 slowed by a background load, the GPU tests;
 #   1-GPU machine (issues 5, 8): w2one proc w3one w4one tests — W2 bs 8/64 vs raw, the process-backend matrix
