@@ -3,6 +3,7 @@
 # server wheels, PyAV and PyNvVideoCodec, ~63 MB). STEPS picks the steps, in order:
 #   2-GPU machine (issue 10, default): w2t w3 w2p w4 bal tests — W2 (thread, process backends), W3 and W4, each
 #     on 1 GPU and on 2 GPUs side by side, the balancers with GPU 1 slowed by a background load, the GPU tests;
+#   (the load generator was the W3 limit on 16 cores with 8 client processes: 16 on 2 GPUs, 12 on one)
 #   1-GPU machine (issues 5, 8): w2one proc w3one w4one tests — W2 bs 8/64 vs raw, the process-backend matrix
 #     with and without MPS plus kill -9 under load, W3 with 8 HTTP front ends, W4 with 8 inputs. Every step is time-boxed; results are appended to $OUT/summary.txt as they come
 # and $OUT/all.tgz (raw JSON and logs) is refreshed after each step, so a cut-off run still returns them.
@@ -32,7 +33,7 @@ for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
          timeout 90 $B --batch-sizes 64 --backend process --no-raw > "$W/w2_process.json" 2> "$W/w2_process.err"
          report "$W/w2_process.json" ;;
     w3)  stamp "W3 jpeg224 served, 1 vs 2 GPUs (8 HTTP front ends, 8 load processes; 2 GPUs also with process workers)"
-         OUT=$W CONFIGS="${W3_CONFIGS:-g1hw8 g2hw8 g2hw8p}" LOADP=8 SKIP_P1=1 DUR=${DUR:-8} WARM=${WARM:-2} \
+         OUT=$W CONFIGS="${W3_CONFIGS:-g1hw8 g2hw8 g2hw8p}" LOADP=${LOADP:-16} SKIP_P1=1 DUR=${DUR:-8} WARM=${WARM:-2} \
            timeout ${W3_LIMIT:-230} bash scripts/gpu_w3.sh \
            > "$W/w3.txt" 2>&1
          grep -E "^(==|W3|W5|stages|per device|NVML)|server exit" "$W/w3.txt" | cut -c1-400 | tee -a "$S" ;;
@@ -54,7 +55,7 @@ for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
            > "$W/process.txt" 2>&1
          grep -E "^(==|  resnet|\{)|MPS|mps" "$W/process.txt" | cut -c1-400 | tee -a "$S" ;;
     w3one) stamp "W3 jpeg224 served, one GPU, 8 HTTP front ends, 8 load processes"
-         OUT=$W CONFIGS="hw8" LOADP=8 SKIP_P1=1 DUR=${DUR:-8} WARM=${WARM:-2} timeout ${W3_LIMIT:-100} bash scripts/gpu_w3.sh \
+         OUT=$W CONFIGS="hw8" LOADP=${LOADP:-12} SKIP_P1=1 DUR=${DUR:-8} WARM=${WARM:-2} timeout ${W3_LIMIT:-100} bash scripts/gpu_w3.sh \
            > "$W/w3.txt" 2>&1
          grep -E "^(==|W3|W5|stages|per device|NVML)|server exit" "$W/w3.txt" | cut -c1-400 | tee -a "$S" ;;
     w4one) stamp "W4 video1080, one GPU, 8 inputs"
