@@ -3,11 +3,12 @@
 # server wheels, PyAV and PyNvVideoCodec, ~63 MB). STEPS picks the steps, in order:
 #   2-GPU machine (issue 10, default): w2t w3 w2p w4 bal tests — W2 (thread, process backends), W3 and W4, each
 #     on 1 GPU and on 2 GPUs side by side, the balancers with GPU 1 slowed by a background load, the GPU tests;
-#   (the load generator was the W3 limit on 16 cores with 8 client processes: 16 on 2 GPUs, 12 on one)
 #   1-GPU machine (issues 5, 8): w2one proc w3one w4one tests — W2 bs 8/64 vs raw, the process-backend matrix
-#     with and without MPS plus kill -9 under load, W3 with 8 HTTP front ends, W4 with 8 inputs. Every step is time-boxed; results are appended to $OUT/summary.txt as they come
-# and $OUT/all.tgz (raw JSON and logs) is refreshed after each step, so a cut-off run still returns them.
-# Knobs: SECS (bench seconds), DUR/WARM (W3 seconds per concurrency), STEPS (which steps, in order).
+#     with and without MPS plus kill -9 under load, W3 with 8 HTTP front ends, W4 with 8 inputs; kill9 alone.
+# W3 uses 16 load-generator processes on 2 GPUs, 12 on one (LOADP): with 8 on 16 cores the client was the limit.
+# Every step is time-boxed; results are appended to $OUT/summary.txt as they come and $OUT/all.tgz (raw JSON and
+# logs) is refreshed after each step, so a cut-off run still returns them.
+# Knobs: SECS (bench seconds), DUR/WARM (W3 seconds per concurrency), LOADP, STEPS (which steps, in order).
 export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 W=/tmp/work; rm -rf "$W"; mkdir -p "$W"
 T0=$(date +%s)
