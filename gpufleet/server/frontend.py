@@ -71,6 +71,9 @@ def _attach_preprocess(pool: RemotePool, spec: str) -> None:
     from gpufleet.server.run import load_model
 
     template = model_factory(load_model(spec)[0])()  # not set up: frontend_preprocess models need no setup
+    hook = getattr(template, "prepare_frontend", None)
+    if callable(hook):
+        hook(pool.devices)  # the engine's devices, e.g. to leave GPU work (JPEG decoding) to the engine
     pool.preprocess = optional_stage(template, "preprocess")
     pool.preprocess_executor = ThreadPoolExecutor(max(2, min(8, os.cpu_count() or 2)),
                                                   thread_name_prefix="gpufleet-frontend-pre")

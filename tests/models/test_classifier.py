@@ -69,3 +69,32 @@ def test_zoo_names() -> None:
 def test_every_worker_gets_identical_weights(pool: Pool) -> None:
     params = [torch.cat([p.flatten() for p in w.model.module.parameters()]) for w in pool.workers]
     assert len(params) == 2 and torch.equal(params[0], params[1])
+
+
+def test_front_end_preprocess_keeps_jpegs_encoded_for_a_gpu_engine() -> None:
+    """In an HTTP front end (never set up) the classifier only checks and base64-decodes JPEGs when the engine
+    decodes on GPUs, and decodes them itself for a CPU engine."""
+    from gpufleet.devices import Device
+
+    data = _jpeg(1)
+    gpu_engine = ImageClassifier("resnet18", image_size=64)
+    gpu_engine.prepare_frontend([Device(index=0, kind="cuda", name="GPU", memory_gb=80.0)])
+    assert gpu_engine.preprocess({"image": base64.b64encode(data).decode()}) == data
+    with pytest.raises(InputError, match="not a complete JPEG"):
+        gpu_engine.preprocess(data[:-10])
+    cpu_engine = ImageClassifier("resnet18", image_size=64)
+    cpu_engine.prepare_frontend([Device(index=0, kind="cpu", name="cpu", memory_gb=0.0)])
+    img = cpu_engine.preprocess(data)
+    assert isinstance(img, torch.Tensor) and img.shape == (3, 64, 64) and img.dtype == torch.uint8
+
+
+def test_items_from_a_front_end_become_tensors() -> None:
+    from gpufleet.models.zoo.classifier import _as_tensor
+
+    data = _jpeg(2)
+    enc = _as_tensor(data)
+    assert enc.dtype == torch.uint8 and enc.dim() == 1 and bytes(enc.numpy()) == data
+    arr = np.zeros((3, 8, 8), dtype=np.uint8)
+    assert _as_tensor(arr).shape == (3, 8, 8)
+    t = torch.ones(3)
+    assert _as_tensor(t) is t

