@@ -213,6 +213,9 @@ class TorchModel(Model):
                     marks[3].record()
             else:
                 with torch.cuda.stream(self._stream):
+                    # x was stacked on another stream: its memory must not be reused before this copy has run
+                    # (it queues behind the previous replay), as the eager path does too.
+                    x.record_stream(self._stream)
                     marks[0].record()
                     cap.x[:n].copy_(x)
                     marks[1].record()
