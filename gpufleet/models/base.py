@@ -3,6 +3,10 @@
 The engine makes one model instance per worker and calls, in order: ``setup`` once on the worker's device,
 ``preprocess`` per item (CPU threads, in parallel), ``predict`` per batch (always a list in, a list of the
 same length out), ``postprocess`` per output (CPU). A plain function ``f(batch) -> list`` works too.
+
+Serving extras (``gpufleet serve --http-workers N``, thread backend): a model whose ``preprocess`` needs no
+``setup`` sets the class attribute ``frontend_preprocess = True`` and the HTTP front-end processes run it;
+an optional ``prepare_frontend(devices)`` is called once per front end with the engine's devices first.
 """
 
 from __future__ import annotations
