@@ -146,11 +146,9 @@ def _report(url: str, concurrency: int, warmup: float, parts: list[dict[str, Any
 
 def _run(coro: Any) -> Any:
     """Run ``coro`` on uvloop where installed (a quarter less client CPU per request, measured on CPU)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    from gpufleet.engine.remote import _new_loop
+
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
         return runner.run(coro)
 
 

@@ -79,7 +79,6 @@ class Pool:
         self._pre_lock = threading.Lock()
         self._pre_samples: deque[float] = deque(maxlen=4096)  # seconds per item, preprocessed by the pool
         self._pre_mean = 0.0  # moving mean of those seconds: decides where the next preprocess runs
-        self._pre_n = 0
         self._pre_inline = False
         threads = cfg.preprocess_threads or max(2, min(32, (os.cpu_count() or 2)))
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="gpufleet-cpu")
@@ -263,11 +262,11 @@ class Pool:
             return
         dt = time.perf_counter() - t0
         with self._pre_lock:
+            first = not self._pre_samples
             self._pre_samples.append(dt)
-            self._pre_n += 1
-            self._pre_mean = dt if self._pre_n == 1 else (1 - _PRE_EWMA) * self._pre_mean + _PRE_EWMA * dt
+            self._pre_mean = dt if first else (1 - _PRE_EWMA) * self._pre_mean + _PRE_EWMA * dt
             # One slow item (a JPEG among tensors) sends the next ones back to the pool's threads at once.
-            self._pre_inline = self._pre_n >= _PRE_MIN_SAMPLES and self._pre_mean < _INLINE_PRE_S
+            self._pre_inline = len(self._pre_samples) >= _PRE_MIN_SAMPLES and self._pre_mean < _INLINE_PRE_S
         if w.batcher.closed:
             w._fail([req], PoolClosed("the pool closed before the item was served"), None)
             return
