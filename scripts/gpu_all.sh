@@ -39,7 +39,7 @@ for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
            > "$W/w3.txt" 2>&1
          grep -E "^(==|W3|W5|stages|per device|NVML)|server exit" "$W/w3.txt" | cut -c1-400 | tee -a "$S" ;;
     w4)  stamp "W4 video1080, 1 vs 2 GPUs"
-         OUT=$W INPUTS=8 DECODERS=${DECODERS:-8} timeout 130 python3 scripts/gpu_video_scale.py > "$W/w4.txt" 2>&1
+         OUT=$W INPUTS=${INPUTS:-16} DECODERS=${DECODERS:-8} timeout 170 python3 scripts/gpu_video_scale.py > "$W/w4.txt" 2>&1
          grep -E "^\{|W4" "$W/w4.txt" | cut -c1-700 | tee -a "$S"; rm -f "$W"/frames_*.jsonl "$W/video1080.mp4" ;;
     bal) stamp "balancers, GPU 1 shared with a background matmul load"
          timeout 150 python3 scripts/gpu_balancers.py "${BAL_SECS:-6}" 256 > "$W/balancers.txt" 2>&1

@@ -55,6 +55,10 @@ def register(app: typer.Typer) -> None:
         segments: int = typer.Option(0, "--segments", min=0, help="Split one file into N parts (0 = auto)."),
         reconnect: int = typer.Option(5, "--reconnect", min=1, help="Attempts to (re)connect a stream."),
         progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Default: when a TTY."),  # noqa: UP045
+        process_per_gpu: Optional[bool] = typer.Option(  # noqa: UP045
+            None, "--process-per-gpu/--one-process",
+            help="One worker process per device, inputs dealt out between them (default: with 2+ GPUs and "
+                 "2+ inputs)."),
         json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Detect (or classify) on every frame of one or more videos across all devices, in frame order."""
@@ -65,7 +69,7 @@ def register(app: typer.Typer) -> None:
                               encoder=encoder, out=out, jsonl=jsonl, batch_size=batch_size,
                               max_batch_size=max_batch_size, queue_size=queue_size, every_nth=every_nth,
                               segments=segments, reconnect_attempts=reconnect,
-                              progress=False if json_output else progress)
+                              progress=False if json_output else progress, process_per_gpu=process_per_gpu)
             summary = run(inputs, config=cfg, on_stream_end=_report_end)
         except GpufleetError as exc:
             typer.echo(f"error: {exc}", err=True)

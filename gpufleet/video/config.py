@@ -23,6 +23,9 @@ class VideoConfig:
     into at keyframes and decoded in parallel (0 = auto: ``decoders_per_gpu`` per GPU with nvdec, one per
     device with the CPU decoder, shared out between the inputs; 1 = never split). ``out``/``jsonl`` with
     several inputs become one file per input (``name.<stream>.ext``, or put ``{stream}`` in the path).
+    ``process_per_gpu``: run the inputs as one process per device, each with its own share of the inputs
+    (``None`` = when several GPUs and several inputs are given): NVDEC decoding of many streams is bound by
+    one process's Python threads, so a second GPU in the same process adds little.
     """
 
     model: Any = "textdet"
@@ -45,6 +48,7 @@ class VideoConfig:
     backoff_s: float = 0.5
     timeout_s: float = 10.0
     progress: bool | None = None
+    process_per_gpu: bool | None = None
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:

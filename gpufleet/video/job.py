@@ -120,14 +120,15 @@ class VideoJob:
     ...     for ev in job.events(): print(ev)
     """
 
-    def __init__(self, inputs: Sequence[str], config: VideoConfig, *, keep_images: bool = False) -> None:
+    def __init__(self, inputs: Sequence[str], config: VideoConfig, *, keep_images: bool = False,
+                 names: Sequence[str] | None = None) -> None:
         if not inputs:
             raise GpufleetError("no input given")
         self.config = cfg = config
         self.keep_images = keep_images
         self.stop = threading.Event()
-        self.streams = [_Stream(n, str(s)) for n, s in zip(stream_names([str(i) for i in inputs]), inputs,
-                                                           strict=True)]
+        names = list(names) if names is not None else stream_names([str(i) for i in inputs])
+        self.streams = [_Stream(n, str(s)) for n, s in zip(names, inputs, strict=True)]
         for s in self.streams:  # files are probed now: fast (packets only), and they size the model
             if not is_url(s.spec):
                 try:

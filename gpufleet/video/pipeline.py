@@ -20,7 +20,7 @@ from gpufleet.video.job import FrameResult, StreamEnd, VideoJob, stream_names
 from gpufleet.video.progress import Progress, want_progress
 from gpufleet.video.sinks import JsonlSink, VideoSink
 
-__all__ = ["frames", "output_paths", "run"]
+__all__ = ["frames", "output_paths", "run", "run_here"]
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,22 @@ def run(inputs: Inputs, model: Any = None, *, config: VideoConfig | None = None,
     specs = _inputs(inputs)
     names = stream_names(specs)
     jsonl_paths, out_paths = output_paths(cfg.jsonl, names), output_paths(cfg.out, names)
+    from gpufleet.video import per_device
+
+    shares = per_device.plan(specs, cfg, on_frame)
+    if shares is not None:
+        return per_device.run_shares(specs, names, cfg, shares, jsonl_paths, out_paths, on_stream_end)
+    return run_here(specs, names, cfg, jsonl_paths, out_paths, on_frame, on_stream_end)
+
+
+def run_here(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, jsonl_paths: dict[str, str | None],
+             out_paths: dict[str, str | None], on_frame: Callable[[FrameResult], None] | None = None,
+             on_stream_end: Callable[[StreamEnd], None] | None = None,
+             on_start: Callable[[], None] | None = None) -> dict[str, Any]:
+    """:func:`run` in this process, with the stream names and output paths given; ``on_start`` is called
+    once the model is set up, when the timed part begins."""
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    job = VideoJob(specs, cfg, keep_images=bool(cfg.out))
+    job = VideoJob(list(specs), cfg, keep_images=bool(cfg.out), names=names)
     sinks: dict[str, _Sinks] = {}
     ends: dict[str, StreamEnd] = {}
     interrupted = False
@@ -122,6 +136,8 @@ def run(inputs: Inputs, model: Any = None, *, config: VideoConfig | None = None,
                 total = s.info.frames if s.info is not None and s.info.frames else None
                 progress.add(s.name, -(-total // cfg.every_nth) if total else None)
             t_start, cpu0 = time.perf_counter(), time.process_time()  # set-up (model load) not counted
+            if on_start is not None:
+                on_start()
             for ev in job.events():
                 if isinstance(ev, StreamEnd):
                     ends[ev.stream] = ev
@@ -210,6 +226,7 @@ def _summary(cfg: VideoConfig, job: VideoJob, ends: dict[str, StreamEnd], sinks:
         "cpu_cores_used": round(cpu_s / elapsed, 3) if elapsed > 0 else 0.0,
         "cpu_count": os.cpu_count(),
         "inputs": rows,
+        "processes": 1,
         "failed": failed,
         "interrupted": interrupted,
         "exit_code": 130 if interrupted else (1 if failed else 0),

@@ -63,3 +63,14 @@ def test_sigint_leaves_a_playable_file(clips, tmp_path) -> None:
     assert 3 <= n < 40
     with av.open(str(out)) as c:
         assert sum(1 for _ in c.decode(video=0)) == n
+
+
+def test_process_per_gpu_flag_runs_one_worker_process_per_device(clips, tmp_path) -> None:
+    res = CliRunner().invoke(app, ["video", str(clips["small"]), str(clips["text"]), "--model", SLOW,
+                                   "--cpu-devices", "2", "--batch-size", "8", "--process-per-gpu",
+                                   "--jsonl", str(tmp_path / "f.jsonl"), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["processes"] == 2 and summary["frames"] == 70
+    assert [r["stream"] for r in summary["inputs"]] == ["small", "text"]
+    assert sum(1 for _ in open(tmp_path / "f.text.jsonl")) == 40
