@@ -124,9 +124,18 @@ async def _load(url: str, concurrency: int, duration: float, warmup: float, payl
                     if status == 200:
                         lat.append(t1 - t0)
 
-        await asyncio.gather(*(client(k) for k in range(concurrency)))
+        cpu: list[float] = []
+
+        async def cpu_window() -> None:  # this process's CPU time over the measured window
+            await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
+            cpu.append(time.process_time())
+            await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
+            cpu.append(time.process_time())
+
+        await asyncio.gather(cpu_window(), *(client(k) for k in range(concurrency)))
     elapsed = max(1e-9, min(time.perf_counter(), t_end) - t_measure) if duration > 0 else 1e-9
-    return {"lat": lat, "statuses": dict(statuses), "elapsed": elapsed}
+    cpu_s = cpu[1] - cpu[0] if len(cpu) == 2 else 0.0
+    return {"lat": lat, "statuses": dict(statuses), "elapsed": elapsed, "cpu_s": cpu_s}
 
 
 def _report(url: str, concurrency: int, warmup: float, parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -138,10 +147,16 @@ def _report(url: str, concurrency: int, warmup: float, parts: list[dict[str, Any
         statuses.update({int(k): v for k, v in p["statuses"].items()})
     elapsed = max(p["elapsed"] for p in parts)
     ok = statuses.get(200, 0)
+    requests = sum(statuses.values())
+    cpu = [p.get("cpu_s", 0.0) for p in parts]
     return {"mode": "closed-loop", "url": predict, "concurrency": concurrency, "processes": len(parts),
-            "duration_s": round(elapsed, 3), "warmup_s": warmup, "requests": sum(statuses.values()), "ok": ok,
+            "duration_s": round(elapsed, 3), "warmup_s": warmup, "requests": requests, "ok": ok,
             "rps": round(ok / elapsed, 2), "latency": _percentiles(lat),
-            "errors": {str(k): v for k, v in sorted(statuses.items()) if k != 200}}
+            "errors": {str(k): v for k, v in sorted(statuses.items()) if k != 200},
+            # The client's own CPU over the measured window: a client process near 1.0 core is the limit.
+            "client_cpu": {"cores": round(sum(cpu) / elapsed, 2),
+                           "max_process_cores": round(max(cpu) / elapsed, 2) if cpu else 0.0,
+                           "ms_per_request": round(sum(cpu) / requests * 1e3, 4) if requests else 0.0}}
 
 
 def _run(coro: Any) -> Any:
@@ -241,4 +256,6 @@ def format_report(report: dict[str, Any]) -> str:
         f"Latency: p50 {lat['p50_ms']:.1f} ms  p90 {lat['p90_ms']:.1f} ms  p99 {lat['p99_ms']:.1f} ms  "
         f"max {lat['max_ms']:.1f} ms",
         f"Errors: {errors}",
+        *([f"Client CPU: {c['cores']:.2f} cores ({c['max_process_cores']:.2f} in the busiest client process), "
+           f"{c['ms_per_request']:.3f} ms per request"] if (c := report.get("client_cpu")) else []),
     ])

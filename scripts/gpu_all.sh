@@ -37,7 +37,7 @@ for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
          OUT=$W CONFIGS="${W3_CONFIGS:-g1hw8 g2hw8 g2hw8p}" LOADP=${LOADP:-16} SKIP_P1=1 DUR=${DUR:-8} WARM=${WARM:-2} \
            timeout ${W3_LIMIT:-230} bash scripts/gpu_w3.sh \
            > "$W/w3.txt" 2>&1
-         grep -E "^(==|W3|W5|stages|per device|NVML)|server exit" "$W/w3.txt" | cut -c1-400 | tee -a "$S" ;;
+         grep -E "^(==|W3|W5|stages|per device|NVML|client CPU|CPU over)|server exit" "$W/w3.txt" | cut -c1-400 | tee -a "$S" ;;
     w4)  stamp "W4 video1080, 1 vs 2 GPUs"
          OUT=$W INPUTS=${INPUTS:-16} DECODERS=${DECODERS:-8} timeout 170 python3 scripts/gpu_video_scale.py > "$W/w4.txt" 2>&1
          grep -E "^\{|W4" "$W/w4.txt" | cut -c1-700 | tee -a "$S"; rm -f "$W"/frames_*.jsonl "$W/video1080.mp4" ;;
@@ -58,7 +58,7 @@ for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
     w3one) stamp "W3 jpeg224 served, one GPU, 8 HTTP front ends, 8 load processes"
          OUT=$W CONFIGS="hw8" LOADP=${LOADP:-12} SKIP_P1=1 DUR=${DUR:-8} WARM=${WARM:-2} timeout ${W3_LIMIT:-100} bash scripts/gpu_w3.sh \
            > "$W/w3.txt" 2>&1
-         grep -E "^(==|W3|W5|stages|per device|NVML)|server exit" "$W/w3.txt" | cut -c1-400 | tee -a "$S" ;;
+         grep -E "^(==|W3|W5|stages|per device|NVML|client CPU|CPU over)|server exit" "$W/w3.txt" | cut -c1-400 | tee -a "$S" ;;
     w4one) stamp "W4 video1080, one GPU, 8 inputs"
          OUT=$W INPUTS=8 DECODERS=${DECODERS:-8} DEVICE_SETS=0 timeout 100 python3 scripts/gpu_video_scale.py \
            > "$W/w4.txt" 2>&1

@@ -18,7 +18,8 @@ run_config() {  # $1 = label, $2 = python switch interval (s) of the serving (en
   L="python3 -m gpufleet load http://127.0.0.1:8000/predict --payload jpeg224 --duration $DUR --warmup $WARM"
   $L -c 8 --json > "$OUT/w3_${label}_c8.json"
   $L -c 256 --processes "${LOADP:-4}" --json > "$OUT/w3_${label}_c256p4.json" &
-  LP=$!; sleep $((WARM + DUR / 2)); top -b -c -n 2 -d 2 -w 220 | awk '/^top -/{n++} n==2' | head -40 > "$OUT/top_${label}_c256.txt"
+  # Per-process CPU over 4 s inside the measured window (the clients start in ~5 s: spawn + imports).
+  LP=$!; sleep $((WARM + 5)); python3 scripts/cpu_window.py 4 $SPID $LP > "$OUT/cpu_${label}_c256.txt" 2>&1
   curl -s localhost:8000/monitor > "$OUT/monitor_${label}_c256.json"; wait $LP
   [ -n "${SKIP_P1:-}" ] || $L -c 256 --json > "$OUT/w3_${label}_c256p1.json"
   python3 -m gpufleet load http://127.0.0.1:8000/predict --payload jpeg224 --burst 50 --json > "$OUT/w5_${label}_b50.json"
@@ -48,7 +49,8 @@ try:
 except Exception as e:
     print("monitor:", e)
 PY
-  head -30 "$OUT/top_${label}_c256.txt" | tail -24
+  python3 -c "import json,sys; print('client CPU:', json.load(open(sys.argv[1])).get('client_cpu'))" "$OUT/w3_${label}_c256p4.json"
+  head -1 "$OUT/cpu_${label}_c256.txt"
 }
 # CONFIGS picks which to run (default: all three measured on 2026-11-23)
 for cfg in ${CONFIGS:-default si1ms hw8}; do

@@ -87,6 +87,10 @@ def test_load_closed_loop_reports_percentiles(url: str) -> None:
     report = json.loads(r.output)
     assert report["ok"] > 0 and report["errors"] == {}
     assert report["latency"]["p50_ms"] <= report["latency"]["p99_ms"]
+    cpu = report["client_cpu"]  # the client's own CPU over the measured window (is the client the limit?)
+    assert cpu["cores"] > 0 and cpu["max_process_cores"] == cpu["cores"] and cpu["ms_per_request"] > 0
+    r = CliRunner().invoke(app, ["load", url + "/predict", "-c", "2", "--duration", "0.5", "--warmup", "0"])
+    assert r.exit_code == 0 and "Client CPU:" in r.output
     r = CliRunner().invoke(app, ["load", url, "--burst", "3"])
     assert r.exit_code == 0 and "Batch Statistics:" in r.output and "Successful: 3/3" in r.output
 
@@ -98,6 +102,7 @@ def test_load_closed_loop_over_two_client_processes(url: str) -> None:
     report = json.loads(r.output)
     assert report["processes"] == 2 and report["ok"] > 0 and report["errors"] == {}
     assert report["latency"]["p50_ms"] > 0
+    assert report["client_cpu"]["max_process_cores"] <= report["client_cpu"]["cores"]
 
 
 def test_load_rejects_more_processes_than_clients(url: str) -> None:
