@@ -282,8 +282,6 @@ class TorchModel(Model):
             self._staging[slot] = buf
         elif self._staged[slot] is not None:
             self._staged[slot].synchronize()  # its previous copy to the device must have finished
-        if _stack_words(items, buf, n):
-            return buf[:n]
         try:
             # One plain memcpy per item (numpy, GIL released): torch.stack here runs OpenMP regions that stall
             # for whole scheduler ticks when several workers' thread teams share the cores (measured on 2x H200:
@@ -294,31 +292,6 @@ class TorchModel(Model):
         except (TypeError, RuntimeError):  # no numpy dtype (bfloat16), or a tensor that needs grad
             torch.stack(items, out=buf[:n])
         return buf[:n]
-
-
-_SERIAL_COPY_WORDS = 32768  # ATen's GRAIN_SIZE: a copy of fewer elements runs on the calling thread only
-
-
-def _stack_words(items: list, buf: torch.Tensor, n: int) -> bool:
-    """Copy small contiguous items into ``buf[:n]`` with ONE torch call, seen as 8-byte words.
-
-    One call releases the GIL once per batch instead of once per item (with a second GPU's worker and the
-    submitting thread busy, each re-acquisition waits; W2 stacking took 3.4 ms per 64 images on one H200 and
-    4.9 ms on two). Items up to 256 KB are fewer words than ATen's grain, so every copy is serial: no OpenMP
-    region (see the note in ``_stack``). Returns False (nothing copied) where that does not apply.
-    """
-    first = items[0]
-    size = first.numel() * first.element_size()
-    if n < 2 or size % 8 or size // 8 >= _SERIAL_COPY_WORDS or not buf.is_contiguous():
-        return False
-    if not all(t.is_contiguous() and t.dtype == first.dtype and not t.requires_grad for t in items):
-        return False
-    try:
-        words = [t.reshape(-1).view(torch.int64) for t in items]
-        torch.stack(words, out=buf[:n].view(n, -1).view(torch.int64))
-    except RuntimeError:
-        return False
-    return True
 
 
 def _marks() -> tuple:

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 Share = tuple[str, VideoConfig, list[int]]  # device label, the worker's config, indices of its inputs
 _FLUSH_S = 0.1  # how often a worker reports its frame counts
 _INTERRUPT_GRACE_S = 30.0  # after Ctrl-C, how long the workers get to close their files
+_START_WAIT_S = 600.0  # the longest a set-up worker waits for the others (model downloads, graph capture)
 
 
 def plan(specs: Sequence[str], cfg: VideoConfig, on_frame: Callable | None) -> list[Share] | None:
@@ -72,9 +73,10 @@ def plan(specs: Sequence[str], cfg: VideoConfig, on_frame: Callable | None) -> l
     return shares
 
 
-def _worker(conn: Connection, specs: list[str], names: list[str], cfg: VideoConfig,
+def _worker(conn: Connection, go: Any, specs: list[str], names: list[str], cfg: VideoConfig,
             jsonl_paths: dict[str, str | None], out_paths: dict[str, str | None]) -> None:
-    """Runs in the worker process: :func:`run_here` on its inputs, reporting to the parent over ``conn``."""
+    """Runs in the worker process: :func:`run_here` on its inputs, reporting to the parent over ``conn``;
+    decoding starts once every worker is set up (``go``), so the timed windows line up."""
     from gpufleet.video.pipeline import run_here
 
     counts: Counter[str] = Counter()
@@ -95,9 +97,13 @@ def _worker(conn: Connection, specs: list[str], names: list[str], cfg: VideoConf
         flush()
         conn.send(("end", e))
 
+    def on_start() -> None:
+        conn.send(("ready", None))
+        go.wait(_START_WAIT_S)
+        conn.send(("start", time.time()))
+
     try:
-        summary = run_here(specs, names, cfg, jsonl_paths, out_paths, on_frame, on_end,
-                           on_start=lambda: conn.send(("start", time.time())))
+        summary = run_here(specs, names, cfg, jsonl_paths, out_paths, on_frame, on_end, on_start=on_start)
         flush()
         conn.send(("summary", summary))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
@@ -114,18 +120,19 @@ def run_shares(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, sha
                on_stream_end: Callable[[StreamEnd], None] | None) -> dict[str, Any]:
     """Start one worker process per share, follow them and return the merged summary."""
     ctx = mp.get_context("spawn")
+    go = ctx.Event()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     workers: list[dict[str, Any]] = []
     for label, wcfg, idx in shares:
         mine = [names[i] for i in idx]
         recv, send = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_worker, name=f"gpufleet-video-{label}", daemon=True,
-                           args=(send, [specs[i] for i in idx], mine, wcfg, {n: jsonl_paths[n] for n in mine},
+                           args=(send, go, [specs[i] for i in idx], mine, wcfg, {n: jsonl_paths[n] for n in mine},
                                  {n: out_paths[n] for n in mine}))
         proc.start()
         send.close()
         workers.append({"label": label, "proc": proc, "conn": recv, "names": mine, "start": None,
-                        "summary": None, "error": None})
+                        "ready": False, "summary": None, "error": None})
     ends: dict[str, StreamEnd] = {}
     interrupted = False
     with Progress(want_progress(cfg.progress)) as progress:
@@ -142,7 +149,11 @@ def run_shares(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, sha
                         kind, value = conn.recv()
                     except (EOFError, OSError):
                         del live[id(conn)]
-                        continue
+                        kind, value = "gone", None
+                    if kind in ("ready", "gone", "error"):  # all set up (or gone): all start decoding together
+                        w["ready"] = True
+                        if all(x["ready"] for x in workers):
+                            go.set()
                     if kind == "frames":
                         for stream, n in value.items():
                             progress.advance(stream, n)
@@ -167,6 +178,7 @@ def run_shares(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, sha
                 interrupted = True
                 log.warning("interrupted: the worker processes are closing their outputs")
                 deadline = time.monotonic() + _INTERRUPT_GRACE_S
+                go.set()
                 for w in live.values():  # a Ctrl-C from a terminal reached them already; from kill, not
                     _signal(w["proc"], signal.SIGINT)
     for w in workers:

@@ -122,7 +122,7 @@ def run_here(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, jsonl
              on_stream_end: Callable[[StreamEnd], None] | None = None,
              on_start: Callable[[], None] | None = None) -> dict[str, Any]:
     """:func:`run` in this process, with the stream names and output paths given; ``on_start`` is called
-    once the model is set up, when the timed part begins."""
+    once the model is set up, and the timed part begins when it returns."""
     wall0, cpu0 = time.perf_counter(), time.process_time()
     job = VideoJob(list(specs), cfg, keep_images=bool(cfg.out), names=names)
     sinks: dict[str, _Sinks] = {}
@@ -135,9 +135,9 @@ def run_here(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, jsonl
             for s in job.streams:
                 total = s.info.frames if s.info is not None and s.info.frames else None
                 progress.add(s.name, -(-total // cfg.every_nth) if total else None)
-            t_start, cpu0 = time.perf_counter(), time.process_time()  # set-up (model load) not counted
             if on_start is not None:
                 on_start()
+            t_start, cpu0 = time.perf_counter(), time.process_time()  # set-up (model load) not counted
             for ev in job.events():
                 if isinstance(ev, StreamEnd):
                     ends[ev.stream] = ev

@@ -38,4 +38,5 @@ def test_nvdec_pipeline_matches_frame_count(clips, tmp_path) -> None:
                   out=str(tmp_path / "a.mp4"), batch_size=8, progress=False)
     assert summary["exit_code"] == 0 and summary["frames"] == 40 and summary["decoders"] == ["nvdec"]
     assert sum(1 for _ in open(tmp_path / "f.jsonl")) == 40
-    assert set(seen) == {"cuda:0"}, "NVDEC frames should reach the model as CUDA tensors"
+    # With several GPUs a frame may be batched on another GPU's worker (moved there): still a CUDA tensor.
+    assert len(seen) == 40 and all(d.startswith("cuda") for d in seen), "NVDEC frames reach the model on a GPU"
