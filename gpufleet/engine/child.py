@@ -60,6 +60,7 @@ class ChildSpec:
     prefix: str = "gpufleet_"
     heartbeat_s: float = 0.5
     batch_buckets: tuple[int, ...] | None = None
+    max_batch_size: int = 0  # the pool's (0: probed), for models that size graphs or warm-up by it
     log_level: int = logging.WARNING
 
 
@@ -133,13 +134,15 @@ class _Child:
 
     def setup(self) -> bool:
         from gpufleet.engine.placement import load_model_blob
-        from gpufleet.models.base import model_factory, optional_stage
+        from gpufleet.models.base import apply_pool_settings, model_factory, optional_stage
 
         try:
             self.send(_hello(self.spec.device))
             model = model_factory(load_model_blob(self.spec.model))()
-            if self.spec.batch_buckets and hasattr(model, "batch_buckets"):
-                model.batch_buckets = self.spec.batch_buckets
+            # As thread workers do: without the max batch size the embedded classifier captured graphs up to
+            # 64 only, and served batches of 65-128 ran eagerly, autotuning cuDNN for every new size (2x H200,
+            # W3 with --backend process: p99 843 ms).
+            apply_pool_settings(model, batch_buckets=self.spec.batch_buckets, max_batch_size=self.spec.max_batch_size)
             model.setup(self.spec.device)
         except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
             self.send(m.SetupFailed(_error("setup", exc)))

@@ -201,7 +201,8 @@ class ProcessWorker(WireIO):
         spec = ChildSpec(worker=self.index, device=child_device(self.device) if self._env.get("CUDA_VISIBLE_DEVICES")
                          and self.device.is_cuda else self.device, env=self._env, model=self._blob,
                          prefix=f"{self._prefix}g{gen}", heartbeat_s=min(0.5, self.config.heartbeat_timeout_s / 4),
-                         batch_buckets=self.config.batch_buckets, log_level=logging.getLogger().level or 30)
+                         batch_buckets=self.config.batch_buckets, max_batch_size=self.config.max_batch_size,
+                         log_level=logging.getLogger().level or 30)
         proc = _CTX.Process(target=child_main, args=(child_conn, spec), name=f"gpufleet-{self.name}", daemon=True)
         with _SPAWN_LOCK:
             proc.start()

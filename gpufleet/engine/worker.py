@@ -22,7 +22,7 @@ from gpufleet.engine.placement import CUDA_SETUP_LOCK, weights_device
 from gpufleet.engine.request import Request, fail_items, resolve_items
 from gpufleet.engine.stats import WorkerStats
 from gpufleet.errors import DeadlineExceeded, GpufleetError, WorkerError
-from gpufleet.models.base import optional_stage
+from gpufleet.models.base import apply_pool_settings, optional_stage
 
 __all__ = ["ThreadWorker"]
 
@@ -88,10 +88,7 @@ class ThreadWorker:
     def _main(self) -> None:
         try:
             model = self._make_model()
-            if self.batch_buckets and hasattr(model, "batch_buckets"):
-                model.batch_buckets = self.batch_buckets  # e.g. TorchModel's CUDA-graph buckets
-            if self.max_batch > 0 and getattr(model, "max_batch_size", 0) is None:
-                model.max_batch_size = self.max_batch  # models that size warm-up or graphs by it
+            apply_pool_settings(model, batch_buckets=self.batch_buckets, max_batch_size=self.max_batch)
             if self.device.is_cuda:
                 with CUDA_SETUP_LOCK:  # one CUDA set-up (and graph capture) at a time in this process
                     model.setup(self.device)

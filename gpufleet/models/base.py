@@ -19,7 +19,7 @@ from typing import Any
 from gpufleet.devices.device import Device
 from gpufleet.errors import ConfigError
 
-__all__ = ["FunctionModel", "Model", "model_factory", "optional_stage"]
+__all__ = ["FunctionModel", "Model", "apply_pool_settings", "model_factory", "optional_stage"]
 
 
 class Model:
@@ -68,6 +68,15 @@ def optional_stage(model: Any, name: str) -> Callable[[Any], Any] | None:
     if isinstance(model, Model) and getattr(type(model), name, None) is getattr(Model, name):
         return None
     return fn
+
+
+def apply_pool_settings(model: Any, *, batch_buckets: tuple[int, ...] | None, max_batch_size: int) -> None:
+    """Tell a fresh model instance, before its ``setup``, the pool's batch buckets and max batch size (models
+    that capture CUDA graphs or warm up per batch size read them); thread and process workers both call it."""
+    if batch_buckets and hasattr(model, "batch_buckets"):
+        model.batch_buckets = batch_buckets  # e.g. TorchModel's CUDA-graph buckets
+    if max_batch_size > 0 and getattr(model, "max_batch_size", 0) is None:
+        model.max_batch_size = max_batch_size  # models that size warm-up or graphs by it
 
 
 def model_factory(model: Any) -> Callable[[], Any]:

@@ -118,3 +118,16 @@ class Overlapping(Model):
 
     def predict(self, batch: list) -> list:
         return self.collect(self.launch(batch))
+
+
+class PoolSettings(Model):
+    """Answers the max batch size and batch buckets the pool gave it before ``setup``."""
+
+    max_batch_size: int | None = None
+    batch_buckets: tuple | None = None
+
+    def setup(self, device) -> None:
+        self.seen = (self.max_batch_size, self.batch_buckets)
+
+    def predict(self, batch: list) -> list:
+        return [self.seen for _ in batch]

@@ -13,7 +13,16 @@ import torch
 from gpufleet import Pool
 from gpufleet.engine.shm import leaked_segments
 from gpufleet.errors import DeadlineExceeded, InputError, WorkerError
-from tests.engine.process_models import Doubler, Echo, FailingSetup, FailingSetupOnOne, Overlapping, Stages, double
+from tests.engine.process_models import (
+    Doubler,
+    Echo,
+    FailingSetup,
+    FailingSetupOnOne,
+    Overlapping,
+    PoolSettings,
+    Stages,
+    double,
+)
 from tests.waiting import wait_until as _wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -162,3 +171,11 @@ def test_close_without_drain_fails_inflight_and_stops_children() -> None:
 
 def wait_until(cond, timeout: float = 30.0) -> bool:
     return _wait_until(cond, timeout)
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_workers_tell_the_model_the_pools_max_batch_and_buckets(backend: str) -> None:
+    # A process worker's classifier once captured CUDA graphs up to 64 only while serving batches up to 128.
+    with Pool(PoolSettings, "cpu", cpu_devices=1, backend=backend, max_batch_size=96,
+              batch_buckets=(8, 32, 96)) as pool:
+        assert pool.submit(1).result(timeout=60) == (96, (8, 32, 96))
