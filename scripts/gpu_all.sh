@@ -49,6 +49,8 @@ for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
     kill9) stamp "kill -9 of a process worker under load"
          OUT=$W SKIP_TESTS=1 MATRIX=" " NO_MPS=1 timeout 90 bash scripts/gpu_process.sh > "$W/process.txt" 2>&1
          grep -E "^(==|\{)" "$W/process.txt" | cut -c1-600 | tee -a "$S" ;;
+    probe) stamp "host copy bandwidth (W2 stacking)"
+         timeout 30 python3 scripts/copy_probe.py 2>&1 | tail -1 | tee -a "$S" ;;
     aiohttp) python3 -c "import aiohttp, aiohttp.http_parser as p, uvloop; print('aiohttp', aiohttp.__version__, p.HttpResponseParser.__module__, 'uvloop', uvloop.__version__)" 2>&1 | tee -a "$S" ;;
     proc) stamp "process backend: workers per GPU, MPS, kill -9 under load"
          OUT=$W SKIP_TESTS=1 SECS=${SECS:-2} MATRIX="${MATRIX:-resnet18 8 thread 1;resnet18 8 process 1 2 4 8}" \

@@ -2,7 +2,8 @@
 
 :class:`WireIO` is mixed into :class:`gpufleet.engine.process.ProcessWorker`, which owns the state it uses
 (the child's pipe, the in-flight batches, the segment pool and codec) and the process life cycle. The feeder
-keeps up to two batches in flight so the child never waits for its next batch; the reader copies results
+keeps one batch more in flight than the child works on at once (three for launch/collect models), so the
+next batch is already encoded in shared memory when the child finishes one; the reader copies results
 out of the child's shared memory, frees the segment and resolves the futures. One of reader and supervisor
 answers an in-flight item (``_resolve_lock``), exactly once, so the pool's outstanding counts stay right.
 """
@@ -172,7 +173,9 @@ class WireIO:
 
     # -- feeder -------------------------------------------------------------------------------------------
     def _feed(self) -> None:
-        depth = max(1, min(self.config.pipeline_depth, 2))
+        # +1: one batch waits, encoded, in the pipe (CPU, a sleeping stand-in for a 4.2 ms/64-item GPU and
+        # 150 KB items: 10,290 -> 14,675 items/s for one process worker; the ideal is 15,238).
+        depth = max(1, min(self.config.pipeline_depth, 2)) + 1
         while True:
             with self._lock:
                 while not self._stopping and not (self._up and len(self._inflight) < depth):

@@ -157,14 +157,15 @@ def test_sticky_cuda_error_recycles_the_process() -> None:
 def test_close_without_drain_fails_inflight_and_stops_children() -> None:
     p = Pool(Doubler, cpu_devices=1, backend="process", max_batch_size=1, pipeline_depth=1)
     running = p.submit(("sleep", 30.0, "never"))
+    waiting = p.submit(2)  # sent too: one batch waits, encoded, in the pipe
     queued = p.submit(1)
-    assert wait_until(lambda: len(p.workers[0].batcher) == 1 and p.workers[0]._inflight, 10)
+    assert wait_until(lambda: len(p.workers[0].batcher) == 1 and len(p.workers[0]._inflight) == 2, 10)
     procs = [w._proc for w in p.workers]
     t = threading.Thread(target=p.close, kwargs={"drain": False})
     t.start()
     t.join(60)
     assert not t.is_alive()
-    assert running.exception(timeout=5) is not None and queued.exception(timeout=5) is not None
+    assert all(f.exception(timeout=5) is not None for f in (running, waiting, queued))
     assert not any(pr.is_alive() for pr in procs)
     assert leaked_segments(OURS) == []
 
