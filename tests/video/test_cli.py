@@ -74,3 +74,29 @@ def test_process_per_gpu_flag_runs_one_worker_process_per_device(clips, tmp_path
     assert summary["processes"] == 2 and summary["frames"] == 70
     assert [r["stream"] for r in summary["inputs"]] == ["small", "text"]
     assert sum(1 for _ in open(tmp_path / "f.text.jsonl")) == 40
+
+
+def test_sigint_with_a_process_per_device_leaves_every_file_playable(clips, tmp_path) -> None:
+    out, jl = tmp_path / "cut.mp4", tmp_path / "cut.jsonl"
+    cmd = [sys.executable, "-m", "gpufleet", "video", str(clips["text"]), str(clips["small"]), "--model", SLOW,
+           "--cpu-devices", "2", "--process-per-gpu", "--batch-size", "1", "--segments", "1", "--out", str(out),
+           "--jsonl", str(jl), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parents[2],
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines = {name: tmp_path / f"cut.{name}.jsonl" for name in ("text", "small")}
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        if all(p.exists() and sum(1 for _ in open(p)) >= 3 for p in lines.values()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)  # to the parent only: it passes the interrupt on to its workers
+    stdout, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 130, stderr.decode()
+    summary = json.loads(stdout)
+    assert summary["interrupted"] and summary["processes"] == 2
+    for name, total in (("text", 40), ("small", 30)):
+        n = sum(1 for _ in open(lines[name]))
+        assert 3 <= n < total
+        with av.open(str(tmp_path / f"cut.{name}.mp4")) as c:
+            assert sum(1 for _ in c.decode(video=0)) == n
