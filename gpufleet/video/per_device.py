@@ -237,35 +237,16 @@ def _merge(specs: Sequence[str], names: Sequence[str], workers: list[dict[str, A
                        "frames": e.frames if e else 0, "elapsed_s": round(e.elapsed_s, 3) if e else 0.0,
                        "fps": 0.0, "decoder": e.decoder if e else "", "decoder_note": "", "segments": 0,
                        "reconnects": 0, "jsonl": None, "out": None, "encoder": None, "encoder_note": ""}
+    from gpufleet.video.pipeline import summary_record
+
     done = [w["summary"] for w in workers if w["summary"] is not None]
-    ordered = [rows[n] for n in names]
-    frames = sum(r["frames"] for r in ordered)
     elapsed = max(e for _, e in windows) - min(s for s, _ in windows) if windows else wall
     per_device = [g for s in done for g in s["per_device"]]
     requests = sum(g["total_requests"] for g in per_device)
     batches = sum(g["total_batches"] for g in per_device)
-    stages = {k: sum(s["stages_s"].get(k, 0.0) for s in done) for k in (done[0]["stages_s"] if done else {})}
-    failed = sum(r["status"] == "failed" for r in ordered)
-    return {
-        "frames": frames,
-        "elapsed_s": round(elapsed, 3),
-        "wall_s": round(wall, 3),
-        "fps": round(frames / elapsed, 2) if elapsed > 0 else 0.0,
-        "model": done[0]["model"] if done else "",
-        "devices": [d for s in done for d in s["devices"]],
-        "decoders": sorted({r["decoder"] for r in ordered if r["decoder"]}),
-        "encoders": sorted({e for s in done for e in s["encoders"]}),
-        "batches": batches,
-        "avg_batch_size": round(requests / batches, 3) if batches else 0.0,
-        "per_device": per_device,
-        "stages_s": {k: round(v, 4) for k, v in stages.items()},
-        "stages_ms_per_frame": {k: round(v / frames * 1e3, 4) if frames else 0.0 for k, v in stages.items()},
-        "cpu_s": round(cpu_s, 3),
-        "cpu_cores_used": round(cpu_s / elapsed, 3) if elapsed > 0 else 0.0,
-        "cpu_count": os.cpu_count(),
-        "inputs": ordered,
-        "processes": len(workers),
-        "failed": failed,
-        "interrupted": interrupted,
-        "exit_code": 130 if interrupted else (1 if failed else 0),
-    }
+    return summary_record(
+        rows=[rows[n] for n in names], elapsed=elapsed, wall=wall, cpu_s=cpu_s, interrupted=interrupted,
+        processes=len(workers), model=done[0]["model"] if done else "",
+        devices=[d for s in done for d in s["devices"]], encoders={e for s in done for e in s["encoders"]},
+        batches=batches, avg_batch_size=round(requests / batches, 3) if batches else 0.0, per_device=per_device,
+        stages={k: sum(s["stages_s"].get(k, 0.0) for s in done) for k in (done[0]["stages_s"] if done else {})})

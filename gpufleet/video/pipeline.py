@@ -20,7 +20,7 @@ from gpufleet.video.job import FrameResult, StreamEnd, VideoJob, stream_names
 from gpufleet.video.progress import Progress, want_progress
 from gpufleet.video.sinks import JsonlSink, VideoSink
 
-__all__ = ["frames", "output_paths", "run", "run_here"]
+__all__ = ["frames", "output_paths", "run", "run_here", "summary_record"]
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,6 @@ def _summary(cfg: VideoConfig, job: VideoJob, ends: dict[str, StreamEnd], sinks:
             "encoder": video.encoder if video is not None else None,
             "encoder_note": video.note if video is not None else "",
         })
-    frames_total = sum(r["frames"] for r in rows)
     requests, batches = stats.get("total_requests", 0), stats.get("total_batches", 0)
     videos = [sk.video for sk in sinks.values() if sk.video is not None]
     stages = {
@@ -205,28 +204,41 @@ def _summary(cfg: VideoConfig, job: VideoJob, ends: dict[str, StreamEnd], sinks:
         "draw": sum(v.draw_s for v in videos),
         "encode": sum(v.encode_s for v in videos),
     }
+    return summary_record(
+        rows=rows, elapsed=elapsed, wall=wall, cpu_s=cpu_s, interrupted=interrupted, processes=1,
+        model=cfg.model if isinstance(cfg.model, str) else type(cfg.model).__name__,
+        devices=[d.label for d in job.devices], encoders={v.encoder for v in videos if v.encoder},
+        batches=batches, avg_batch_size=stats.get("avg_batch_size", 0.0), stages=stages,
+        per_device=[{k: g[k] for k in ("device", "total_requests", "total_batches", "avg_batch_size")}
+                    for g in stats.get("per_gpu_stats", [])])
+
+
+def summary_record(*, rows: list[dict[str, Any]], elapsed: float, wall: float, cpu_s: float, interrupted: bool,
+                   processes: int, model: str, devices: list[str], encoders: set[str], batches: int,
+                   avg_batch_size: float, stages: dict[str, float], per_device: list[dict[str, Any]]
+                   ) -> dict[str, Any]:
+    """The summary :func:`run` returns, from its parts (one process, or merged from worker processes)."""
+    frames = sum(r["frames"] for r in rows)
     failed = sum(r["status"] == "failed" for r in rows)
     return {
-        "frames": frames_total,
+        "frames": frames,
         "elapsed_s": round(elapsed, 3),
         "wall_s": round(wall, 3),
-        "fps": round(frames_total / elapsed, 2) if elapsed > 0 else 0.0,
-        "model": cfg.model if isinstance(cfg.model, str) else type(cfg.model).__name__,
-        "devices": [d.label for d in job.devices],
+        "fps": round(frames / elapsed, 2) if elapsed > 0 else 0.0,
+        "model": model,
+        "devices": devices,
         "decoders": sorted({r["decoder"] for r in rows if r["decoder"]}),
-        "encoders": sorted({v.encoder for v in videos if v.encoder}),
+        "encoders": sorted(encoders),
         "batches": batches,
-        "avg_batch_size": stats.get("avg_batch_size", 0.0),
-        "per_device": [{k: g[k] for k in ("device", "total_requests", "total_batches", "avg_batch_size")}
-                       for g in stats.get("per_gpu_stats", [])],
+        "avg_batch_size": avg_batch_size,
+        "per_device": per_device,
         "stages_s": {k: round(v, 4) for k, v in stages.items()},
-        "stages_ms_per_frame": {k: round(v / frames_total * 1e3, 4) if frames_total else 0.0
-                                for k, v in stages.items()},
+        "stages_ms_per_frame": {k: round(v / frames * 1e3, 4) if frames else 0.0 for k, v in stages.items()},
         "cpu_s": round(cpu_s, 3),
         "cpu_cores_used": round(cpu_s / elapsed, 3) if elapsed > 0 else 0.0,
         "cpu_count": os.cpu_count(),
         "inputs": rows,
-        "processes": 1,
+        "processes": processes,
         "failed": failed,
         "interrupted": interrupted,
         "exit_code": 130 if interrupted else (1 if failed else 0),
