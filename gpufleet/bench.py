@@ -1,7 +1,9 @@
-"""``gpufleet bench``: the raw model ceiling (BENCH.md W1) beside the same model through ``Pool.map`` (W2).
+"""``gpufleet bench``: the raw model ceiling (BENCH.md W1) beside the same model through ``Pool.map`` (W2),
+and with ``http`` served over HTTP (W3-style).
 
 Raw: the module alone, input already on the device in the compute dtype. Pooled: uint8 CHW images on the
 host go through ``Pool.map`` (batching, pinned staging, host→device copy, normalisation on the device).
+Served: JSON requests with a base64 JPEG to ``gpufleet serve`` of the same model (:mod:`gpufleet.bench_served`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ class BenchSpec:
     compile: bool = False
     backend: str = "thread"
     scale: bool = False
+    http: bool = False  # also serve the model (a real `gpufleet serve` process) and load it over HTTP
+    http_concurrency: int = 64
+    http_workers: int = 1
+    http_clients: int = 1
 
 
 def _sync(dev: torch.device) -> None:
@@ -171,6 +177,10 @@ def run_bench(spec: BenchSpec) -> dict[str, Any]:
             if "raw" in row:
                 per_device = row["pool"]["items_s"] / len(devices)
                 row["pool_vs_raw"] = round(per_device / row["raw"]["items_s"], 4)
+        if spec.http:
+            from gpufleet.bench_served import measure_served
+
+            row["served"] = measure_served(spec, bs)
         rows.append(row)
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -179,6 +189,8 @@ def run_bench(spec: BenchSpec) -> dict[str, Any]:
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
         "workers_per_device": spec.workers_per_device, "backend": spec.backend, "cuda_graphs": spec.cuda_graphs,
         "compile": spec.compile,
+        **({"http": {"concurrency": spec.http_concurrency, "http_workers": spec.http_workers,
+                     "client_processes": spec.http_clients}} if spec.http else {}),
         "rows": rows,
     }
 
@@ -194,20 +206,28 @@ def print_report(report: dict[str, Any]) -> None:
     graphs = any("raw_graph" in r for r in report["rows"])
     console.print(f"pool: backend={report.get('backend', 'thread')} cuda_graphs={report.get('cuda_graphs')} "
                   f"compile={report.get('compile')} workers/device={report['workers_per_device']}")
+    served = any("served" in r for r in report["rows"])
     table = Table("batch", "raw items/s", "raw p50 ms", *(["raw graph items/s"] if graphs else []), "pool items/s",
                   "pool p50 ms", "pool p99 ms", "avg batch",
-                  "pool/raw per device")
+                  "pool/raw per device", *(["served req/s", "served p50 ms", "served p99 ms"] if served else []))
     for r in report["rows"]:
-        raw, pool = r.get("raw", {}), r.get("pool", {})
+        raw, pool, srv = r.get("raw", {}), r.get("pool", {}), r.get("served", {})
 
         def f(d: dict, k: str, spec: str = ",.0f") -> str:
             return format(d[k], spec) if k in d else "-"
 
         extra = [f(r["raw_graph"], "items_s")] if graphs and "raw_graph" in r else (["-"] if graphs else [])
+        http = [f(srv, "items_s"), f(srv, "p50_ms", ".2f"), f(srv, "p99_ms", ".2f")] if served else []
         table.add_row(str(r["batch_size"]), f(raw, "items_s"), f(raw, "p50_ms", ".2f"), *extra, f(pool, "items_s"),
                       f(pool, "p50_ms", ".2f"), f(pool, "p99_ms", ".2f"), f(pool, "avg_batch", ".1f"),
-                      f"{r['pool_vs_raw']:.1%}" if "pool_vs_raw" in r else "-")
+                      f"{r['pool_vs_raw']:.1%}" if "pool_vs_raw" in r else "-", *http)
     console.print(table)
+    if served:
+        h = report.get("http", {})
+        errors = {k: v for r in report["rows"] for k, v in r.get("served", {}).get("errors", {}).items()}
+        console.print(f"served: gpufleet serve with {h.get('http_workers', 1)} front end(s), closed-loop load at "
+                      f"concurrency {h.get('concurrency')} from {h.get('client_processes', 1)} client process(es), "
+                      f"JSON + base64 JPEG; errors {errors or 'none'}")
     if any("scaling" in r for r in report["rows"]):
         scaling = Table("batch", "devices", "pool items/s", "p50 ms", "p99 ms", "avg batch", "speedup vs 1",
                         "items per device", title="scaling (same run)")

@@ -49,3 +49,19 @@ def test_cli_bench_rejects_unknown_choices(flag: list[str]) -> None:
                                    "--seconds", "0.1", "--cpu-devices", "1", *flag])
     assert bad.exit_code != 0
     assert "backend" in bad.output or "precision" in bad.output
+
+
+@pytest.mark.timeout(300)
+def test_cli_bench_http_serves_the_same_model_side_by_side() -> None:
+    r = CliRunner().invoke(app, ["bench", "--model", "resnet18", "--batch-sizes", "4", "--image-size", "32",
+                                 "--seconds", "1", "--cpu-devices", "1", "--no-raw", "--http",
+                                 "--http-concurrency", "4", "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    served = report["rows"][0]["served"]
+    assert served["items_s"] > 0 and served["errors"] == {} and served["requests"] > 0
+    assert served["p50_ms"] <= served["p99_ms"] and served["concurrency"] == 4
+    assert report["http"] == {"concurrency": 4, "http_workers": 1, "client_processes": 1}
+    assert report["rows"][0]["pool"]["items_s"] > 0  # pooled and served in one run
+    bad = CliRunner().invoke(app, ["bench", "--http", "--http-concurrency", "2", "--http-clients", "4"])
+    assert bad.exit_code != 0 and "--http-clients" in bad.output

@@ -97,9 +97,15 @@ def bench(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the module (raw and pool)."),
     switch_interval_ms: Optional[float] = typer.Option(  # noqa: UP045
         None, "--switch-interval-ms", help="Set Python's thread switch interval (GIL hand-over) for this run."),
+    http: bool = typer.Option(False, "--http", help="Also serve the model (gpufleet serve on 127.0.0.1) and load "
+                                                    "it over HTTP: JSON + base64 JPEG, closed loop (W3)."),
+    http_concurrency: int = typer.Option(64, "--http-concurrency", min=1, help="Clients in flight for --http."),
+    http_workers: int = typer.Option(1, "--http-workers", min=1, help="HTTP front-end processes for --http."),
+    http_clients: int = typer.Option(1, "--http-clients", min=1,
+                                     help="Load-generator processes for --http (one core caps ~8k req/s)."),
     json_output: bool = typer.Option(False, "--json", help="JSON records instead of a table."),
 ) -> None:
-    """Raw model ceiling (W1) beside the pooled figure (W2), side by side in one run."""
+    """Raw model ceiling (W1) beside the pooled figure (W2), and the served one with --http, in one run."""
     from gpufleet.bench import BenchSpec, print_report, run_bench
 
     try:
@@ -110,7 +116,11 @@ def bench(
         _fail(f"--batch-sizes must be positive integers separated by commas, got {batch_sizes!r}")
     spec = BenchSpec(model=model, batch_sizes=tuple(sizes), precision=precision, image_size=image_size,
                      seconds=seconds, devices=gpus, cpu_devices=cpu_devices, workers_per_device=workers_per_device,
-                     raw=raw, pool=pool, cuda_graphs=cuda_graphs, compile=compile_, backend=backend, scale=scale)
+                     raw=raw, pool=pool, cuda_graphs=cuda_graphs, compile=compile_, backend=backend, scale=scale,
+                     http=http, http_concurrency=http_concurrency, http_workers=http_workers,
+                     http_clients=http_clients)
+    if http and http_clients > http_concurrency:
+        _fail(f"--http-clients ({http_clients}) must not exceed --http-concurrency ({http_concurrency})")
     if switch_interval_ms is not None:
         if switch_interval_ms <= 0:
             _fail("--switch-interval-ms must be > 0")
