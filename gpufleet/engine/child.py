@@ -157,7 +157,7 @@ class _Child:
 
     def serve(self) -> None:
         # Models with launch/collect keep two batches in flight, as thread workers do: the next batch (the
-        # parent sends up to two) is stacked, copied and launched before the previous one is collected, so the
+        # parent sends up to three) is stacked, copied and launched before the previous one is collected, so the
         # GPU does not idle while this process answers, decodes and stacks. Measured on one H200: a process
         # worker ran ResNet-50 at batch 64 at half a thread worker's rate when it served one batch at a time.
         pipelined = callable(getattr(self.model, "launch", None)) and callable(getattr(self.model, "collect", None))

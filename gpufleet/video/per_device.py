@@ -97,8 +97,8 @@ def _worker(conn: Connection, go: Any, specs: list[str], names: list[str], cfg: 
         flush()
         conn.send(("end", e))
 
-    def on_start() -> None:
-        conn.send(("ready", None))
+    def on_start(totals: dict[str, int | None]) -> None:
+        conn.send(("ready", totals))  # the files are probed here: the parent sizes its progress bars with it
         go.wait(_START_WAIT_S)
         conn.send(("start", time.time()))
 
@@ -136,8 +136,6 @@ def run_shares(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, sha
     ends: dict[str, StreamEnd] = {}
     interrupted = False
     with Progress(want_progress(cfg.progress)) as progress:
-        if progress.enabled:
-            _add_tasks(progress, specs, names, cfg)
         live = {id(w["conn"]): w for w in workers}
         deadline: float | None = None
         while live:
@@ -154,7 +152,10 @@ def run_shares(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, sha
                         w["ready"] = True
                         if all(x["ready"] for x in workers):
                             go.set()
-                    if kind == "frames":
+                    if kind == "ready":
+                        for stream, total in value.items():
+                            progress.add(stream, total)
+                    elif kind == "frames":
                         for stream, n in value.items():
                             progress.advance(stream, n)
                     elif kind == "start":
@@ -199,19 +200,6 @@ def _signal(proc: Any, sig: int) -> None:
             os.kill(proc.pid, sig)
     except OSError:
         pass
-
-
-def _add_tasks(progress: Progress, specs: Sequence[str], names: Sequence[str], cfg: VideoConfig) -> None:
-    from gpufleet.video.sources import SourceError, is_url, probe
-
-    for spec, name in zip(specs, names, strict=True):
-        total = None
-        if not is_url(spec):
-            try:
-                total = probe(spec, timeout_s=cfg.timeout_s).frames or None
-            except SourceError:
-                pass
-        progress.add(name, -(-total // cfg.every_nth) if total else None)
 
 
 def _merge(specs: Sequence[str], names: Sequence[str], workers: list[dict[str, Any]], ends: dict[str, StreamEnd],

@@ -120,9 +120,10 @@ def run(inputs: Inputs, model: Any = None, *, config: VideoConfig | None = None,
 def run_here(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, jsonl_paths: dict[str, str | None],
              out_paths: dict[str, str | None], on_frame: Callable[[FrameResult], None] | None = None,
              on_stream_end: Callable[[StreamEnd], None] | None = None,
-             on_start: Callable[[], None] | None = None) -> dict[str, Any]:
+             on_start: Callable[[dict[str, int | None]], None] | None = None) -> dict[str, Any]:
     """:func:`run` in this process, with the stream names and output paths given; ``on_start`` is called
-    once the model is set up, and the timed part begins when it returns."""
+    once the model is set up, with each stream's expected frame count (``None``: unknown), and the timed
+    part begins when it returns."""
     wall0, cpu0 = time.perf_counter(), time.process_time()
     job = VideoJob(list(specs), cfg, keep_images=bool(cfg.out), names=names)
     sinks: dict[str, _Sinks] = {}
@@ -132,11 +133,12 @@ def run_here(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, jsonl
     fps_of = {s.name: (s.info.fps if s.info else 30.0) for s in job.streams}
     try:
         with Progress(want_progress(cfg.progress)) as progress:
-            for s in job.streams:
-                total = s.info.frames if s.info is not None and s.info.frames else None
-                progress.add(s.name, -(-total // cfg.every_nth) if total else None)
+            totals = {s.name: -(-s.info.frames // cfg.every_nth) if s.info is not None and s.info.frames else None
+                      for s in job.streams}
+            for name, total in totals.items():
+                progress.add(name, total)
             if on_start is not None:
-                on_start()
+                on_start(totals)
             t_start, cpu0 = time.perf_counter(), time.process_time()  # set-up (model load) not counted
             for ev in job.events():
                 if isinstance(ev, StreamEnd):
