@@ -28,6 +28,7 @@ from gpufleet.engine import messages as m
 from gpufleet.engine.oom import empty_cache, is_oom
 from gpufleet.engine.shm import Attachments, Codec, SegmentPool
 from gpufleet.errors import GpufleetError
+from gpufleet.models.base import StackedBatch
 
 __all__ = ["ChildSpec", "is_sticky_cuda_error", "main", "report_progress"]
 
@@ -209,13 +210,16 @@ class _Child:
     def begin(self, batch: m.Batch, *, launch: bool) -> _Work | None:
         """Preprocess a batch and, with ``launch``, start it on the device; ``None`` if it was answered already
         (its launch failed)."""
-        items, errors, timings = batch.items, {}, {}
+        items = batch.items if batch.stacked is None else StackedBatch(batch.stacked)
+        errors, timings = {}, {}
         alive = list(range(len(items)))
         if self.pre is not None:
             t0 = time.monotonic()
             for i in range(len(items)):
                 try:
-                    items[i] = self.pre(items[i])
+                    out = self.pre(items[i])
+                    if out is not items[i]:  # a StackedBatch keeps its block only while every row is unchanged
+                        items[i] = out
                 except Exception as exc:  # noqa: BLE001 - a bad item fails alone
                     errors[i] = _error("input", exc)
             alive = [i for i in alive if i not in errors]
@@ -224,7 +228,7 @@ class _Child:
         if launch and alive:
             _progress.send, _progress.batch_id, _progress.index = self.send, batch.id, alive
             try:
-                work.handle = self.model.launch([items[i] for i in alive])
+                work.handle = self.model.launch(items if len(alive) == len(items) else [items[i] for i in alive])
             except Exception as exc:  # noqa: BLE001
                 if not is_oom(exc):
                     self._failed(batch, exc)
@@ -251,7 +255,7 @@ class _Child:
                             raise
                         empty_cache(self.spec.device)
                 if got is None:
-                    got = self._predict([items[i] for i in alive])
+                    got = self._predict(items if len(alive) == len(items) else [items[i] for i in alive])
             except Exception as exc:  # noqa: BLE001
                 self._failed(batch, exc)
                 return
@@ -271,7 +275,7 @@ class _Child:
                 outputs[i] = out
             if self.post is not None:
                 timings["postprocess"] = (time.monotonic() - t0) / len(alive)
-        del items, work.items, batch.items  # drop views into the parent's segment before answering
+        del items, work.items, batch.items, batch.stacked  # drop views into the parent's segment before answering
         prepared, need = self.codec.prepare(outputs)
         seg = self.pool.acquire(need) if need else None
         res = m.Result(batch.id, prepared, errors, None, timings, self.oom_batch,

@@ -66,9 +66,13 @@ class Heartbeat(msgspec.Struct, tag=True):
     t: float
 
 
-class Batch(msgspec.Struct, tag=True):
+class Batch(msgspec.Struct, tag=True, omit_defaults=True):
+    """Items to serve: ``items``, or, when they are arrays of one shape and dtype, ``stacked`` (one
+    ``[n, *shape]`` block in shared memory) and ``items`` empty."""
+
     id: int
-    items: list[Any]
+    items: list[Any] = []
+    stacked: Any = None
 
 
 class Free(msgspec.Struct, tag=True):

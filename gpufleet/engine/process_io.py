@@ -210,12 +210,16 @@ class WireIO:
         return keep
 
     def _submit_batch(self, reqs: list[Request]) -> None:
-        prepared, need = self._codec.prepare([r.item for r in reqs])
+        items = [r.item for r in reqs]
+        block, need = self._codec.stack(items)  # one block: one copy to the GPU in the child, no per-item work
+        if block is None:
+            prepared, need = self._codec.prepare(items)
         with self._seg_lock:
             seg = self._pool.acquire(need) if need else None
         bid = next(self._ids)
         try:
-            data = self._codec.encode(m.Batch(bid, prepared), seg)
+            msg = m.Batch(bid, stacked=block) if block is not None else m.Batch(bid, prepared)
+            data = self._codec.encode(msg, seg)
         except Exception as exc:  # noqa: BLE001 - an item neither msgpack nor pickle can carry
             if seg is not None:
                 with self._seg_lock:

@@ -199,6 +199,16 @@ class _Tup:
         self.items = items
 
 
+class _Stack:
+    """Arrays of one shape and dtype that travel as one block, ``[n, *shape]`` (see :meth:`Codec.stack`)."""
+
+    __slots__ = ("arrs", "torch", "nbytes")
+
+    def __init__(self, arrs: list[np.ndarray], torch: str) -> None:
+        self.arrs, self.torch = arrs, torch
+        self.nbytes = arrs[0].nbytes * len(arrs)
+
+
 class _Big:
     __slots__ = ("data",)
 
@@ -271,6 +281,38 @@ class Codec:
 
         return walk(value), need
 
+    def stack(self, items: list) -> tuple[Any, int]:
+        """``items`` as one block when they are all arrays (or all CPU tensors) of one shape and numpy dtype
+        and larger than what travels inline: the receiver reads them as one ``[n, *shape]`` array or tensor,
+        and copies it to a device in one go. ``(None, 0)`` otherwise (send the items one by one)."""
+        if len(items) < 2:
+            return None, 0
+        first = items[0]
+        kind = type(first)
+        torch = sys.modules.get("torch")
+        if kind is np.ndarray:
+            name = ""
+            if first.dtype.kind in "OV":
+                return None, 0
+            arrs = items
+        elif torch is not None and kind is torch.Tensor and first.device.type == "cpu" and not first.requires_grad:
+            try:
+                arrs = [t.numpy() for t in items if type(t) is kind]
+            except (TypeError, RuntimeError):  # bfloat16 and the like, a GPU tensor or one that needs grad
+                return None, 0
+            name = str(first.dtype).replace("torch.", "")
+        else:
+            return None, 0
+        a0 = arrs[0]
+        if len(arrs) != len(items) or a0.nbytes <= INLINE_MAX:
+            return None, 0
+        shape, dtype = a0.shape, a0.dtype
+        for a in arrs:
+            if type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype:
+                return None, 0
+        block = _Stack(arrs, name)
+        return block, block.nbytes + _ALIGN
+
     def encode(self, msg: Any, seg: SharedMemory | None) -> bytes:
         """Encode a prepared message, writing its arrays into ``seg`` (acquired from ``pool`` for the size
         :meth:`prepare` returned; the caller releases it once the receiver is done with it)."""
@@ -298,6 +340,17 @@ class Codec:
             np.copyto(dst, arr, casting="no")
             del dst
             ref = ArrayRef(self._seg.name, off, arr.nbytes, arr.dtype.str, arr.shape, obj.torch)
+            return msgspec.msgpack.Ext(EXT_SHM, self._ref_enc.encode(ref))
+        if isinstance(obj, _Stack):
+            assert self._seg is not None
+            a0 = obj.arrs[0]
+            shape = (len(obj.arrs), *a0.shape)
+            off = self._place(obj.nbytes)
+            dst = np.ndarray(shape, a0.dtype, buffer=self._seg.buf, offset=off)
+            for i, a in enumerate(obj.arrs):
+                np.copyto(dst[i], a, casting="no")
+            del dst
+            ref = ArrayRef(self._seg.name, off, obj.nbytes, a0.dtype.str, shape, obj.torch)
             return msgspec.msgpack.Ext(EXT_SHM, self._ref_enc.encode(ref))
         if isinstance(obj, _Tup):
             return msgspec.msgpack.Ext(EXT_TUPLE, self._enc.encode(obj.items))

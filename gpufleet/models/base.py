@@ -19,7 +19,45 @@ from typing import Any
 from gpufleet.devices.device import Device
 from gpufleet.errors import ConfigError
 
-__all__ = ["FunctionModel", "Model", "apply_pool_settings", "model_factory", "optional_stage"]
+__all__ = ["FunctionModel", "Model", "StackedBatch", "apply_pool_settings", "model_factory", "optional_stage"]
+
+
+class StackedBatch(list):
+    """A batch whose items are the rows of one array or tensor, ``stacked`` (shape ``[n, *item_shape]``).
+
+    Process workers hand ``predict`` such a batch when every item was an array or CPU tensor of one shape and
+    dtype: the items arrived in one block of shared memory. It is an ordinary list of per-item views, so any
+    model works unchanged; a model that stacks its inputs can take ``stacked`` as the batch instead (one copy
+    to the device, no per-item work), as :class:`gpufleet.models.TorchModel` does.
+    """
+
+    __slots__ = ("stacked",)
+
+    def __init__(self, stacked: Any) -> None:
+        super().__init__(stacked.unbind(0) if hasattr(stacked, "unbind") else list(stacked))
+        self.stacked = stacked
+
+
+def _forgets(name: str) -> Callable[..., Any]:
+    base = getattr(list, name)
+
+    def method(self: StackedBatch, *args: Any, **kwargs: Any) -> Any:
+        self.stacked = None  # the list changed: its rows may no longer be the block's
+        return base(self, *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop", "remove",
+              "clear", "sort", "reverse"):
+    setattr(StackedBatch, _name, _forgets(_name))
+
+
+def stacked_rows(batch: list) -> Any:
+    """``batch.stacked`` when ``batch`` is a :class:`StackedBatch` still holding its rows, else ``None``."""
+    stacked = getattr(batch, "stacked", None)
+    return stacked if stacked is not None and len(stacked) == len(batch) else None
 
 
 class Model:

@@ -15,7 +15,7 @@ import torch
 
 from gpufleet.devices.device import Device
 from gpufleet.errors import ConfigError, InputError
-from gpufleet.models.base import Model
+from gpufleet.models.base import Model, stacked_rows
 from gpufleet.models.cuda_graphs import GraphCache
 
 __all__ = ["TorchModel", "resolve_dtype"]
@@ -258,6 +258,17 @@ class TorchModel(Model):
 
     def _stack(self, batch: list, slot: int | None) -> torch.Tensor:
         """Stack items into one tensor; for CUDA, into a reused pinned staging buffer of ``slot``."""
+        block = stacked_rows(batch)
+        if block is not None:  # the rows of one block (a process worker's batch): one copy, no per-item work
+            x = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(block))
+            if slot is None or x.device.type != "cpu":
+                return x
+            buf = self._staging_buffer(slot, x.shape[0], x.shape[1:], x.dtype)
+            try:
+                np.copyto(buf.numpy()[: x.shape[0]], x.numpy(), casting="no")  # GIL released once, no OpenMP
+            except (TypeError, RuntimeError):
+                buf[: x.shape[0]].copy_(x)
+            return buf[: x.shape[0]]
         first = batch[0]
         if isinstance(first, np.ndarray):
             items = [torch.from_numpy(np.ascontiguousarray(a)) for a in batch]
@@ -275,13 +286,7 @@ class TorchModel(Model):
         if slot is None or items[0].device.type != "cpu":
             return torch.stack(items)
         n = len(items)
-        buf = self._staging[slot]
-        if buf is None or buf.shape[1:] != shape or buf.dtype != items[0].dtype or buf.shape[0] < n:
-            cap = max(n, buf.shape[0] if buf is not None and buf.shape[1:] == shape else 0)
-            buf = torch.empty((cap, *shape), dtype=items[0].dtype, pin_memory=True)
-            self._staging[slot] = buf
-        elif self._staged[slot] is not None:
-            self._staged[slot].synchronize()  # its previous copy to the device must have finished
+        buf = self._staging_buffer(slot, n, shape, items[0].dtype)
         try:
             # One plain memcpy per item (numpy, GIL released): torch.stack here runs OpenMP regions that stall
             # for whole scheduler ticks when several workers' thread teams share the cores (measured on 2x H200:
@@ -292,6 +297,17 @@ class TorchModel(Model):
         except (TypeError, RuntimeError):  # no numpy dtype (bfloat16), or a tensor that needs grad
             torch.stack(items, out=buf[:n])
         return buf[:n]
+
+    def _staging_buffer(self, slot: int, n: int, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        """Slot ``slot``'s pinned staging buffer, big enough for ``n`` items and free to overwrite."""
+        buf = self._staging[slot]
+        if buf is None or buf.shape[1:] != shape or buf.dtype != dtype or buf.shape[0] < n:
+            cap = max(n, buf.shape[0] if buf is not None and buf.shape[1:] == shape else 0)
+            buf = torch.empty((cap, *shape), dtype=dtype, pin_memory=True)
+            self._staging[slot] = buf
+        elif self._staged[slot] is not None:
+            self._staged[slot].synchronize()  # its previous copy to the device must have finished
+        return buf
 
 
 def _marks() -> tuple:

@@ -10,7 +10,7 @@ import numpy as np
 
 from gpufleet.engine.child import report_progress
 from gpufleet.errors import InputError
-from gpufleet.models.base import Model
+from gpufleet.models.base import Model, stacked_rows
 
 
 def double(batch: list) -> list:
@@ -131,3 +131,27 @@ class PoolSettings(Model):
 
     def predict(self, batch: list) -> list:
         return [self.seen for _ in batch]
+
+
+class BlockAware(Model):
+    """Per item: ``(sum of the item, got_block)`` where got_block says predict received a StackedBatch whose block
+    still holds the items as its rows (one shared-memory block from the parent)."""
+
+    def predict(self, batch: list) -> list:
+        block = stacked_rows(batch)
+        return [(int(np.asarray(x).sum()), block is not None and bool((np.asarray(block[i]) == np.asarray(x)).all()))
+                for i, x in enumerate(batch)]
+
+
+class BlockAwareKeep(BlockAware):
+    """A preprocess that hands every item back as it is: the block survives."""
+
+    def preprocess(self, item):
+        return item
+
+
+class BlockAwarePlusOne(BlockAware):
+    """A preprocess that makes new items: predict must get them, not the block's rows."""
+
+    def preprocess(self, item):
+        return item + 1

@@ -14,6 +14,9 @@ from gpufleet import Pool
 from gpufleet.engine.shm import leaked_segments
 from gpufleet.errors import DeadlineExceeded, InputError, WorkerError
 from tests.engine.process_models import (
+    BlockAware,
+    BlockAwareKeep,
+    BlockAwarePlusOne,
     Doubler,
     Echo,
     FailingSetup,
@@ -180,3 +183,27 @@ def test_workers_tell_the_model_the_pools_max_batch_and_buckets(backend: str) ->
     with Pool(PoolSettings, "cpu", cpu_devices=1, backend=backend, max_batch_size=96,
               batch_buckets=(8, 32, 96)) as pool:
         assert pool.submit(1).result(timeout=60) == (96, (8, 32, 96))
+
+
+def _served_in_one_batch(model, items: list) -> list:
+    with Pool(model, cpu_devices=1, backend="process", max_batch_size=len(items), max_wait_ms=500) as p:
+        return [f.result(timeout=30) for f in [p.submit(x) for x in items]]
+
+
+@pytest.mark.parametrize("make", [lambda a: torch.from_numpy(a), lambda a: a], ids=["tensors", "arrays"])
+def test_items_of_one_shape_reach_the_model_as_one_block(make) -> None:
+    rng = np.random.default_rng(3)
+    raw = [rng.integers(0, 256, (3, 48, 48), dtype=np.uint8) for _ in range(6)]  # > INLINE_MAX each
+    out = _served_in_one_batch(BlockAware, [make(a) for a in raw])
+    assert out == [(int(a.sum()), True) for a in raw]  # each row is its own item, in order
+    out = _served_in_one_batch(BlockAwareKeep, [make(a) for a in raw])
+    assert out == [(int(a.sum()), True) for a in raw]  # an identity preprocess keeps the block
+
+
+def test_items_that_differ_or_change_are_sent_one_by_one() -> None:
+    rng = np.random.default_rng(4)
+    same = [torch.from_numpy(rng.integers(0, 100, (3, 32, 32), dtype=np.int64)) for _ in range(4)]
+    out = _served_in_one_batch(BlockAwarePlusOne, same)  # new items from preprocess: never the stale block
+    assert out == [(int(t.sum()) + t.numel(), False) for t in same]
+    mixed = [same[0], same[1][:, :16], same[2]]  # shapes differ
+    assert _served_in_one_batch(BlockAware, mixed) == [(int(t.sum()), False) for t in mixed]

@@ -83,6 +83,44 @@ def test_torch_tensors_keep_type_and_dtype(pair) -> None:
         assert torch.equal(t.detach(), u)
 
 
+def stack_roundtrip(send: Codec, recv: Codec, pool: SegmentPool, items: list):
+    block, need = send.stack(items)
+    if block is None:
+        return None
+    seg = pool.acquire(need)
+    msg = recv.decode(send.encode(m.Batch(8, stacked=block), seg))
+    pool.release(seg.name)
+    assert isinstance(msg, m.Batch) and msg.items == []
+    return msg.stacked
+
+
+def test_items_of_one_shape_and_dtype_travel_as_one_block(pair) -> None:
+    pool, send, recv = pair
+    rng = np.random.default_rng(2)
+    arrays = [rng.integers(0, 256, (3, 40, 40), dtype=np.uint8) for _ in range(5)]
+    block = stack_roundtrip(send, recv, pool, arrays)
+    assert isinstance(block, np.ndarray) and block.shape == (5, 3, 40, 40) and np.array_equal(block, np.stack(arrays))
+    tensors = [torch.randn(3, 40, 40).half() for _ in range(4)]
+    tensors[1] = tensors[1].transpose(1, 2)  # not contiguous: copied row by row all the same
+    block = stack_roundtrip(send, recv, pool, tensors)
+    assert isinstance(block, torch.Tensor) and block.dtype == torch.float16 and torch.equal(block, torch.stack(tensors))
+
+
+@pytest.mark.parametrize("items", [
+    [np.zeros((3, 40, 40), np.uint8)],  # one item
+    [np.zeros((3, 40, 40), np.uint8), np.zeros((3, 40, 41), np.uint8)],  # shapes differ
+    [np.zeros((3, 40, 40), np.uint8), np.zeros((3, 40, 40), np.int16)],  # dtypes differ
+    [np.zeros((3, 40, 40), np.uint8), torch.zeros((3, 40, 40), dtype=torch.uint8)],  # kinds differ
+    [np.zeros(16, np.uint8)] * 4,  # small: inline
+    [torch.zeros(3, 40, 40, dtype=torch.bfloat16)] * 2,  # no numpy dtype
+    [torch.zeros(3, 40, 40, requires_grad=True)] * 2,
+    [b"x" * 100_000] * 2,
+], ids=["one", "shapes", "dtypes", "kinds", "small", "bf16", "grad", "bytes"])
+def test_other_batches_are_not_stacked(pair, items) -> None:
+    pool, send, recv = pair
+    assert send.stack(items) == (None, 0)
+
+
 def test_small_arrays_inline_large_in_shared_memory(pair) -> None:
     pool, send, _ = pair
     _, need = send.prepare([np.zeros(INLINE_MAX, np.uint8)])

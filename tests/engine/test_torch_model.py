@@ -205,3 +205,20 @@ def test_stage_timings_include_batch_assembly_and_compute() -> None:
         stages = pool.stats()["stages"]
     assert {"batch", "compute", "predict", "queue_wait", "e2e"} <= set(stages)
     assert stages["batch"]["count"] >= 4 and stages["compute"]["p50_ms"] >= 0.0
+
+
+def test_a_stacked_batch_gives_the_same_outputs_as_its_rows() -> None:
+    from gpufleet.models import StackedBatch
+
+    m = TorchModel(conv_net())
+    m.setup(CPU)
+    block = torch.randn(5, 3, 16, 16)
+    batch = StackedBatch(block)
+    assert len(batch) == 5 and all(torch.equal(batch[i], block[i]) for i in range(5))
+    expect = m.predict([block[i].clone() for i in range(5)])
+    got = m.predict(batch)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(expect, got))
+    batch[2] = torch.zeros(3, 16, 16)  # any change to the list drops the block: the rows are what counts
+    assert batch.stacked is None
+    assert torch.allclose(m.predict(batch)[2], m.predict([torch.zeros(3, 16, 16)])[0], atol=1e-6)
+    assert StackedBatch(block)[1:3].__class__ is list  # a slice is a plain list of rows

@@ -17,6 +17,7 @@ import torch
 
 from gpufleet.devices.device import Device
 from gpufleet.errors import ConfigError, InputError
+from gpufleet.models.base import StackedBatch, stacked_rows
 from gpufleet.models.torch_model import TorchModel
 from gpufleet.models.zoo.inputs import image_bytes, to_rgb_array
 
@@ -178,7 +179,11 @@ class ImageClassifier(TorchModel):
 
     def launch(self, batch: list) -> Any:
         if self._cuda:
-            batch = [_as_tensor(x) for x in batch]  # a front end's items arrive as bytes / numpy arrays
+            block = stacked_rows(batch)
+            if isinstance(block, np.ndarray):  # a process worker's block of arrays: keep it one block
+                batch = StackedBatch(torch.from_numpy(block))
+            elif block is None:
+                batch = [_as_tensor(x) for x in batch]  # a front end's items arrive as bytes / numpy arrays
             if any(x.dim() == 1 for x in batch):
                 batch = self._decode_gpu(batch)
         bad = {i: x for i, x in enumerate(batch) if isinstance(x, _Bad)}
