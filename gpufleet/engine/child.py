@@ -109,12 +109,56 @@ def _hello(device: Device) -> m.Hello:
     return hello
 
 
+class HostPins:
+    """Registers the parent's shared-memory segments with CUDA as pinned memory, once each, so a batch that
+    arrives as one block is copied to the GPU straight from the segment (DMA), with no host copy in between.
+    A segment that cannot be registered is simply read as pageable memory (the model stages it)."""
+
+    def __init__(self) -> None:
+        self._ptrs: dict[str, int] = {}
+        self._failed = False
+
+    def register(self, seg: Any) -> None:
+        if self._failed:
+            return
+        import numpy as np
+        import torch
+
+        view = np.frombuffer(seg.buf, dtype=np.uint8)
+        ptr = int(view.ctypes.data)
+        del view  # no export of the buffer may outlive this call, or the segment cannot be closed
+        try:
+            err = int(torch.cuda.cudart().cudaHostRegister(ptr, seg.size, 0))
+        except Exception as exc:  # noqa: BLE001 - pinning is an optimisation
+            err = -1
+            log.debug("cudaHostRegister: %s", exc)
+        if err != 0:
+            self._failed = True  # e.g. a driver limit: every batch is staged instead
+            log.info("shared memory cannot be pinned for DMA (cudaError %d); batches are staged on the host", err)
+            try:  # the failed call left its error as CUDA's last error: the next launch check reads and clears it
+                torch.empty(1, device="cuda").fill_(0)
+            except RuntimeError:
+                pass
+            return
+        self._ptrs[seg.name] = ptr
+
+    def unregister(self, seg: Any) -> None:
+        ptr = self._ptrs.pop(seg.name, None)
+        if ptr is not None:
+            import torch
+
+            torch.cuda.synchronize()  # no copy may still read it
+            torch.cuda.cudart().cudaHostUnregister(ptr)
+
+
 class _Child:
     def __init__(self, conn: Any, spec: ChildSpec) -> None:
         self.conn = conn
         self.spec = spec
         self.pool = SegmentPool(f"{spec.prefix}c")
-        self.codec = Codec(self.pool, Attachments(), m.Message, copy=False)
+        pins = HostPins() if spec.device.is_cuda else None
+        attach = Attachments(pins.register, pins.unregister) if pins is not None else Attachments()
+        self.codec = Codec(self.pool, attach, m.Message, copy=False)
         self._send_lock = threading.Lock()
         self._plain = __import__("msgspec").msgpack.Encoder()
         self.model: Any = None

@@ -19,6 +19,7 @@ import logging
 import os
 import pickle
 import sys
+from collections.abc import Callable
 from multiprocessing import resource_tracker, shared_memory
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
@@ -164,21 +165,28 @@ class SegmentPool:
 
 
 class Attachments:
-    """The other side's segments, mapped once and kept until dropped."""
+    """The other side's segments, mapped once and kept until dropped. ``on_map(seg)`` runs once per segment
+    after it is mapped, ``on_unmap(seg)`` before its mapping goes (a GPU child pins them for DMA)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_map: Callable[[SharedMemory], None] | None = None,
+                 on_unmap: Callable[[SharedMemory], None] | None = None) -> None:
         self._map: dict[str, SharedMemory] = {}
+        self._on_map, self._on_unmap = on_map, on_unmap
 
     def get(self, name: str) -> SharedMemory:
         seg = self._map.get(name)
         if seg is None:
             seg = self._map[name] = _open(name, False)
+            if self._on_map is not None:
+                self._on_map(seg)
         return seg
 
     def drop(self, names: list[str]) -> None:
         for name in names:
             seg = self._map.pop(name, None)
             if seg is not None:
+                if self._on_unmap is not None:
+                    self._on_unmap(seg)
                 _close(seg)
 
     def close(self) -> None:

@@ -261,8 +261,8 @@ class TorchModel(Model):
         block = stacked_rows(batch)
         if block is not None:  # the rows of one block (a process worker's batch): one copy, no per-item work
             x = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(block))
-            if slot is None or x.device.type != "cpu":
-                return x
+            if slot is None or x.device.type != "cpu" or x.is_pinned():
+                return x  # pinned: a process worker's shared memory, registered for DMA (no host copy at all)
             buf = self._staging_buffer(slot, x.shape[0], x.shape[1:], x.dtype)
             try:
                 np.copyto(buf.numpy()[: x.shape[0]], x.numpy(), casting="no")  # GIL released once, no OpenMP

@@ -148,3 +148,45 @@ def test_jpegs_on_two_gpus_of_one_process_decode_on_one(caplog: pytest.LogCaptur
     assert [o["class"] for o in out] == [r["class"] for r in ref] * 4
     assert all(n > 0 for n in per)
     assert "JPEGs for cuda:1 decode on cuda:0" in caplog.text
+
+
+def test_shared_memory_block_is_pinned_and_read_without_staging() -> None:
+    import numpy as np
+
+    from gpufleet.engine.child import HostPins
+    from gpufleet.engine.shm import Attachments, SegmentPool
+    from gpufleet.models import StackedBatch
+
+    net = _net()
+    xs = torch.randn(16, 3, 32, 32)
+    with torch.inference_mode():
+        ref = net(xs)
+    owner = SegmentPool(f"gpufleet_test_pins_{id(xs):x}_")
+    pins = HostPins()
+    attach = Attachments(pins.register, pins.unregister)
+    try:
+        seg = owner.acquire(xs.numel() * 4)
+        block = torch.from_numpy(np.ndarray(tuple(xs.shape), np.float32, buffer=attach.get(seg.name).buf))
+        block.copy_(xs)
+        assert block.is_pinned()  # registered with CUDA: the copy to the GPU is a DMA from the segment
+        model = TorchModel(net, precision="fp32")
+        model.setup(select("0")[0])
+        out = torch.stack(model.predict(StackedBatch(block)))
+        torch.testing.assert_close(out, ref.float(), rtol=1e-3, atol=1e-3)
+        del block, out
+        attach.drop([seg.name])
+    finally:
+        attach.close()
+        owner.close()
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "graphs"])
+def test_process_worker_serves_blocks_from_shared_memory(cuda_graphs: bool) -> None:
+    net = _net()
+    xs = [torch.randn(3, 32, 32) for _ in range(300)]
+    with torch.inference_mode():
+        ref = net(torch.stack(xs))
+    model = TorchModel(net, precision="fp32", cuda_graphs=cuda_graphs)
+    with Pool(model, "0", backend="process", max_batch_size=16, max_wait_ms=1) as pool:
+        out = torch.stack(list(pool.map(xs)))
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
