@@ -2,12 +2,14 @@
 per 64 items (one H200's ResNet-50 fp16 CUDA-graph time), served one batch after another as a GPU would.
 The stand-in stacks each batch into a staging buffer as TorchModel does, so the host work per item is W2's
 and only the GPU is simulated. Usage: python scripts/feed_probe.py thread|process WORKERS [SECONDS]
-Prints one JSON line: items/s, and the ideal (WORKERS x 64 / 4.2 ms = 15,238 per worker)."""
+Prints one JSON line: items/s, the ideal (WORKERS x 64 / 4.2 ms = 15,238 per worker) and the CPU time of this
+(parent) process per item. GPU_MS_PER_64 changes the simulated GPU time."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 import time
 
@@ -17,7 +19,7 @@ import torch
 from gpufleet import Pool
 from gpufleet.models.base import Model, stacked_rows
 
-GPU_S_PER_64 = 0.0042
+GPU_S_PER_64 = float(os.environ.get("GPU_MS_PER_64", "4.2")) / 1e3
 
 
 class FakeGPU(Model):
@@ -63,12 +65,15 @@ def main() -> None:
         for _ in pool.map(images[:256]):
             pass
         n = int(15_238 * workers * seconds)
-        t0 = time.perf_counter()
-        done = sum(1 for _ in pool.map(itertools.islice(itertools.cycle(images), n)))
+        c0, t0 = time.process_time(), time.perf_counter()
+        limit = int(os.environ.get("IN_FLIGHT", "0")) or None
+        done = sum(1 for _ in pool.map(itertools.islice(itertools.cycle(images), n), max_in_flight=limit))
         rate = done / (time.perf_counter() - t0)
+        cpu_us = (time.process_time() - c0) / done * 1e6
         st = pool.stats()
     print(json.dumps({"backend": backend, "workers": workers, "items_s": round(rate),
                       "ideal": round(workers * 64 / GPU_S_PER_64),
+                      "parent_cpu_us_per_item": round(cpu_us, 1),
                       "avg_batch": round(st["total_requests"] / max(1, st["total_batches"]), 1),
                       "stages_p50_ms": {k: round(v["p50_ms"], 3) for k, v in st["stages"].items()}}))
 

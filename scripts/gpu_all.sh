@@ -49,6 +49,23 @@ for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
     kill9) stamp "kill -9 of a process worker under load"
          OUT=$W SKIP_TESTS=1 MATRIX=" " NO_MPS=1 timeout 90 bash scripts/gpu_process.sh > "$W/process.txt" 2>&1
          grep -E "^(==|\{)" "$W/process.txt" | cut -c1-600 | tee -a "$S" ;;
+    w2prof) stamp "W2 under py-spy (.tools/py-spy carried): parent, parent GIL holders, children"
+         for cfg in ${PROF_CONFIGS:-process:0 process:0,1 process:0,1:1 thread:0,1}; do
+           IFS=: read -r be gp sw <<< "$cfg"; tag="${be}_${gp/,/}${sw:+_sw$sw}"; rm -f /tmp/go
+           SWITCH_MS=$sw timeout 90 python3 scripts/gpu_w2_profile.py "$be" "$gp" "${PSECS:-8}" /tmp/go \
+             > "$W/prof_$tag.json" 2> "$W/prof_$tag.err" &
+           pid=$!
+           while [ ! -s /tmp/go ] && kill -0 $pid 2>/dev/null; do sleep 0.2; done
+           if [ -x .tools/py-spy ] && [ -s /tmp/go ]; then
+             read -r ppid kids < /tmp/go
+             .tools/py-spy record -p "$ppid" -d 5 -r 200 -f raw --nonblocking -o "$W/spy_${tag}_parent.txt" >/dev/null 2>&1 &
+             .tools/py-spy record -p "$ppid" -d 5 -r 200 -f raw --nonblocking --gil -o "$W/spy_${tag}_gil.txt" >/dev/null 2>&1 &
+             k=0; for c in $kids; do .tools/py-spy record -p "$c" -d 5 -r 200 -f raw --nonblocking \
+               -o "$W/spy_${tag}_child$k.txt" >/dev/null 2>&1 & k=$((k+1)); done
+           fi
+           wait $pid; wait
+           say "$tag $(tail -1 "$W/prof_$tag.json")"; tail -3 "$W/prof_$tag.err" | tee -a "$S"
+         done ;;
     probe) stamp "host copy bandwidth (W2 stacking)"
          timeout 30 python3 scripts/copy_probe.py 2>&1 | tail -1 | tee -a "$S" ;;
     aiohttp) python3 -c "import aiohttp, aiohttp.http_parser as p, uvloop; print('aiohttp', aiohttp.__version__, p.HttpResponseParser.__module__, 'uvloop', uvloop.__version__)" 2>&1 | tee -a "$S" ;;
