@@ -51,8 +51,8 @@ for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
          grep -E "^(==|\{)" "$W/process.txt" | cut -c1-600 | tee -a "$S" ;;
     w2prof) stamp "W2 under py-spy (.tools/py-spy carried): parent, parent GIL holders, children"
          for cfg in ${PROF_CONFIGS:-process:0 process:0,1 process:0,1:1 thread:0,1}; do
-           IFS=: read -r be gp sw <<< "$cfg"; tag="${be}_${gp/,/}${sw:+_sw$sw}"; rm -f /tmp/go
-           SWITCH_MS=$sw timeout 90 python3 scripts/gpu_w2_profile.py "$be" "$gp" "${PSECS:-8}" /tmp/go \
+           IFS=: read -r be gp sw inf <<< "$cfg"; tag="${be}_${gp/,/}${sw:+_sw$sw}${inf:+_f$inf}"; rm -f /tmp/go
+           SWITCH_MS=$sw IN_FLIGHT=$inf timeout 90 python3 scripts/gpu_w2_profile.py "$be" "$gp" "${PSECS:-8}" /tmp/go \
              > "$W/prof_$tag.json" 2> "$W/prof_$tag.err" &
            pid=$!
            while [ ! -s /tmp/go ] && kill -0 $pid 2>/dev/null; do sleep 0.2; done

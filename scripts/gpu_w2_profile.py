@@ -34,7 +34,8 @@ def main() -> None:
         t0 = time.perf_counter()
         c0 = time.process_time()
         done = 0
-        for _ in pool.map(itertools.islice(itertools.cycle(images), n)):
+        limit = int(os.environ.get("IN_FLIGHT", "0")) or None
+        for _ in pool.map(itertools.islice(itertools.cycle(images), n), max_in_flight=limit):
             done += 1
             if done % 4096 == 0 and time.perf_counter() - t0 > seconds:
                 break
@@ -44,6 +45,7 @@ def main() -> None:
     print(json.dumps({"backend": backend, "gpus": gpus, "items_s": round(done / wall),
                       "parent_cpu_cores": round(cpu / wall, 2), "parent_cpu_us_per_item": round(cpu / done * 1e6, 1),
                       "switch_interval_ms": sys.getswitchinterval() * 1e3,
+                      "in_flight": os.environ.get("IN_FLIGHT", "default"),
                       "stages_p50_ms": {k: round(v["p50_ms"], 3) for k, v in st["stages"].items()},
                       "per_device": {d["device"]: d["total_requests"] for d in st["per_gpu_stats"]}}))
 

@@ -226,6 +226,10 @@ class TorchModel(Model):
         cap.done = marks[3]
         return _Launch(n, out, marks[3], marks)
 
+    def ready(self, handle: _Launch) -> bool:
+        """Whether :meth:`collect` would return at once (the device has finished the batch)."""
+        return handle.done is None or handle.done.query()
+
     def collect(self, handle: _Launch) -> list:
         """Wait for a launched batch and split its output into one entry per item.
 

@@ -155,3 +155,19 @@ class BlockAwarePlusOne(BlockAware):
 
     def preprocess(self, item):
         return item + 1
+
+
+class SlowDevice(Overlapping):
+    """Overlapping whose "device" takes 0.2 s per batch and tells when it has finished (``ready``)."""
+
+    def launch(self, batch: list) -> tuple[list, int, float]:
+        self.launched += 1
+        return batch, self.launched, time.monotonic() + 0.2
+
+    def ready(self, handle: tuple[list, int, float]) -> bool:
+        return time.monotonic() >= handle[2]
+
+    def collect(self, handle: tuple[list, int, float]) -> list:
+        batch, seq, done = handle
+        time.sleep(max(0.0, done - time.monotonic()))
+        return [(x * 2, self.launched - seq) for x in batch]

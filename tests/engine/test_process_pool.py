@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from tests.engine.process_models import (
     FailingSetupOnOne,
     Overlapping,
     PoolSettings,
+    SlowDevice,
     Stages,
     double,
 )
@@ -103,6 +105,17 @@ def test_child_keeps_two_batches_in_flight_for_launch_collect_models() -> None:
         out = list(pool.map(range(80)))
     assert [x for x, _ in out] == [2 * i for i in range(80)]
     assert max(o for _, o in out) >= 1  # a later batch was launched before an earlier one was collected
+
+
+def test_child_launches_a_batch_that_comes_while_the_device_is_busy() -> None:
+    with Pool(SlowDevice, cpu_devices=1, backend="process", max_batch_size=4, max_wait_ms=1) as pool:
+        pool.submit(-1).result(timeout=30)  # the child is up and idle
+        first = [pool.submit(i) for i in range(4)]
+        time.sleep(0.03)  # the first batch is on the "device" (0.2 s), nothing else queued in the child
+        second = [pool.submit(i) for i in range(4, 8)]
+        out = [f.result(timeout=30) for f in first + second]
+    assert [x for x, _ in out] == [2 * i for i in range(8)]
+    assert out[0][1] == 1  # the second batch was launched before the first was collected, not after
 
 
 def test_module_level_function_model() -> None:
