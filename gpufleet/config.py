@@ -33,6 +33,8 @@ class PoolConfig:
     that doubles the engine's items/s and removes collector pauses from the latency tail.
     A model's ``preprocess`` runs on ``preprocess_threads`` pool threads (default: one per core, 2–32), or in
     the submitting thread once it is measured cheaper than that hand-off (under 30 µs per item).
+    ``pipeline_depth`` is how many batches a worker keeps launched on its device at once (models with
+    ``launch``/``collect``); a process worker is sent one batch more, so the next one waits in its pipe.
 
     ``backend="process"`` (one spawned process per worker, see docs/processes.md) adds: ``max_retries``
     (times an item is retried after the process serving it died), ``batch_timeout_s`` (a batch running

@@ -51,12 +51,12 @@ for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
          grep -E "^(==|\{)" "$W/process.txt" | cut -c1-600 | tee -a "$S" ;;
     w2prof) stamp "W2 under py-spy (.tools/py-spy carried): parent, parent GIL holders, children"
          for cfg in ${PROF_CONFIGS:-process:0 process:0,1 process:0,1:1 thread:0,1}; do
-           IFS=: read -r be gp sw inf <<< "$cfg"; tag="${be}_${gp/,/}${sw:+_sw$sw}${inf:+_f$inf}"; rm -f /tmp/go
-           SWITCH_MS=$sw IN_FLIGHT=$inf timeout 90 python3 scripts/gpu_w2_profile.py "$be" "$gp" "${PSECS:-8}" /tmp/go \
+           IFS=: read -r be gp sw inf pipe <<< "$cfg"; tag="${be}_${gp/,/}${sw:+_sw$sw}${inf:+_f$inf}${pipe:+_d$pipe}"
+           rm -f /tmp/go; SWITCH_MS=$sw IN_FLIGHT=$inf PIPE=$pipe timeout 90 python3 scripts/gpu_w2_profile.py "$be" "$gp" "${PSECS:-8}" /tmp/go \
              > "$W/prof_$tag.json" 2> "$W/prof_$tag.err" &
            pid=$!
            while [ ! -s /tmp/go ] && kill -0 $pid 2>/dev/null; do sleep 0.2; done
-           if [ -x .tools/py-spy ] && [ -s /tmp/go ]; then
+           if [ -x .tools/py-spy ] && [ -s /tmp/go ] && [ -z "${NO_SPY:-}" ]; then
              read -r ppid kids < /tmp/go
              .tools/py-spy record -p "$ppid" -d 5 -r 200 -f raw --nonblocking -o "$W/spy_${tag}_parent.txt" >/dev/null 2>&1 &
              .tools/py-spy record -p "$ppid" -d 5 -r 200 -f raw --nonblocking --gil -o "$W/spy_${tag}_gil.txt" >/dev/null 2>&1 &
@@ -66,6 +66,8 @@ for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
            wait $pid; wait
            say "$tag $(tail -1 "$W/prof_$tag.json")"; tail -3 "$W/prof_$tag.err" | tee -a "$S"
          done ;;
+    raw2) stamp "W1 raw graph bs 64 on one GPU, then on every GPU at once (the 2-GPU ceiling for W2)"
+         timeout 120 python3 scripts/gpu_raw_pair.py 4 2>&1 | tail -1 | tee -a "$S" ;;
     probe) stamp "host copy bandwidth (W2 stacking)"
          timeout 30 python3 scripts/copy_probe.py 2>&1 | tail -1 | tee -a "$S" ;;
     aiohttp) python3 -c "import aiohttp, aiohttp.http_parser as p, uvloop; print('aiohttp', aiohttp.__version__, p.HttpResponseParser.__module__, 'uvloop', uvloop.__version__)" 2>&1 | tee -a "$S" ;;

@@ -25,7 +25,8 @@ def main() -> None:
     buckets = (1, 2, 4, 8, 16, 32, 64)
     model = ImageClassifier("resnet50", image_size=224, precision="fp16", cuda_graphs=True, batch_buckets=buckets,
                             example_shape=(3, 224, 224), example_dtype=torch.uint8, warmup_batch_sizes=buckets)
-    with Pool(model, gpus, backend=backend, max_batch_size=bs, max_wait_ms=2.0, max_queue=1_000_000) as pool:
+    depth = {"pipeline_depth": int(os.environ["PIPE"])} if os.environ.get("PIPE") else {}
+    with Pool(model, gpus, backend=backend, max_batch_size=bs, max_wait_ms=2.0, max_queue=1_000_000, **depth) as pool:
         for _ in pool.map(images * 2):
             pass
         with open(ready, "w") as f:
@@ -34,7 +35,7 @@ def main() -> None:
         t0 = time.perf_counter()
         c0 = time.process_time()
         done = 0
-        limit = int(os.environ.get("IN_FLIGHT", "0")) or None
+        limit = int(os.environ.get("IN_FLIGHT") or 0) or None
         for _ in pool.map(itertools.islice(itertools.cycle(images), n), max_in_flight=limit):
             done += 1
             if done % 4096 == 0 and time.perf_counter() - t0 > seconds:
@@ -45,7 +46,8 @@ def main() -> None:
     print(json.dumps({"backend": backend, "gpus": gpus, "items_s": round(done / wall),
                       "parent_cpu_cores": round(cpu / wall, 2), "parent_cpu_us_per_item": round(cpu / done * 1e6, 1),
                       "switch_interval_ms": sys.getswitchinterval() * 1e3,
-                      "in_flight": os.environ.get("IN_FLIGHT", "default"),
+                      "in_flight": os.environ.get("IN_FLIGHT") or "default",
+                      "pipeline_depth": os.environ.get("PIPE") or "default",
                       "stages_p50_ms": {k: round(v["p50_ms"], 3) for k, v in st["stages"].items()},
                       "per_device": {d["device"]: d["total_requests"] for d in st["per_gpu_stats"]}}))
 

@@ -63,6 +63,8 @@ for cfg in ${CONFIGS:-default si1ms hw8}; do
     g2hw8) run_config g2hw8 0.001 "--gpus 0,1 --http-workers 8" ;;
     g2hw8p) run_config g2hw8p 0.001 "--gpus 0,1 --http-workers 8 --backend process" ;;  # one process per GPU
     g1hw8p) run_config g1hw8p 0.001 "--gpus 0 --http-workers 8 --backend process" ;;  # process engine, 1 GPU
+    g2hw8p2) run_config g2hw8p2 0.001 "--gpus 0,1 --http-workers 8 --backend process --workers-per-device 2" ;;
+    g1hw8p2) run_config g1hw8p2 0.001 "--gpus 0 --http-workers 8 --backend process --workers-per-device 2" ;;
     g1hw12) run_config g1hw12 0.001 "--gpus 0 --http-workers 12" ;;
     g2hw12) run_config g2hw12 0.001 "--gpus 0,1 --http-workers 12" ;;
     *) echo "unknown config $cfg" ;;

@@ -292,13 +292,15 @@ class Pool:
         """Stream results for ``items``: in input order (``ordered=True``) or as they finish; ``device``
         prefers one device's workers (see :meth:`submit`).
 
-        At most ``max_in_flight`` items are queued at once (default: four full batches per worker), so
+        At most ``max_in_flight`` items are queued at once (default: eight full batches per worker), so
         an endless iterator is consumed lazily. An item's error is raised when its turn comes, or yielded
         as the exception object with ``return_exceptions=True``.
         """
         if max_in_flight is None:
             per_worker = self.config.max_batch_size or self.config.max_probe_batch
-            max_in_flight = max(8, 4 * per_worker * max(1, len(self.workers)))
+            # Eight: results come back in batches, and the oldest item must be answered before more go in;
+            # with four, two process workers on 2x H200 (W2) served 26.6k items/s, with eight 27.0k.
+            max_in_flight = max(8, 8 * per_worker * max(1, len(self.workers)))
         limit = max(1, min(max_in_flight, self.config.max_queue))
         if ordered:
             return self._map_ordered(items, limit, return_exceptions, timeout_s, device)
