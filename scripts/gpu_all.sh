@@ -31,13 +31,17 @@ for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
     w2t) stamp "W2 thread backend, 1 vs 2 GPUs"
          timeout 110 $B --batch-sizes 8,64 > "$W/w2_thread.json" 2> "$W/w2_thread.err"; report "$W/w2_thread.json" ;;
     w2p) stamp "W2 process backend, 1 vs 2 GPUs"
-         timeout 90 $B --batch-sizes 64 --backend process --no-raw > "$W/w2_process.json" 2> "$W/w2_process.err"
+         timeout 120 $B --batch-sizes 64 --backend process --no-raw > "$W/w2_process.json" 2> "$W/w2_process.err"
          report "$W/w2_process.json" ;;
     w3)  stamp "W3 jpeg224 served, 1 vs 2 GPUs (8 HTTP front ends, 8 load processes; 2 GPUs also with process workers)"
          OUT=$W CONFIGS="${W3_CONFIGS:-g1hw8 g2hw8 g2hw8p}" LOADP=${LOADP:-16} SKIP_P1=1 DUR=${DUR:-8} WARM=${WARM:-2} \
            timeout ${W3_LIMIT:-230} bash scripts/gpu_w3.sh \
            > "$W/w3.txt" 2>&1
          grep -E "^(==|W3|W5|stages|per device|NVML|client CPU|CPU over)|server exit" "$W/w3.txt" | cut -c1-400 | tee -a "$S" ;;
+    w2p2) stamp "W2 process backend, two workers per GPU, 1 vs 2 GPUs"
+         timeout 120 $B --batch-sizes 64 --backend process --workers-per-device 2 --no-raw > "$W/w2_process2.json" \
+           2> "$W/w2_process2.err"
+         report "$W/w2_process2.json" ;;
     w4)  stamp "W4 video1080, 1 vs 2 GPUs"
          OUT=$W INPUTS=${INPUTS:-16} DECODERS=${DECODERS:-8} timeout 170 python3 scripts/gpu_video_scale.py > "$W/w4.txt" 2>&1
          grep -E "^\{|W4" "$W/w4.txt" | cut -c1-700 | tee -a "$S"; rm -f "$W"/frames_*.jsonl "$W/video1080.mp4" ;;
