@@ -222,6 +222,8 @@ class _Child:
                 continue
             msg = self.codec.decode(data)
             if isinstance(msg, m.Batch):
+                if msg.dropped:  # the parent unlinked these segments: unmap them (and unpin them) here too
+                    self.codec.attachments.drop(msg.dropped)
                 work = self.begin(msg, launch=pipelined)
                 if pending is not None:
                     self.finish(pending)

@@ -68,11 +68,13 @@ class Heartbeat(msgspec.Struct, tag=True):
 
 class Batch(msgspec.Struct, tag=True, omit_defaults=True):
     """Items to serve: ``items``, or, when they are arrays of one shape and dtype, ``stacked`` (one
-    ``[n, *shape]`` block in shared memory) and ``items`` empty."""
+    ``[n, *shape]`` block in shared memory) and ``items`` empty. ``dropped``: segments the parent unlinked
+    since its last batch (the child unmaps them)."""
 
     id: int
     items: list[Any] = []
     stacked: Any = None
+    dropped: list[str] = []
 
 
 class Free(msgspec.Struct, tag=True):

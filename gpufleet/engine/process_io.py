@@ -217,13 +217,16 @@ class WireIO:
             prepared, need = self._codec.prepare(items)
         with self._seg_lock:
             seg = self._pool.acquire(need) if need else None
+            dropped, self._pool.dropped = self._pool.dropped, []
         bid = next(self._ids)
         try:
-            msg = m.Batch(bid, stacked=block) if block is not None else m.Batch(bid, prepared)
+            msg = m.Batch(bid, stacked=block, dropped=dropped) if block is not None else \
+                m.Batch(bid, prepared, dropped=dropped)
             data = self._codec.encode(msg, seg)
         except Exception as exc:  # noqa: BLE001 - an item neither msgpack nor pickle can carry
-            if seg is not None:
-                with self._seg_lock:
+            with self._seg_lock:
+                self._pool.dropped[:0] = dropped  # told with the next batch instead
+                if seg is not None:
                     self._pool.release(seg.name)
             if len(reqs) > 1:
                 for r in reqs:

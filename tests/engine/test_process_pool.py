@@ -220,3 +220,18 @@ def test_items_that_differ_or_change_are_sent_one_by_one() -> None:
     assert out == [(int(t.sum()) + t.numel(), False) for t in same]
     mixed = [same[0], same[1][:, :16], same[2]]  # shapes differ
     assert _served_in_one_batch(BlockAware, mixed) == [(int(t.sum()), False) for t in mixed]
+
+
+def test_child_unmaps_the_segments_the_parent_unlinked() -> None:
+    # Items of doubling size make the parent create segments of 1, 2, 4, 8 and 16 MB; it keeps four free ones
+    # and unlinks the smallest. The child must unmap it too (it is told with the next batch), or a long-running
+    # child would keep every segment ever used mapped (and, on a GPU, pinned).
+    sizes = [600_000, 1_200_000, 2_400_000, 4_800_000, 9_600_000, 100_000]
+    with Pool(BlockAware, cpu_devices=1, backend="process", max_batch_size=1, max_wait_ms=1) as pool:
+        for n in sizes:
+            pool.submit(np.ones(n, np.uint8)).result(timeout=30)
+        pid, prefix = pool.workers[0].pid, pool.workers[0]._prefix
+        with open(f"/proc/{pid}/maps") as f:
+            maps = [line for line in f if f"{prefix}p" in line]
+    assert maps  # the child maps the parent's live segments
+    assert not [line for line in maps if "(deleted)" in line]  # and nothing the parent unlinked
