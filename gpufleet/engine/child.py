@@ -149,8 +149,11 @@ class HostPins:
         if ptr is not None:
             import torch
 
-            torch.cuda.synchronize()  # no copy may still read it
-            torch.cuda.cudart().cudaHostUnregister(ptr)
+            try:
+                torch.cuda.synchronize()  # no copy may still read it
+                torch.cuda.cudart().cudaHostUnregister(ptr)
+            except Exception as exc:  # noqa: BLE001 - the mapping goes anyway; never fail the child's exit
+                log.debug("cudaHostUnregister: %s", exc)
 
 
 class _Child:
