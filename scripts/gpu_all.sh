@@ -9,6 +9,9 @@
 # Every step is time-boxed; results are appended to $OUT/summary.txt as they come and $OUT/all.tgz (raw JSON and
 # logs) is refreshed after each step, so a cut-off run still returns them.
 # Knobs: SECS (bench seconds), DUR/WARM (W3 seconds per concurrency), LOADP, STEPS (which steps, in order).
+# Profiling W2 (step w2prof, PROF_CONFIGS="backend:gpus:switch_ms:in_flight:pipeline_depth ...", NO_SPY=1 for
+# clean figures): carry .tools instead of .whl, made with `pip install py-spy; mkdir -p .tools/whl;
+# cp "$(which py-spy)" .tools/; cp .whl/msgspec-* .whl/orjson-* .tools/whl/`, and set WHEELS=.tools/whl.
 export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 W=/tmp/work; rm -rf "$W"; mkdir -p "$W"
 T0=$(date +%s)
