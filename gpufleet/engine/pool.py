@@ -293,8 +293,8 @@ class Pool:
         prefers one device's workers (see :meth:`submit`).
 
         At most ``max_in_flight`` items are queued at once (default: eight full batches per worker), so
-        an endless iterator is consumed lazily. An item's error is raised when its turn comes, or yielded
-        as the exception object with ``return_exceptions=True``.
+        an endless iterator is consumed lazily; lower it to bound memory when items are large. An item's
+        error is raised when its turn comes, or yielded as the exception object with ``return_exceptions=True``.
         """
         if max_in_flight is None:
             per_worker = self.config.max_batch_size or self.config.max_probe_batch
