@@ -44,6 +44,9 @@ class FakeGPU(Model):
         self.free_at = start + GPU_S_PER_64 * len(x) / 64
         return len(x), self.free_at
 
+    def ready(self, handle: tuple[int, float]) -> bool:
+        return time.perf_counter() >= handle[1]
+
     def collect(self, handle: tuple[int, float]) -> list:
         n, ready = handle
         wait = ready - time.perf_counter()

@@ -34,7 +34,8 @@ __all__ = ["ChildSpec", "is_sticky_cuda_error", "main", "report_progress"]
 
 log = logging.getLogger(__name__)
 
-_POLL_S = 0.0002  # how often a child with a batch on the device checks whether it has finished
+_POLL_S = 0.0002  # how often a child with a batch on the device checks whether it has finished ...
+_POLL_MAX_S = 0.005  # ... and at most how seldom, for a batch that has run for long
 
 _STICKY = ("illegal memory access", "device-side assert", "unspecified launch failure", "cuda error",
            "illegal instruction", "misaligned address", "cudaerror", "cublas_status_execution_failed")
@@ -257,7 +258,9 @@ class _Child:
                     return self.conn.poll()
             except Exception:  # noqa: BLE001 - collect() reports the batch's error
                 return False
-            if self.conn.poll(_POLL_S):
+            # Every 0.2 ms for GPU-sized batches; a batch that has run for long is checked less often (5% of
+            # its age, at most every 5 ms), so a minutes-long item does not keep a core busy polling.
+            if self.conn.poll(min(_POLL_MAX_S, max(_POLL_S, 0.05 * (time.monotonic() - pending.t0)))):
                 return True
 
     def _checked(self, out: Any, n: int) -> list:
