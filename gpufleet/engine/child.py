@@ -258,9 +258,9 @@ class _Child:
                     return self.conn.poll()
             except Exception:  # noqa: BLE001 - collect() reports the batch's error
                 return False
-            # Every 0.2 ms for GPU-sized batches; a batch that has run for long is checked less often (5% of
+            # Every 0.2 ms for batches of up to 20 ms; one that has run for longer is checked less often (1% of
             # its age, at most every 5 ms), so a minutes-long item does not keep a core busy polling.
-            if self.conn.poll(min(_POLL_MAX_S, max(_POLL_S, 0.05 * (time.monotonic() - pending.t0)))):
+            if self.conn.poll(min(_POLL_MAX_S, max(_POLL_S, 0.01 * (time.monotonic() - pending.t0)))):
                 return True
 
     def _checked(self, out: Any, n: int) -> list:
