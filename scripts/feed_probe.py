@@ -69,7 +69,7 @@ def main() -> None:
             pass
         n = int(15_238 * workers * seconds)
         c0, t0 = time.process_time(), time.perf_counter()
-        limit = int(os.environ.get("IN_FLIGHT", "0")) or None
+        limit = int(os.environ.get("IN_FLIGHT") or 0) or None
         done = sum(1 for _ in pool.map(itertools.islice(itertools.cycle(images), n), max_in_flight=limit))
         rate = done / (time.perf_counter() - t0)
         cpu_us = (time.process_time() - c0) / done * 1e6

@@ -213,6 +213,7 @@ class WireIO:
     def _submit_batch(self, reqs: list[Request]) -> None:
         items = [r.item for r in reqs]
         block, need = self._codec.stack(items)  # one block: one copy to the GPU in the child, no per-item work
+        prepared: list = []
         if block is None:
             prepared, need = self._codec.prepare(items)
         with self._seg_lock:
@@ -220,9 +221,7 @@ class WireIO:
             dropped, self._pool.dropped = self._pool.dropped, []
         bid = next(self._ids)
         try:
-            msg = m.Batch(bid, stacked=block, dropped=dropped) if block is not None else \
-                m.Batch(bid, prepared, dropped=dropped)
-            data = self._codec.encode(msg, seg)
+            data = self._codec.encode(m.Batch(bid, prepared, stacked=block, dropped=dropped), seg)
         except Exception as exc:  # noqa: BLE001 - an item neither msgpack nor pickle can carry
             with self._seg_lock:
                 self._pool.dropped[:0] = dropped  # told with the next batch instead

@@ -335,6 +335,20 @@ class Codec:
         self._cursor = off + (nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
         return off
 
+    def _in_segment(self, rows: list[np.ndarray], shape: tuple[int, ...], torch: str) -> msgspec.msgpack.Ext:
+        """Copy ``rows`` (arrays of one shape and dtype) one after another into the segment; the reference
+        reads them back as one array of ``shape``."""
+        assert self._seg is not None
+        a0 = rows[0]
+        nbytes = a0.nbytes * len(rows)
+        off = self._place(nbytes)
+        dst = np.ndarray((len(rows), *a0.shape), a0.dtype, buffer=self._seg.buf, offset=off)
+        for i, a in enumerate(rows):
+            np.copyto(dst[i], a, casting="no")
+        del dst
+        ref = ArrayRef(self._seg.name, off, nbytes, a0.dtype.str, shape, torch)
+        return msgspec.msgpack.Ext(EXT_SHM, self._ref_enc.encode(ref))
+
     def _hook(self, obj: Any) -> Any:
         if isinstance(obj, _Arr):
             arr = obj.arr
@@ -342,24 +356,9 @@ class Codec:
                 data = np.ascontiguousarray(arr).tobytes()
                 return msgspec.msgpack.Ext(EXT_INLINE, self._ref_enc.encode(
                     InlineArray(arr.dtype.str, arr.shape, obj.torch, data)))
-            assert self._seg is not None
-            off = self._place(arr.nbytes)
-            dst = np.ndarray(arr.shape, arr.dtype, buffer=self._seg.buf, offset=off)
-            np.copyto(dst, arr, casting="no")
-            del dst
-            ref = ArrayRef(self._seg.name, off, arr.nbytes, arr.dtype.str, arr.shape, obj.torch)
-            return msgspec.msgpack.Ext(EXT_SHM, self._ref_enc.encode(ref))
+            return self._in_segment([arr], arr.shape, obj.torch)  # > INLINE_MAX bytes: at least 1-d
         if isinstance(obj, _Stack):
-            assert self._seg is not None
-            a0 = obj.arrs[0]
-            shape = (len(obj.arrs), *a0.shape)
-            off = self._place(obj.nbytes)
-            dst = np.ndarray(shape, a0.dtype, buffer=self._seg.buf, offset=off)
-            for i, a in enumerate(obj.arrs):
-                np.copyto(dst[i], a, casting="no")
-            del dst
-            ref = ArrayRef(self._seg.name, off, obj.nbytes, a0.dtype.str, shape, obj.torch)
-            return msgspec.msgpack.Ext(EXT_SHM, self._ref_enc.encode(ref))
+            return self._in_segment(obj.arrs, (len(obj.arrs), *obj.arrs[0].shape), obj.torch)
         if isinstance(obj, _Tup):
             return msgspec.msgpack.Ext(EXT_TUPLE, self._enc.encode(obj.items))
         if isinstance(obj, _Big):

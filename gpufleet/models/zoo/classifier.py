@@ -17,7 +17,7 @@ import torch
 
 from gpufleet.devices.device import Device
 from gpufleet.errors import ConfigError, InputError
-from gpufleet.models.base import StackedBatch, stacked_rows
+from gpufleet.models.base import stacked_rows
 from gpufleet.models.torch_model import TorchModel
 from gpufleet.models.zoo.inputs import image_bytes, to_rgb_array
 
@@ -179,10 +179,7 @@ class ImageClassifier(TorchModel):
 
     def launch(self, batch: list) -> Any:
         if self._cuda:
-            block = stacked_rows(batch)
-            if isinstance(block, np.ndarray):  # a process worker's block of arrays: keep it one block
-                batch = StackedBatch(torch.from_numpy(block))
-            elif block is None:
+            if not isinstance(stacked_rows(batch), torch.Tensor):  # a process worker's block of tensors stays one
                 batch = [_as_tensor(x) for x in batch]  # a front end's items arrive as bytes / numpy arrays
             if any(x.dim() == 1 for x in batch):
                 batch = self._decode_gpu(batch)
