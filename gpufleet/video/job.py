@@ -38,6 +38,7 @@ from gpufleet.video.sources import (
     is_url,
     nvdec_available,
     probe,
+    read_ahead,
 )
 
 __all__ = ["FrameResult", "StreamEnd", "VideoJob", "stream_names"]
@@ -329,6 +330,7 @@ class VideoJob:
         dev = self._acquire(s.decoder)
         try:
             source = self._source(s, seg, dev)
+            chunks = read_ahead(source, self.config.decode_ahead, name=f"gpufleet-decode-{s.name}-{seg.index}")
             metas: deque[tuple[int, float, Any]] = deque()
             prepare, keep = self.preparer, self.keep_images
             sync = None
@@ -338,7 +340,7 @@ class VideoJob:
                 sync = torch.cuda.current_stream(torch.device(dev.torch)).synchronize
 
             def items() -> Iterator[Any]:
-                for chunk in source:
+                for chunk in chunks:
                     t0 = time.perf_counter()
                     images = [f.image for f in chunk]
                     batch = prepare(images) if prepare is not None else images
@@ -355,14 +357,17 @@ class VideoJob:
             limit = max(self.config.queue_size, 2 * (self.config.chunk or 8))
             # Frames decoded into a GPU's memory are served by that GPU's workers when it has any.
             where = dev.label if dev is not None else None
-            for res in self.pool.map(items(), ordered=True, max_in_flight=limit, return_exceptions=True,
-                                     device=where):
-                index, pts, image = metas.popleft()
-                err = f"{type(res).__name__}: {res}" if isinstance(res, BaseException) else None
-                if not emit(FrameResult(s.name, index, pts, None if err else res, image, err)):
-                    break
-                with s.lock:
-                    s.frames += 1
+            try:
+                for res in self.pool.map(items(), ordered=True, max_in_flight=limit, return_exceptions=True,
+                                         device=where):
+                    index, pts, image = metas.popleft()
+                    err = f"{type(res).__name__}: {res}" if isinstance(res, BaseException) else None
+                    if not emit(FrameResult(s.name, index, pts, None if err else res, image, err)):
+                        break
+                    with s.lock:
+                        s.frames += 1
+            finally:
+                chunks.close()  # stops and joins the decoding thread: the decoder is closed before its slot is freed
             with s.lock:
                 s.decode_s += getattr(source, "decode_s", 0.0)
                 s.reconnects += getattr(source, "reconnects", 0)
