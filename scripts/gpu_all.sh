@@ -9,6 +9,8 @@
 # Every step is time-boxed; results are appended to $OUT/summary.txt as they come and $OUT/all.tgz (raw JSON and
 # logs) is refreshed after each step, so a cut-off run still returns them.
 # Knobs: SECS (bench seconds), DUR/WARM (W3 seconds per concurrency), LOADP, STEPS (which steps, in order).
+# W4 on one GPU (step w4probe, knobs CONFIGS, DECODE_ONLY, SPY_TAG): carry .spy too (.spy/py-spy.xz, 2 MB: xz -9 of
+# the py-spy binary), which fits beside .whl.
 # Profiling W2 (step w2prof, PROF_CONFIGS="backend:gpus:switch_ms:in_flight:pipeline_depth ...", NO_SPY=1 for
 # clean figures): carry .tools instead of .whl, made with `pip install py-spy; mkdir -p .tools/whl;
 # cp "$(which py-spy)" .tools/; cp .whl/msgspec-* .whl/orjson-* .tools/whl/`, and set WHEELS=.tools/whl.
@@ -91,6 +93,14 @@ for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
          OUT=$W INPUTS=8 DECODERS=${DECODERS:-8} DEVICE_SETS=0 timeout 100 python3 scripts/gpu_video_scale.py \
            > "$W/w4.txt" 2>&1
          grep -E "^\{|W4" "$W/w4.txt" | cut -c1-700 | tee -a "$S"; rm -f "$W"/frames_*.jsonl "$W/video1080.mp4" ;;
+    w4probe) stamp "W4 one GPU, one process: pipeline vs decode-only, decoding ahead or not (py-spy: carry .spy)"
+         [ -f .spy/py-spy.xz ] && python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open('.spy/py-spy.xz'), open('/tmp/py-spy','wb'))" \
+           && chmod +x /tmp/py-spy
+         OUT=$W SPY=/tmp/py-spy SPY_TAG="${SPY_TAG:-8_8_0 8_8_1}" timeout ${W4P_LIMIT:-240} python3 scripts/gpu_w4_probe.py \
+           > "$W/w4probe.txt" 2>&1
+         grep -E "^\{" "$W/w4probe.txt" | cut -c1-600 | tee -a "$S"
+         for f in "$W"/spy_w4_*.txt; do [ -f "$f" ] && python3 scripts/spy_top.py "$f" 45 > "${f%.txt}.top"; done
+         rm -f "$W"/frames_*.jsonl "$W/video1080.mp4" ;;
     tests) stamp "pytest -m gpu"
          # Only the files with GPU tests: others import test-only packages (tritonclient) absent there.
          timeout 75 python3 -m pytest -q -rs -p no:cacheprovider -m gpu $(grep -rl "mark.gpu" tests) \
