@@ -101,6 +101,24 @@ for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
          grep -E "^\{" "$W/w4probe.txt" | cut -c1-600 | tee -a "$S"
          for f in "$W"/spy_w4_*.txt; do [ -f "$f" ] && python3 scripts/spy_top.py "$f" 45 > "${f%.txt}.top"; done
          rm -f "$W"/frames_*.jsonl "$W/video1080.mp4" ;;
+    w4pair) stamp "W4: two independent processes, one per GPU, timed parts started together (plain, then CUDA_VISIBLE_DEVICES)"
+         export SRC=$W/video1080.mp4
+         [ -f "$SRC" ] || OUT=$W python3 -c "import sys; sys.path.insert(0, 'scripts'); import gpu_video_scale as v; print(v.make())" >> "$S"
+         for mode in ${PAIR_MODES:-plain iso}; do
+           rm -rf /tmp/bar; mkdir -p /tmp/bar
+           for g in 0 1; do
+             if [ "$mode" = iso ]; then dev="CUDA_VISIBLE_DEVICES=$g DEVICE=0"; else dev="DEVICE=$g"; fi
+             mkdir -p "$W/pair_${mode}_$g"
+             env $dev OUT="$W/pair_${mode}_$g" BARRIER=/tmp/bar/$g CONFIGS="${PAIR_CONFIG:-8:8:0}" DECODE_ONLY="" \
+               timeout 150 python3 scripts/gpu_w4_probe.py > "$W/pair_${mode}_$g.txt" 2>&1 &
+           done
+           n=0; while { [ ! -f /tmp/bar/0.ready ] || [ ! -f /tmp/bar/1.ready ]; } && [ $n -lt 1200 ]; do sleep 0.1; n=$((n+1)); done
+           ( sleep 1; nvidia-smi --query-compute-apps=pid,gpu_bus_id,used_memory --format=csv,noheader ) > "$W/pair_${mode}_apps.txt" 2>&1 &
+           touch /tmp/bar/go; wait
+           for g in 0 1; do say "$mode gpu$g $(grep '^{"pipeline' "$W/pair_${mode}_$g.txt" | cut -c1-420)"; done
+           cat "$W/pair_${mode}_apps.txt" | tee -a "$S"
+         done
+         rm -f "$W"/pair_*/frames_*.jsonl ;;
     tests) stamp "pytest -m gpu"
          # Only the files with GPU tests: others import test-only packages (tritonclient) absent there.
          timeout 75 python3 -m pytest -q -rs -p no:cacheprovider -m gpu $(grep -rl "mark.gpu" tests) \

@@ -32,7 +32,7 @@ SETS = os.environ.get("DEVICE_SETS", "0;0,1").split(";")
 report: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
                 "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
                 "cpu_count": os.cpu_count(), "inputs": INPUTS, "decoders_per_gpu": DECODERS}
-src = OUT / "video1080.mp4"
+src = Path(os.environ.get("SRC") or OUT / "video1080.mp4")  # SRC: reuse a file made before
 
 
 def make() -> dict:
@@ -102,8 +102,57 @@ def pipeline(devices: str) -> dict:
                   jsonl=str(OUT / f"frames_{devices.replace(',', '')}.{{stream}}.jsonl"))
     per_dev = {g["device"]: g["total_requests"] for g in s["per_device"]}
     return {k: s.get(k) for k in ("frames", "fps", "elapsed_s", "cpu_cores_used", "avg_batch_size", "decoders",
-                                  "devices", "processes", "stages_ms_per_frame", "exit_code")} \
+                                  "devices", "processes", "per_process", "stages_ms_per_frame", "exit_code")} \
         | {"frames_per_device": per_dev}
+
+
+class Contexts:
+    """Samples ``nvidia-smi --query-compute-apps`` while a step runs: which process holds a CUDA context on
+    which GPU (a process meant for one GPU that also holds one on another would share that GPU's time)."""
+
+    def __init__(self, every_s: float = 0.3) -> None:
+        import subprocess
+
+        self.every_s, self.seen, self.stop = every_s, {}, threading.Event()
+        q = "--query-gpu=index,pci.bus_id"
+        out = subprocess.run(["nvidia-smi", q, "--format=csv,noheader"], capture_output=True, text=True).stdout
+        self.index = {b.strip().lower(): i.strip() for i, b in (ln.split(",") for ln in out.splitlines() if "," in ln)}
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import subprocess
+
+        while not self.stop.is_set():
+            out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,gpu_bus_id,used_memory",
+                                  "--format=csv,noheader,nounits"], capture_output=True, text=True).stdout
+            for ln in out.splitlines():
+                parts = [x.strip() for x in ln.split(",")]
+                if len(parts) == 3:
+                    key = (parts[0], self.index.get(parts[1].lower(), parts[1]))
+                    self.seen[key] = max(self.seen.get(key, 0), int(parts[2]) if parts[2].isdigit() else 0)
+            self.stop.wait(self.every_s)
+
+    def __enter__(self) -> Contexts:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def report(self) -> dict:
+        """``{pid: {gpu: MiB}}`` for every process seen, and the pids that held contexts on several GPUs."""
+        by_pid: dict[str, dict[str, int]] = {}
+        for (pid, gpu), mib in sorted(self.seen.items()):
+            by_pid.setdefault(pid, {})[gpu] = mib
+        return {"contexts": by_pid, "on_several_gpus": [p for p, g in by_pid.items() if len(g) > 1],
+                "this_pid": str(os.getpid())}
+
+
+def contexts_of(fn, *args) -> dict:
+    with Contexts() as ctx:
+        out = fn(*args)
+    return out | ctx.report()
 
 
 def step(name: str, fn) -> None:
@@ -118,12 +167,13 @@ def step(name: str, fn) -> None:
 
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
-    step("file", make)
+    if not (os.environ.get("SRC") and src.exists()):
+        step("file", make)
     step("warmup", lambda: decode_only([0]))  # file cache, CUDA contexts, library load
     for ds in SETS:
         gpus = [int(g) for g in ds.split(",")]
         step(f"decode_only_gpus{ds.replace(',', '')}", lambda g=gpus: decode_only(g))
-        step(f"pipeline_gpus{ds.replace(',', '')}", lambda d=ds: pipeline(d))
+        step(f"pipeline_gpus{ds.replace(',', '')}", lambda d=ds: contexts_of(pipeline, d))
     for ds in SETS[1:]:
         a, b = report.get(f"pipeline_gpus{SETS[0]}", {}), report.get(f"pipeline_gpus{ds.replace(',', '')}", {})
         if a.get("fps") and b.get("fps"):

@@ -1,12 +1,14 @@
 """W4 on one GPU, one process: where the pipeline stands against the NVDEC decode-only ceiling (issue 10).
 
 With two GPUs each process runs 8 inputs on 8 decoders and reached 78% of its decode-only ceiling, while one
-process with 16 inputs matched it. This runs, on GPU 0, in one process:
+such process alone on one GPU reaches 97% of it (2026-12-01). This runs, on GPU $DEVICE, in one process:
   * decode-only with D decoder threads for D in DECODE_ONLY (default "8 16");
   * the pipeline for each "inputs:decoders_per_gpu:decode_ahead" in CONFIGS (default "8:8:0 8:8:1 16:8:0 16:8:1");
   * with SPY=<py-spy binary> and SPY_TAG="<config tag> ..." (tag: the config with _ for :), py-spy records those
     configs from their 300th frame for 2 s (every thread, waiting or not: --threads --idle; and GIL holders,
     --gil) into $OUT/spy_w4_<tag>[_gil].txt.
+DEVICE picks the GPU (default 0); with BARRIER=<dir>/<name> the pipelines' timed parts start together with other
+processes' (see _barrier; gpu_all.sh step w4pair starts one per GPU). SRC reuses a video file made before.
 Writes $OUT/w4_probe.json and prints one JSON line per step.
 Usage: OUT=/tmp/out python scripts/gpu_w4_probe.py
 """
@@ -27,16 +29,32 @@ OUT = vs.OUT
 report: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_count": os.cpu_count()}
 
 
+DEVICE = int(os.environ.get("DEVICE", "0"))
+
+
 def decode_only(n: int) -> dict:
     vs.DECODERS = n
-    return vs.decode_only([0])
+    return vs.decode_only([DEVICE])
+
+
+def _barrier(_totals) -> None:
+    """With BARRIER=<path>: say this process is set up (<path>.ready), then wait for <dir>/go, so the timed
+    windows of processes started together line up."""
+    path = os.environ.get("BARRIER")
+    if path:
+        Path(path + ".ready").touch()
+        go = Path(path).parent / "go"
+        while not go.exists():
+            time.sleep(0.01)
 
 
 def pipeline(inputs: int, decoders: int, ahead: int, tag: str) -> dict:
     import torch
 
-    from gpufleet import video
     from gpufleet.bench import ImageClassifier
+    from gpufleet.video import VideoConfig
+    from gpufleet.video.job import stream_names
+    from gpufleet.video.pipeline import output_paths, run_here
 
     buckets = (1, 2, 4, 8, 16, 32, 64, 128)
     model = ImageClassifier("resnet18", cuda_graphs=True, example_shape=(3, 224, 224), example_dtype=torch.uint8,
@@ -51,12 +69,16 @@ def pipeline(inputs: int, decoders: int, ahead: int, tag: str) -> dict:
                                   "--nonblocking", *extra, "-o", str(OUT / f"spy_w4_{tag}{name}.txt")],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    s = video.run([str(vs.src)] * inputs, model, devices="0", decoder="nvdec", batch_size=128, max_batch_size=128,
-                  decoders_per_gpu=decoders, decode_ahead=ahead, queue_size=512, max_wait_ms=2, progress=False,
-                  jsonl=str(OUT / "frames_probe.{stream}.jsonl"), on_frame=on_frame)
+    specs = [str(vs.src)] * inputs
+    names = stream_names(specs)
+    cfg = VideoConfig(model=model, devices=str(DEVICE), decoder="nvdec", batch_size=128, max_batch_size=128,
+                      decoders_per_gpu=decoders, decode_ahead=ahead, queue_size=512, max_wait_ms=2, progress=False,
+                      process_per_gpu=False, jsonl=str(OUT / "frames_probe.{stream}.jsonl"))
+    s = run_here(specs, names, cfg, output_paths(cfg.jsonl, names), output_paths(None, names), on_frame,
+                 on_start=_barrier)
     for p in OUT.glob("frames_probe.*.jsonl"):
         p.unlink()
-    return {k: s.get(k) for k in ("frames", "fps", "elapsed_s", "cpu_cores_used", "avg_batch_size",
+    return {k: s.get(k) for k in ("frames", "fps", "elapsed_s", "cpu_cores_used", "avg_batch_size", "devices",
                                   "stages_ms_per_frame", "exit_code")} \
         | {"segments": sum(r["segments"] for r in s["inputs"])}
 

@@ -30,6 +30,10 @@ def print_summary(summary: dict, console: Any = None) -> None:
               f"{', '.join(summary['devices']) or '-'} · avg batch {summary['avg_batch_size']} · "
               f"CPU cores used {summary['cpu_cores_used']:.2f}")
     con.print(f"per frame (ms, summed over threads): {stages}")
+    if summary.get("per_process"):
+        con.print("per process: " + "  ".join(
+            f"{p['device']} {p['frames']} frames {p['fps']:.1f} fps ({p['cpu_cores_used']:.2f} cores)"
+            for p in summary["per_process"]))
     if "recall" in summary:
         con.print(f"recall vs ground truth: {summary['recall']:.1%}")
 

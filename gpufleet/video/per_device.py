@@ -229,6 +229,11 @@ def _merge(specs: Sequence[str], names: Sequence[str], workers: list[dict[str, A
 
     done = [w["summary"] for w in workers if w["summary"] is not None]
     elapsed = max(e for _, e in windows) - min(s for s, _ in windows) if windows else wall
+    first = min((s for s, _ in windows), default=0.0)
+    per_process = [{"device": w["label"], "frames": w["summary"]["frames"], "elapsed_s": w["summary"]["elapsed_s"],
+                    "fps": w["summary"]["fps"], "cpu_cores_used": w["summary"]["cpu_cores_used"],
+                    "started_s": round(w["start"] - first, 3) if w["start"] is not None else None}
+                   for w in workers if w["summary"] is not None]
     per_device = [g for s in done for g in s["per_device"]]
     requests = sum(g["total_requests"] for g in per_device)
     batches = sum(g["total_batches"] for g in per_device)
@@ -237,4 +242,5 @@ def _merge(specs: Sequence[str], names: Sequence[str], workers: list[dict[str, A
         processes=len(workers), model=done[0]["model"] if done else "",
         devices=[d for s in done for d in s["devices"]], encoders={e for s in done for e in s["encoders"]},
         batches=batches, avg_batch_size=round(requests / batches, 3) if batches else 0.0, per_device=per_device,
+        per_process=per_process,
         stages={k: sum(s["stages_s"].get(k, 0.0) for s in done) for k in (done[0]["stages_s"] if done else {})})

@@ -217,9 +217,11 @@ def _summary(cfg: VideoConfig, job: VideoJob, ends: dict[str, StreamEnd], sinks:
 
 def summary_record(*, rows: list[dict[str, Any]], elapsed: float, wall: float, cpu_s: float, interrupted: bool,
                    processes: int, model: str, devices: list[str], encoders: set[str], batches: int,
-                   avg_batch_size: float, stages: dict[str, float], per_device: list[dict[str, Any]]
-                   ) -> dict[str, Any]:
-    """The summary :func:`run` returns, from its parts (one process, or merged from worker processes)."""
+                   avg_batch_size: float, stages: dict[str, float], per_device: list[dict[str, Any]],
+                   per_process: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The summary :func:`run` returns, from its parts (one process, or merged from worker processes:
+    ``per_process`` gives each one's device, frames, own timed window, fps, CPU and start within the
+    union window; empty when the job ran in this process)."""
     frames = sum(r["frames"] for r in rows)
     failed = sum(r["status"] == "failed" for r in rows)
     return {
@@ -241,6 +243,7 @@ def summary_record(*, rows: list[dict[str, Any]], elapsed: float, wall: float, c
         "cpu_count": os.cpu_count(),
         "inputs": rows,
         "processes": processes,
+        "per_process": per_process or [],
         "failed": failed,
         "interrupted": interrupted,
         "exit_code": 130 if interrupted else (1 if failed else 0),

@@ -49,6 +49,9 @@ def test_two_worker_processes_write_every_stream_in_order(clips, tmp_path) -> No
     assert {g["device"] for g in summary["per_device"]} == {"cpu:0"}  # each worker's own single device
     assert sum(g["total_requests"] for g in summary["per_device"]) == 110
     assert summary["fps"] > 0 and summary["cpu_s"] > 0
+    procs = summary["per_process"]  # each worker's own window beside the union's
+    assert len(procs) == 2 and sum(p["frames"] for p in procs) == 110 and min(p["started_s"] for p in procs) == 0
+    assert all(0 < p["elapsed_s"] <= summary["elapsed_s"] + 0.01 and p["fps"] > 0 for p in procs)
 
 
 def test_a_model_that_fails_everywhere_raises_one_clear_error(clips, tmp_path) -> None:
