@@ -6,7 +6,7 @@ import bisect
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gpufleet.engine.request import Request
 
@@ -87,6 +87,27 @@ class Batcher:
                     self._cv.wait(remaining)
                 self._want = 0
             return [q.popleft() for _ in range(min(max_n, len(q)))]
+
+    def wait_full(self, max_n: int, ready: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``max_n`` items are queued, the batcher closes or ``ready()`` holds (checked now and
+        whenever :meth:`wake` is called), at most ``timeout`` seconds; ``False`` if the time ran out."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            self._want = max_n
+            try:
+                while len(self._q) < max_n and not self._closed and not ready():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cv.wait(remaining)
+            finally:
+                self._want = 0
+        return True
+
+    def wake(self) -> None:
+        """Wake a consumer in :meth:`wait_full` to check its ``ready`` again."""
+        with self._cv:
+            self._cv.notify_all()
 
     def drain(self) -> list[Request]:
         """Remove and return everything queued."""

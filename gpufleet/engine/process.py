@@ -93,6 +93,7 @@ class ProcessWorker(WireIO):
         self._gen = 0
         self._up = False
         self._stopping = False
+        self._holding = False  # the feeder waits for a full batch or room in the child (process_io._feed)
         self._stop = threading.Event()
         self._proc: Any = None
         self._conn: Any = None

@@ -171,3 +171,11 @@ class SlowDevice(Overlapping):
         batch, seq, done = handle
         time.sleep(max(0.0, done - time.monotonic()))
         return [(x * 2, self.launched - seq) for x in batch]
+
+
+class BatchSizes(Model):
+    """Answers each item with the size of the batch it came in; each batch takes 0.4 s."""
+
+    def predict(self, batch: list) -> list:
+        time.sleep(0.4)
+        return [len(batch)] * len(batch)

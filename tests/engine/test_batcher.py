@@ -175,3 +175,29 @@ def test_put_stamps_enqueue_time() -> None:
 )
 def test_bucket_for(n: int, buckets: tuple[int, ...] | None, want: int) -> None:
     assert bucket_for(n, buckets) == want
+
+
+@pytest.mark.timeout(30)
+def test_wait_full_returns_when_full_ready_closed_or_timed_out() -> None:
+    b = Batcher(max_wait_s=10.0)
+    b.put_many([req(i) for i in range(3)])
+    t0 = time.monotonic()
+    assert b.wait_full(4, lambda: False, 0.05) is False  # neither full nor ready: times out
+    assert time.monotonic() - t0 >= 0.04
+    b.put(req(3))
+    assert b.wait_full(4, lambda: False, 5.0) is True  # full
+    flag = threading.Event()
+
+    def later() -> None:
+        time.sleep(0.05)
+        flag.set()
+        b.wake()
+
+    t = threading.Thread(target=later)
+    t.start()
+    t0 = time.monotonic()
+    assert b.wait_full(10, flag.is_set, 5.0) is True  # ready() checked again when woken
+    assert time.monotonic() - t0 < 2.0
+    t.join()
+    b.close()
+    assert b.wait_full(10, lambda: False, 5.0) is True

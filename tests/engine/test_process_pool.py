@@ -15,6 +15,7 @@ from gpufleet import Pool
 from gpufleet.engine.shm import leaked_segments
 from gpufleet.errors import DeadlineExceeded, InputError, WorkerError
 from tests.engine.process_models import (
+    BatchSizes,
     BlockAware,
     BlockAwareKeep,
     BlockAwarePlusOne,
@@ -116,6 +117,20 @@ def test_child_launches_a_batch_that_comes_while_the_device_is_busy() -> None:
         out = [f.result(timeout=30) for f in first + second]
     assert [x for x, _ in out] == [2 * i for i in range(8)]
     assert out[0][1] == 1  # the second batch was launched before the first was collected, not after
+
+
+def test_a_partial_batch_keeps_filling_while_the_child_is_busy() -> None:
+    with Pool(BatchSizes, cpu_devices=1, backend="process", max_batch_size=8, max_wait_ms=1,
+              pipeline_depth=1) as pool:
+        pool.submit(0).result(timeout=30)  # the child is up and idle
+        first = pool.submit(1)  # runs alone for 0.4 s
+        time.sleep(0.05)
+        rest = []
+        for i in range(5):
+            rest.append(pool.submit(i))
+            time.sleep(0.01)
+        sizes = [f.result(timeout=30) for f in [first, *rest]]
+    assert sizes == [1, 5, 5, 5, 5, 5]  # not [1, 1, 4, 4, 4, 4]: the next batch was not cut at its first item
 
 
 def test_module_level_function_model() -> None:
