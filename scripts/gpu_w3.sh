@@ -52,7 +52,8 @@ PY
   python3 -c "import json,sys; print('client CPU:', json.load(open(sys.argv[1])).get('client_cpu'))" "$OUT/w3_${label}_c256p4.json"
   head -1 "$OUT/cpu_${label}_c256.txt"
 }
-# CONFIGS picks which to run (default: all three measured on 2026-11-23)
+# CONFIGS picks which to run (default: all three measured on 2026-11-23); old_<config> runs <config> on the package
+# copy in .old/ (make it with `mkdir .old && git archive <commit> gpufleet | tar -x -C .old` and carry .old).
 for cfg in ${CONFIGS:-default si1ms hw8}; do
   case $cfg in
     default) run_config default 0.005 ;;
@@ -67,6 +68,11 @@ for cfg in ${CONFIGS:-default si1ms hw8}; do
     g1hw8p2) run_config g1hw8p2 0.001 "--gpus 0 --http-workers 8 --backend process --workers-per-device 2" ;;
     g1hw12) run_config g1hw12 0.001 "--gpus 0 --http-workers 12" ;;
     g2hw12) run_config g2hw12 0.001 "--gpus 0,1 --http-workers 12" ;;
+    old_*) # the same config served by an older copy of the package in .old/ (carried): an A/B in one call
+        [ -d .old/gpufleet ] || { echo "== $cfg: no .old/gpufleet carried"; continue; }
+        base=${cfg#old_}; args=$(sed -n "s/^ *$base) run_config $base [0-9.]* \"\(.*\)\" ;;.*/\1/p" "$0")
+        echo "== $cfg: $(PYTHONPATH=$PWD/.old:$PYTHONPATH python3 -c 'import gpufleet; print(gpufleet.__file__)')"
+        PYTHONPATH=$PWD/.old:$PYTHONPATH run_config "$cfg" 0.001 "$args" ;;
     *) echo "unknown config $cfg" ;;
   esac
 done
