@@ -71,8 +71,9 @@ for cfg in ${CONFIGS:-default si1ms hw8}; do
     old_*) # the same config served by an older copy of the package in .old/ (carried): an A/B in one call
         [ -d .old/gpufleet ] || { echo "== $cfg: no .old/gpufleet carried"; continue; }
         base=${cfg#old_}; args=$(sed -n "s/^ *$base) run_config $base [0-9.]* \"\(.*\)\" ;;.*/\1/p" "$0")
-        echo "== $cfg: $(PYTHONPATH=$PWD/.old:$PYTHONPATH python3 -c 'import gpufleet; print(gpufleet.__file__)')"
-        PYTHONPATH=$PWD/.old:$PYTHONPATH run_config "$cfg" 0.001 "$args" ;;
+        # PYTHONSAFEPATH: `python3 -c` would put the working directory (this checkout's gpufleet) first on sys.path
+        echo "== $cfg: $(PYTHONSAFEPATH=1 PYTHONPATH=$PWD/.old:$PYTHONPATH python3 -c 'import gpufleet; print(gpufleet.__file__)')"
+        PYTHONSAFEPATH=1 PYTHONPATH=$PWD/.old:$PYTHONPATH run_config "$cfg" 0.001 "$args" ;;
     *) echo "unknown config $cfg" ;;
   esac
 done
