@@ -112,10 +112,14 @@ for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
              env $dev OUT="$W/pair_${mode}_$g" BARRIER=/tmp/bar/$g CONFIGS="${PAIR_CONFIG:-8:8:0}" DECODE_ONLY="" \
                timeout 150 python3 scripts/gpu_w4_probe.py > "$W/pair_${mode}_$g.txt" 2>&1 &
            done
-           n=0; while { [ ! -f /tmp/bar/0.ready ] || [ ! -f /tmp/bar/1.ready ]; } && [ $n -lt 1200 ]; do sleep 0.1; n=$((n+1)); done
-           ( sleep 1; nvidia-smi --query-compute-apps=pid,gpu_bus_id,used_memory --format=csv,noheader ) > "$W/pair_${mode}_apps.txt" 2>&1 &
-           touch /tmp/bar/go; wait
-           for g in 0 1; do say "$mode gpu$g $(grep '^{"pipeline' "$W/pair_${mode}_$g.txt" | cut -c1-420)"; done
+           for cfg in ${PAIR_CONFIG:-8:8:0}; do  # each config's timed part starts on both GPUs at once
+             tag=${cfg//:/_}
+             n=0; while { [ ! -f /tmp/bar/0.$tag.ready ] || [ ! -f /tmp/bar/1.$tag.ready ]; } && [ $n -lt 1200 ]; do sleep 0.1; n=$((n+1)); done
+             ( sleep 1; nvidia-smi --query-compute-apps=pid,gpu_bus_id,used_memory --format=csv,noheader ) >> "$W/pair_${mode}_apps.txt" 2>&1 &
+             touch /tmp/bar/go.$tag
+           done
+           wait
+           for g in 0 1; do grep '^{"pipeline' "$W/pair_${mode}_$g.txt" | cut -c1-420 | sed "s/^/$mode gpu$g /" | tee -a "$S"; done
            cat "$W/pair_${mode}_apps.txt" | tee -a "$S"
          done
          rm -f "$W"/pair_*/frames_*.jsonl ;;

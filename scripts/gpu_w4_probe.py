@@ -7,7 +7,7 @@ such process alone on one GPU reaches 97% of it (2026-12-01). This runs, on GPU 
   * with SPY=<py-spy binary> and SPY_TAG="<config tag> ..." (tag: the config with _ for :), py-spy records those
     configs from their 300th frame for 2 s (every thread, waiting or not: --threads --idle; and GIL holders,
     --gil) into $OUT/spy_w4_<tag>[_gil].txt.
-DEVICE picks the GPU (default 0); with BARRIER=<dir>/<name> the pipelines' timed parts start together with other
+DEVICE picks the GPU (default 0); with BARRIER=<dir>/<name> each pipeline's timed part starts together with other
 processes' (see _barrier; gpu_all.sh step w4pair starts one per GPU). SRC reuses a video file made before.
 Writes $OUT/w4_probe.json and prints one JSON line per step.
 Usage: OUT=/tmp/out python scripts/gpu_w4_probe.py
@@ -37,15 +37,17 @@ def decode_only(n: int) -> dict:
     return vs.decode_only([DEVICE])
 
 
-def _barrier(_totals) -> None:
-    """With BARRIER=<path>: say this process is set up (<path>.ready), then wait for <dir>/go, so the timed
-    windows of processes started together line up."""
-    path = os.environ.get("BARRIER")
-    if path:
-        Path(path + ".ready").touch()
-        go = Path(path).parent / "go"
-        while not go.exists():
-            time.sleep(0.01)
+def _barrier(tag: str):
+    """With BARRIER=<dir>/<name>: say this process has set up config ``tag`` (<dir>/<name>.<tag>.ready), then wait
+    for <dir>/go.<tag>, so the timed windows of processes started together line up (config by config)."""
+    def wait(_totals) -> None:
+        path = os.environ.get("BARRIER")
+        if path:
+            Path(f"{path}.{tag}.ready").touch()
+            go = Path(path).parent / f"go.{tag}"
+            while not go.exists():
+                time.sleep(0.01)
+    return wait
 
 
 def pipeline(inputs: int, decoders: int, ahead: int, tag: str) -> dict:
@@ -75,7 +77,7 @@ def pipeline(inputs: int, decoders: int, ahead: int, tag: str) -> dict:
                       decoders_per_gpu=decoders, decode_ahead=ahead, queue_size=512, max_wait_ms=2, progress=False,
                       process_per_gpu=False, jsonl=str(OUT / "frames_probe.{stream}.jsonl"))
     s = run_here(specs, names, cfg, output_paths(cfg.jsonl, names), output_paths(None, names), on_frame,
-                 on_start=_barrier)
+                 on_start=_barrier(tag))
     for p in OUT.glob("frames_probe.*.jsonl"):
         p.unlink()
     return {k: s.get(k) for k in ("frames", "fps", "elapsed_s", "cpu_cores_used", "avg_batch_size", "devices",
