@@ -49,7 +49,9 @@ for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
          report "$W/w2_process2.json" ;;
     w4)  stamp "W4 video1080, 1 vs 2 GPUs"
          OUT=$W INPUTS=${INPUTS:-16} DECODERS=${DECODERS:-8} timeout 170 python3 scripts/gpu_video_scale.py > "$W/w4.txt" 2>&1
-         grep -E "^\{|W4" "$W/w4.txt" | cut -c1-700 | tee -a "$S"; rm -f "$W"/frames_*.jsonl "$W/video1080.mp4" ;;
+         grep -E "^\{|W4" "$W/w4.txt" | cut -c1-700 | tee -a "$S"; rm -f "$W"/frames_*.jsonl "$W/video1080.mp4"
+         python3 -c "import json, sys; r = json.load(open(sys.argv[1])); [print(k, json.dumps({x: r[k].get(x) for x in ('per_process', 'contexts', 'on_several_gpus', 'this_pid')})) for k in r if k.startswith('pipeline')]" \
+           "$W/video_scale.json" 2>&1 | cut -c1-900 | tee -a "$S" ;;
     bal) stamp "balancers, GPU 1 shared with a background matmul load"
          timeout 150 python3 scripts/gpu_balancers.py "${BAL_SECS:-6}" 256 > "$W/balancers.txt" 2>&1
          grep "^{" "$W/balancers.txt" | cut -c1-400 | tee -a "$S" ;;
