@@ -24,8 +24,8 @@ class VideoConfig:
     device with the CPU decoder, shared out between the inputs; 1 = never split). ``out``/``jsonl`` with
     several inputs become one file per input (``name.<stream>.ext``, or put ``{stream}`` in the path).
     ``decode_ahead``: chunks each decoder decodes ahead of the model on a thread of its own (0 = decode a
-    chunk only once the previous one is handed to the pool; each chunk ahead holds ``chunk`` decoded frames
-    in memory, on the GPU with nvdec). ``process_per_gpu``: run the inputs as one process per device, each
+    chunk only once the previous one is handed to the pool, the default: no gain measured yet; each chunk
+    ahead holds ``chunk`` decoded frames in memory, on the GPU with nvdec). ``process_per_gpu``: run the inputs as one process per device, each
     with its own share of the inputs (``None`` = when several GPUs and several inputs are given): NVDEC
     decoding of many streams is bound by one process's Python threads, so a second GPU in the same process
     adds little.
@@ -47,7 +47,7 @@ class VideoConfig:
     segments: int = 0
     decoders_per_gpu: int = 4
     chunk: int = 0
-    decode_ahead: int = 1
+    decode_ahead: int = 0
     reconnect_attempts: int = 5
     backoff_s: float = 0.5
     timeout_s: float = 10.0
