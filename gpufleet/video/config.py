@@ -25,10 +25,10 @@ class VideoConfig:
     several inputs become one file per input (``name.<stream>.ext``, or put ``{stream}`` in the path).
     ``decode_ahead``: chunks each decoder decodes ahead of the model on a thread of its own (0 = decode a
     chunk only once the previous one is handed to the pool, the default: no gain measured yet; each chunk
-    ahead holds ``chunk`` decoded frames in memory, on the GPU with nvdec). ``process_per_gpu``: run the inputs as one process per device, each
-    with its own share of the inputs (``None`` = when several GPUs and several inputs are given): NVDEC
-    decoding of many streams is bound by one process's Python threads, so a second GPU in the same process
-    adds little.
+    ahead holds ``chunk`` decoded frames in memory, on the GPU with nvdec). ``process_per_gpu``: run the
+    inputs as one process per device, each with its own share of the inputs (``None`` = when several GPUs and
+    several inputs are given): NVDEC decoding of many streams is bound by one process's Python threads, so a
+    second GPU in the same process adds little.
     """
 
     model: Any = "textdet"
