@@ -39,10 +39,13 @@ for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
          timeout 120 $B --batch-sizes 64 --backend process --no-raw > "$W/w2_process.json" 2> "$W/w2_process.err"
          report "$W/w2_process.json" ;;
     w3)  stamp "W3 jpeg224 served, 1 vs 2 GPUs (8 HTTP front ends, 8 load processes; 2 GPUs also with process workers)"
-         OUT=$W CONFIGS="${W3_CONFIGS:-g1hw8 g2hw8 g2hw8p}" LOADP=${LOADP:-16} SKIP_P1=1 DUR=${DUR:-8} WARM=${WARM:-2} \
+         spy=""; [ -n "${W3_SPY:-}" ] && [ -f .spy/py-spy.xz ] && python3 -c "import lzma,shutil; shutil.copyfileobj(lzma.open('.spy/py-spy.xz'), open('/tmp/py-spy','wb'))" \
+           && chmod +x /tmp/py-spy && spy=/tmp/py-spy  # W3_SPY=1: py-spy the GPU children under c=256 (carry .spy)
+         OUT=$W SPY=$spy CONFIGS="${W3_CONFIGS:-g1hw8 g2hw8 g2hw8p}" LOADP=${LOADP:-16} SKIP_P1=1 DUR=${DUR:-8} WARM=${WARM:-2} \
            timeout ${W3_LIMIT:-230} bash scripts/gpu_w3.sh \
            > "$W/w3.txt" 2>&1
-         grep -E "^(==|W3|W5|stages|per device|NVML|client CPU|CPU over)|server exit" "$W/w3.txt" | cut -c1-400 | tee -a "$S" ;;
+         grep -E "^(==|W3|W5|stages|per device|NVML|client CPU|CPU over)|server exit" "$W/w3.txt" | cut -c1-400 | tee -a "$S"
+         for f in "$W"/spy_*.txt; do [ -f "$f" ] && python3 scripts/spy_top.py "$f" 45 > "${f%.txt}.top"; done ;;
     w2p2) stamp "W2 process backend, two workers per GPU, 1 vs 2 GPUs"
          timeout 120 $B --batch-sizes 64 --backend process --workers-per-device 2 --no-raw > "$W/w2_process2.json" \
            2> "$W/w2_process2.err"

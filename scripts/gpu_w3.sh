@@ -19,7 +19,14 @@ run_config() {  # $1 = label, $2 = python switch interval (s) of the serving (en
   $L -c 8 --json > "$OUT/w3_${label}_c8.json"
   $L -c 256 --processes "${LOADP:-4}" --json > "$OUT/w3_${label}_c256p4.json" &
   # Per-process CPU over 4 s inside the measured window (the clients start in ~5 s: spawn + imports).
-  LP=$!; sleep $((WARM + 5)); python3 scripts/cpu_window.py 4 $SPID $LP > "$OUT/cpu_${label}_c256.txt" 2>&1
+  LP=$!; sleep $((WARM + 5))
+  if [ -n "${SPY:-}" ] && [ -x "$SPY" ]; then  # py-spy every process holding a CUDA context (the GPU children)
+    for gp in $(nvidia-smi --query-compute-apps=pid --format=csv,noheader); do
+      "$SPY" record -p "$gp" -d 4 -r 200 -f raw --nonblocking --threads --idle -o "$OUT/spy_${label}_$gp.txt" >/dev/null 2>&1 &
+      "$SPY" record -p "$gp" -d 4 -r 200 -f raw --nonblocking --gil -o "$OUT/spy_${label}_${gp}_gil.txt" >/dev/null 2>&1 &
+    done
+  fi
+  python3 scripts/cpu_window.py 4 $SPID $LP > "$OUT/cpu_${label}_c256.txt" 2>&1
   curl -s localhost:8000/monitor > "$OUT/monitor_${label}_c256.json"; wait $LP
   [ -n "${SKIP_P1:-}" ] || $L -c 256 --json > "$OUT/w3_${label}_c256p1.json"
   python3 -m gpufleet load http://127.0.0.1:8000/predict --payload jpeg224 --burst 50 --json > "$OUT/w5_${label}_b50.json"
