@@ -60,7 +60,8 @@ PY
   head -1 "$OUT/cpu_${label}_c256.txt"
 }
 # CONFIGS picks which to run (default: all three measured on 2026-11-23); old_<config> runs <config> on the package
-# copy in .old/ (make it with `mkdir .old && git archive <commit> gpufleet | tar -x -C .old` and carry .old).
+# copy in .old/ (make it with `mkdir .old && git archive <commit> gpufleet | xz -9 > .old/gpufleet.tar.xz` and carry
+# .old: unpacked here; the archive keeps .old + .whl + .spy under the 64 MiB a device call carries).
 for cfg in ${CONFIGS:-default si1ms hw8}; do
   case $cfg in
     default) run_config default 0.005 ;;
@@ -76,6 +77,7 @@ for cfg in ${CONFIGS:-default si1ms hw8}; do
     g1hw12) run_config g1hw12 0.001 "--gpus 0 --http-workers 12" ;;
     g2hw12) run_config g2hw12 0.001 "--gpus 0,1 --http-workers 12" ;;
     old_*) # the same config served by an older copy of the package in .old/ (carried): an A/B in one call
+        if [ -f .old/gpufleet.tar.xz ] && [ ! -d .old/gpufleet ]; then tar -xJf .old/gpufleet.tar.xz -C .old; fi
         [ -d .old/gpufleet ] || { echo "== $cfg: no .old/gpufleet carried"; continue; }
         base=${cfg#old_}; args=$(sed -n "s/^ *$base) run_config $base [0-9.]* \"\(.*\)\" ;;.*/\1/p" "$0")
         # PYTHONSAFEPATH: `python3 -c` would put the working directory (this checkout's gpufleet) first on sys.path
