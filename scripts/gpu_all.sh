@@ -9,6 +9,7 @@
 # Every step is time-boxed; results are appended to $OUT/summary.txt as they come and $OUT/all.tgz (raw JSON and
 # logs) is refreshed after each step, so a cut-off run still returns them.
 # Knobs: SECS (bench seconds), DUR/WARM (W3 seconds per concurrency), LOADP, STEPS (which steps, in order).
+# Server-only calls: WHEELS=.whl3 with .whl3/ = the server wheels of .whl (no PyAV/PyNvVideoCodec), to leave room.
 # W4 on one GPU (step w4probe, knobs CONFIGS, DECODE_ONLY, SPY_TAG): carry .spy too (.spy/py-spy.xz, 2 MB: xz -9 of
 # the py-spy binary), which fits beside .whl.
 # Profiling W2 (step w2prof, PROF_CONFIGS="backend:gpus:switch_ms:in_flight:pipeline_depth ...", NO_SPY=1 for
