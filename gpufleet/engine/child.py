@@ -287,7 +287,7 @@ class _Child:
         items = batch.items if batch.stacked is None else StackedBatch(batch.stacked)
         errors, timings = {}, {}
         alive = list(range(len(items)))
-        if self.pre is not None:
+        if self.pre is not None and not batch.preprocessed:
             t0 = time.monotonic()
             for i in range(len(items)):
                 try:

@@ -69,12 +69,14 @@ class Heartbeat(msgspec.Struct, tag=True):
 class Batch(msgspec.Struct, tag=True, omit_defaults=True):
     """Items to serve: ``items``, or, when they are arrays of one shape and dtype, ``stacked`` (one
     ``[n, *shape]`` block in shared memory) and ``items`` empty. ``dropped``: segments the parent unlinked
-    since its last batch (the child unmaps them)."""
+    since its last batch (the child unmaps them). ``preprocessed``: the model's preprocess already ran on
+    every item (in an HTTP front end); the child skips it."""
 
     id: int
     items: list[Any] = []
     stacked: Any = None
     dropped: list[str] = []
+    preprocessed: bool = False
 
 
 class Free(msgspec.Struct, tag=True):

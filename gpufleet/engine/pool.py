@@ -213,7 +213,7 @@ class Pool:
         ``device`` (a label such as ``"cuda:1"``) prefers that device's workers, e.g. for a frame already
         decoded into its memory; other devices serve it only when that one has no healthy worker.
         ``preprocessed=True`` says the model's ``preprocess`` already ran on ``item`` (an HTTP front end did);
-        the thread backend then skips it.
+        the worker then skips it (a process worker's child too).
 
         ``progress`` (process backend) is called, on a pool thread, with each value the model passes to
         ``gpufleet.engine.child.report_progress`` while it serves the item.
@@ -228,7 +228,7 @@ class Pool:
             fut.progress = progress  # type: ignore[attr-defined]
         now = time.monotonic()
         t = timeout_s if timeout_s is not None else self.config.timeout_s
-        req = Request(item, fut, now, now + t if t else None)
+        req = Request(item, fut, now, now + t if t else None, preprocessed)
         with self._lock:
             if self._closing:  # close() may have begun since the check above; its routes are gone
                 raise PoolClosed("the pool is closing and takes no new work")

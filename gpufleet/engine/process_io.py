@@ -209,7 +209,9 @@ class WireIO:
             batch = self._admit(batch)
             suspects = [r for r in batch if attempts(r)]
             rest = [r for r in batch if not attempts(r)]
-            for group in [*([r] for r in suspects), *([rest] if rest else [])]:
+            pre = [r for r in rest if r.preprocessed]  # the child skips preprocess for a preprocessed batch
+            raw = [r for r in rest if not r.preprocessed] if pre else rest
+            for group in [*([r] for r in suspects), *(g for g in (pre, raw) if g)]:
                 self._submit_batch(group)
 
     def _admit(self, batch: list[Request]) -> list[Request]:
@@ -239,7 +241,8 @@ class WireIO:
             dropped, self._pool.dropped = self._pool.dropped, []
         bid = next(self._ids)
         try:
-            data = self._codec.encode(m.Batch(bid, prepared, stacked=block, dropped=dropped), seg)
+            data = self._codec.encode(m.Batch(bid, prepared, stacked=block, dropped=dropped,
+                                              preprocessed=reqs[0].preprocessed), seg)
         except Exception as exc:  # noqa: BLE001 - an item neither msgpack nor pickle can carry
             with self._seg_lock:
                 self._pool.dropped[:0] = dropped  # told with the next batch instead

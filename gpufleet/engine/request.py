@@ -26,15 +26,17 @@ class ItemFuture(Future):
 class Request:
     """An item, its future, and the times the engine needs for deadlines and stats."""
 
-    __slots__ = ("item", "future", "t_submit", "t_enqueue", "deadline", "worker")
+    __slots__ = ("item", "future", "t_submit", "t_enqueue", "deadline", "worker", "preprocessed")
 
-    def __init__(self, item: Any, future: Future, t_submit: float, deadline: float | None) -> None:
+    def __init__(self, item: Any, future: Future, t_submit: float, deadline: float | None,
+                 preprocessed: bool = False) -> None:
         self.item = item
         self.future = future
         self.t_submit = t_submit
         self.t_enqueue = t_submit
         self.deadline = deadline
         self.worker: Any = None
+        self.preprocessed = preprocessed  # the model's preprocess already ran (an HTTP front end ran it)
 
 
 def resolve_items(worker: Any, pairs: Iterable[tuple[Request, Any]], now: float) -> None:

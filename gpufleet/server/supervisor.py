@@ -132,9 +132,10 @@ def serve_multi(pool: Any, cfg: FrontendConfig, n: int) -> int:
     path = os.path.join(tmp, "engine.sock")
     cfg = replace(cfg, port=reserve.getsockname()[1], ipc_path=path)
     # Not ready until every front end listens: a load balancer then sees the whole layout at once.
-    # Front ends may run the model's preprocess themselves when the model says it is a pure function of the
-    # item and the thread backend serves it (process workers preprocess in their own children).
-    pre = bool(getattr(pool.model, "frontend_preprocess", False)) and pool.config.backend == "thread"
+    # Front ends run the model's preprocess themselves when the model says it is a pure function of the item:
+    # the engine's workers (threads, or process workers' children) then skip it. With one GPU child process
+    # serving W3, base64-decoding every request there took 40% of its time (py-spy, 1x H200, 2026-12-01).
+    pre = bool(getattr(pool.model, "frontend_preprocess", False))
     server = serve_pool(pool, path, info={"model_spec": v2.model_spec(pool).to_dict(), "frontend_preprocess": pre},
                         accepting=False)
     fronts = _Frontends(cfg, n)

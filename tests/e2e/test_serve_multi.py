@@ -256,14 +256,15 @@ def test_dashboard_drain_and_enable_reach_the_engine(server: tuple[str, subproce
 
 
 @pytest.mark.timeout(180)
-def test_front_ends_run_a_pure_preprocess_themselves() -> None:
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_front_ends_run_a_pure_preprocess_themselves(backend: str) -> None:
     """orientation's preprocess (JPEG decode, resize) runs in the front ends: answers are right, bad images
-    get 400, and the engine's own preprocess stage stays empty."""
+    get 400, and the engine's workers (threads, or process workers' children) skip it: no preprocess stage."""
     from tests.server.conftest import b64, jpeg
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start_server("orientation", port, "--http-workers", "2", "--max-batch-size", "8")
+    proc = start_server("orientation", port, "--http-workers", "2", "--max-batch-size", "8", "--backend", backend)
     try:
         wait_ready(proc, base, timeout_s=120)
         angles = [0, 90, 180, 270]

@@ -179,3 +179,13 @@ class BatchSizes(Model):
     def predict(self, batch: list) -> list:
         time.sleep(0.4)
         return [len(batch)] * len(batch)
+
+
+class MarksPreprocess(Model):
+    """Answers whether its preprocess ran on the item, and the item."""
+
+    def preprocess(self, item):
+        return ("pre", item)
+
+    def predict(self, batch: list) -> list:
+        return [(True, x[1]) if isinstance(x, tuple) and x[:1] == ("pre",) else (False, x) for x in batch]

@@ -16,6 +16,7 @@ from gpufleet.engine.shm import leaked_segments
 from gpufleet.errors import DeadlineExceeded, InputError, WorkerError
 from tests.engine.process_models import (
     BatchSizes,
+    MarksPreprocess,
     BlockAware,
     BlockAwareKeep,
     BlockAwarePlusOne,
@@ -131,6 +132,13 @@ def test_a_partial_batch_keeps_filling_while_the_child_is_busy() -> None:
             time.sleep(0.01)
         sizes = [f.result(timeout=30) for f in [first, *rest]]
     assert sizes == [1, 5, 5, 5, 5, 5]  # not [1, 1, 4, 4, 4, 4]: the next batch was not cut at its first item
+
+
+def test_child_skips_preprocess_for_items_preprocessed_elsewhere() -> None:
+    with Pool(MarksPreprocess, cpu_devices=1, backend="process", max_batch_size=16, max_wait_ms=20) as pool:
+        futs = [pool.submit(i, preprocessed=i % 2 == 1) for i in range(10)]  # one batch: both kinds mixed
+        out = [f.result(timeout=30) for f in futs]
+    assert out == [(i % 2 == 0, i) for i in range(10)]
 
 
 def test_module_level_function_model() -> None:
