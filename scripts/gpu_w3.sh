@@ -77,7 +77,7 @@ for cfg in ${CONFIGS:-default si1ms hw8}; do
     g1hw12) run_config g1hw12 0.001 "--gpus 0 --http-workers 12" ;;
     g2hw12) run_config g2hw12 0.001 "--gpus 0,1 --http-workers 12" ;;
     old_*) # the same config served by an older copy of the package in .old/ (carried): an A/B in one call
-        if [ -f .old/gpufleet.tar.xz ] && [ ! -d .old/gpufleet ]; then tar -xJf .old/gpufleet.tar.xz -C .old; fi
+        if [ -f .old/gpufleet.tar.xz ]; then rm -rf .old/gpufleet; tar -xJf .old/gpufleet.tar.xz -C .old; fi  # never a stale copy
         [ -d .old/gpufleet ] || { echo "== $cfg: no .old/gpufleet carried"; continue; }
         base=${cfg#old_}; args=$(sed -n "s/^ *$base) run_config $base [0-9.]* \"\(.*\)\" ;;.*/\1/p" "$0")
         # PYTHONSAFEPATH: `python3 -c` would put the working directory (this checkout's gpufleet) first on sys.path
