@@ -24,7 +24,7 @@ from gpufleet.devices import Device, select
 from gpufleet.engine.balancer import make_balancer
 from gpufleet.engine.placement import check_thread_placement
 from gpufleet.engine.report import health_report, stats_report
-from gpufleet.engine.request import ItemFuture, Request, preprocess_error
+from gpufleet.engine.request import _INLINE_PRE_S, _PRE_EWMA, _PRE_MIN_SAMPLES, ItemFuture, Request, preprocess_error
 from gpufleet.engine.worker import ThreadWorker
 from gpufleet.errors import (
     ConfigError,
@@ -39,12 +39,6 @@ __all__ = ["Pool"]
 
 log = logging.getLogger(__name__)
 
-# A preprocess cheaper than this (mean per item) runs in the submitting thread: handing an item to a pool thread
-# costs ~20-50 us of GIL-holding work per item, which capped 1 and 2 GPUs alike at ~13k items/s on 2x H200 for
-# the classifier's preprocess of ready uint8 tensors (a shape check).
-_INLINE_PRE_S = 30e-6
-_PRE_EWMA = 0.1  # weight of the newest sample in the preprocess time estimate
-_PRE_MIN_SAMPLES = 16  # measured on the pool's threads before it may run inline
 
 
 class Pool:

@@ -117,3 +117,49 @@ def test_cancel_and_disconnect_free_the_engine(sock_dir: Path) -> None:
 
         asyncio.run(run())
         assert pool.outstanding == 0
+
+
+class Tagged(Model):
+    """Answers with the item; the engine never preprocesses (the front end does, see the test)."""
+
+    def predict(self, batch: list) -> list:
+        return list(batch)
+
+
+def test_front_end_preprocess_moves_onto_the_loop_once_measured_cheap(sock_dir: Path) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = str(sock_dir / "e.sock")
+    with Pool(Tagged, cpu_devices=1, max_batch_size=8, max_wait_ms=1) as pool:
+        server = serve_pool(pool, path)
+
+        async def run() -> None:
+            remote = await RemotePool(path).connect()
+            loop_thread = threading.current_thread().name
+            where: list[str] = []
+
+            def pre(item):
+                where.append(threading.current_thread().name)
+                if item == "bad":
+                    raise ValueError("not an item")
+                if item == "slow":
+                    time.sleep(0.01)
+                return f"pre:{item}"
+
+            remote.preprocess = pre
+            remote.preprocess_executor = ThreadPoolExecutor(2, thread_name_prefix="pre")
+            first = await asyncio.gather(*(remote.submit(i) for i in range(16)))
+            assert first == [f"pre:{i}" for i in range(16)] and loop_thread not in where  # measured on threads
+            where.clear()
+            assert await remote.submit("x") == "pre:x" and where == [loop_thread]  # cheap: now inline
+            with pytest.raises(InputError, match="not an item"):
+                await remote.submit("bad")  # a bad item fails alone, inline too
+            assert await remote.submit("slow") == "pre:slow"  # one slow item lifts the mean ...
+            where.clear()
+            assert await remote.submit("y") == "pre:y" and where != [loop_thread]  # ... back to the threads
+            remote.close()
+            remote.preprocess_executor.shutdown()
+
+        asyncio.run(run())
+        server.close()
