@@ -16,7 +16,6 @@ from gpufleet.engine.shm import leaked_segments
 from gpufleet.errors import DeadlineExceeded, InputError, WorkerError
 from tests.engine.process_models import (
     BatchSizes,
-    MarksPreprocess,
     BlockAware,
     BlockAwareKeep,
     BlockAwarePlusOne,
@@ -24,6 +23,7 @@ from tests.engine.process_models import (
     Echo,
     FailingSetup,
     FailingSetupOnOne,
+    MarksPreprocess,
     Overlapping,
     PoolSettings,
     SlowDevice,
