@@ -24,7 +24,7 @@ from gpufleet.devices import Device, select
 from gpufleet.engine.balancer import make_balancer
 from gpufleet.engine.placement import check_thread_placement
 from gpufleet.engine.report import health_report, stats_report
-from gpufleet.engine.request import _INLINE_PRE_S, _PRE_EWMA, _PRE_MIN_SAMPLES, ItemFuture, Request, preprocess_error
+from gpufleet.engine.request import INLINE_PRE_S, PRE_EWMA, PRE_MIN_SAMPLES, ItemFuture, Request, preprocess_error
 from gpufleet.engine.worker import ThreadWorker
 from gpufleet.errors import (
     ConfigError,
@@ -38,7 +38,6 @@ from gpufleet.models.base import model_factory
 __all__ = ["Pool"]
 
 log = logging.getLogger(__name__)
-
 
 
 class Pool:
@@ -239,7 +238,7 @@ class Pool:
         fut._on_cancel = lambda: self._release(req)  # a cancelled item frees its slot now; workers skip it
         if w.preprocess is None or preprocessed:
             w.batcher.put(req)
-        elif self._pre_inline:  # cheaper than a hand-off to a pool thread (see _INLINE_PRE_S)
+        elif self._pre_inline:  # cheaper than a hand-off to a pool thread (see INLINE_PRE_S)
             self._preprocess(w, req)
         else:
             self._executor.submit(self._preprocess, w, req)
@@ -258,9 +257,9 @@ class Pool:
         with self._pre_lock:
             first = not self._pre_samples
             self._pre_samples.append(dt)
-            self._pre_mean = dt if first else (1 - _PRE_EWMA) * self._pre_mean + _PRE_EWMA * dt
+            self._pre_mean = dt if first else (1 - PRE_EWMA) * self._pre_mean + PRE_EWMA * dt
             # One slow item (a JPEG among tensors) sends the next ones back to the pool's threads at once.
-            self._pre_inline = len(self._pre_samples) >= _PRE_MIN_SAMPLES and self._pre_mean < _INLINE_PRE_S
+            self._pre_inline = len(self._pre_samples) >= PRE_MIN_SAMPLES and self._pre_mean < INLINE_PRE_S
         if w.batcher.closed:
             w._fail([req], PoolClosed("the pool closed before the item was served"), None)
             return

@@ -26,7 +26,7 @@ from typing import Any
 
 from gpufleet.devices import Device
 from gpufleet.engine.frames import Call, Cancel, Codec, Message, Result, State, Submit, error_from, error_result
-from gpufleet.engine.request import _INLINE_PRE_S, _PRE_EWMA, _PRE_MIN_SAMPLES, preprocess_error
+from gpufleet.engine.request import INLINE_PRE_S, PRE_EWMA, PRE_MIN_SAMPLES, preprocess_error
 from gpufleet.errors import InputError, PoolClosed, WorkerError
 
 __all__ = ["PoolServer", "RemotePool", "serve_pool"]
@@ -310,7 +310,7 @@ class RemotePool:
         # like image decoding then spreads over the front-end processes instead of the engine's one GIL.
         self.preprocess: Callable[[Any], Any] | None = None
         self.preprocess_executor: Any = None
-        # Seconds per item of that preprocess (moving mean): once it is measured below _INLINE_PRE_S it runs on
+        # Seconds per item of that preprocess (moving mean): once it is measured below INLINE_PRE_S it runs on
         # the event loop, cheaper than the hand-off to a thread (W3's base64 decode: ~10 µs per request).
         self._pre_mean = 0.0
         self._pre_n = 0
@@ -348,7 +348,7 @@ class RemotePool:
         rid = self._next_id = self._next_id + 1
         fut = self._loop.create_future()  # type: ignore[union-attr]
         if self.preprocess is not None:
-            if self._pre_n >= _PRE_MIN_SAMPLES and self._pre_mean < _INLINE_PRE_S:
+            if self._pre_n >= PRE_MIN_SAMPLES and self._pre_mean < INLINE_PRE_S:
                 try:
                     item = self._timed_preprocess(item)
                 except Exception as exc:  # noqa: BLE001 - a bad item fails alone
@@ -375,7 +375,7 @@ class RemotePool:
             return self.preprocess(item)
         finally:
             dt = time.perf_counter() - t0  # racy updates from executor threads only blur a moving mean
-            self._pre_mean = dt if not self._pre_n else (1 - _PRE_EWMA) * self._pre_mean + _PRE_EWMA * dt
+            self._pre_mean = dt if not self._pre_n else (1 - PRE_EWMA) * self._pre_mean + PRE_EWMA * dt
             self._pre_n += 1
 
     def _send_preprocessed(self, rid: int, fut: asyncio.Future, timeout_s: float | None,

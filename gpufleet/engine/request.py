@@ -11,9 +11,9 @@ __all__ = ["ItemFuture", "Request", "fail_items", "preprocess_error", "resolve_i
 # A preprocess cheaper than this (mean per item) runs in the submitting thread (Pool) or on the event loop (an
 # HTTP front end's RemotePool): handing an item to a thread costs ~20-50 us of GIL-holding work per item, which
 # capped 1 and 2 GPUs alike at ~13k items/s on 2x H200 for the classifier's preprocess of ready uint8 tensors.
-_INLINE_PRE_S = 30e-6
-_PRE_EWMA = 0.1  # weight of the newest sample in the preprocess time estimate
-_PRE_MIN_SAMPLES = 16  # measured on threads before it may run inline
+INLINE_PRE_S = 30e-6
+PRE_EWMA = 0.1  # weight of the newest sample in the preprocess time estimate
+PRE_MIN_SAMPLES = 16  # measured on threads before it may run inline
 
 
 class ItemFuture(Future):
