@@ -365,8 +365,9 @@ def read_ahead(source: Any, depth: int, *, name: str = "gpufleet-decode",
         return False
 
     def run() -> None:
-        chunks = iter(source)
+        chunks: Any = None
         try:
+            chunks = iter(source)
             for chunk in chunks:
                 if not put(chunk):
                     return

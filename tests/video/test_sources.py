@@ -168,3 +168,12 @@ def test_read_ahead_depth_zero_decodes_on_the_callers_thread() -> None:
     src = _Counting(3)
     assert [c[0].index for c in read_ahead(src, 0)] == [0, 1, 2]
     assert src.threads == {threading.current_thread().name}
+
+
+def test_read_ahead_raises_an_error_from_opening_the_source() -> None:
+    class Unopenable:
+        def __iter__(self):
+            raise SourceError("cam: cannot open")
+
+    with pytest.raises(SourceError, match="cannot open"):
+        next(read_ahead(Unopenable(), 1))
