@@ -347,25 +347,21 @@ class RemotePool:
             raise PoolClosed("the engine process is gone")
         rid = self._next_id = self._next_id + 1
         fut = self._loop.create_future()  # type: ignore[union-attr]
-        if self.preprocess is not None:
-            if self._pre_n >= PRE_MIN_SAMPLES and self._pre_mean < INLINE_PRE_S:
-                try:
-                    item = self._timed_preprocess(item)
-                except Exception as exc:  # noqa: BLE001 - a bad item fails alone
-                    fut.set_exception(preprocess_error(exc))
-                    return fut
-                try:
-                    link.send(Submit(rid, item, timeout_s, True))
-                except TypeError as err:
-                    fut.set_exception(InputError(f"the preprocessed item cannot be sent to the engine: {err}"))
-                    return fut
-            else:
-                work = self._loop.run_in_executor(self.preprocess_executor, self._timed_preprocess, item)  # type: ignore
-                work.add_done_callback(partial(self._send_preprocessed, rid, fut, timeout_s))
-        else:
+        if self.preprocess is None:
             link.send(Submit(rid, item, timeout_s))  # TypeError (unsendable item) propagates before anything is kept
         self._pending[rid] = fut
         fut.add_done_callback(partial(self._settled, rid))
+        if self.preprocess is not None:
+            if self._pre_n >= PRE_MIN_SAMPLES and self._pre_mean < INLINE_PRE_S:
+                pre, err = None, None
+                try:
+                    pre = self._timed_preprocess(item)
+                except Exception as exc:  # noqa: BLE001 - a bad item fails alone
+                    err = exc
+                self._forward(rid, fut, timeout_s, pre, err)
+            else:
+                work = self._loop.run_in_executor(self.preprocess_executor, self._timed_preprocess, item)  # type: ignore
+                work.add_done_callback(partial(self._send_preprocessed, rid, fut, timeout_s))
         return fut
 
     def _timed_preprocess(self, item: Any) -> Any:
@@ -383,20 +379,24 @@ class RemotePool:
         if fut.done():
             return  # cancelled while preprocessing (the client went away)
         exc = work.exception()
-        if exc is not None:
-            self._pending.pop(rid, None)
-            fut.set_exception(preprocess_error(exc))
-            return
+        self._forward(rid, fut, timeout_s, None if exc is not None else work.result(), exc)
+
+    def _forward(self, rid: int, fut: asyncio.Future, timeout_s: float | None, item: Any,
+                 exc: BaseException | None) -> None:
+        """Send a preprocessed item to the engine, or answer ``fut`` with why it cannot go."""
         link = self._link
-        if link is None:
-            self._pending.pop(rid, None)
-            fut.set_exception(PoolClosed("the engine process is gone"))
-            return
-        try:
-            link.send(Submit(rid, work.result(), timeout_s, True))
-        except TypeError as err:
-            self._pending.pop(rid, None)
-            fut.set_exception(InputError(f"the preprocessed item cannot be sent to the engine: {err}"))
+        if exc is not None:
+            err: Exception = preprocess_error(exc)
+        elif link is None:
+            err = PoolClosed("the engine process is gone")
+        else:
+            try:
+                link.send(Submit(rid, item, timeout_s, True))
+                return
+            except TypeError as e:
+                err = InputError(f"the preprocessed item cannot be sent to the engine: {e}")
+        self._pending.pop(rid, None)
+        fut.set_exception(err)
 
     def _settled(self, rid: int, fut: asyncio.Future) -> None:
         # Results pop their id before resolving; an id still pending here was cancelled by the caller.

@@ -228,8 +228,8 @@ def _merge(specs: Sequence[str], names: Sequence[str], workers: list[dict[str, A
     from gpufleet.video.pipeline import summary_record
 
     done = [w["summary"] for w in workers if w["summary"] is not None]
-    elapsed = max(e for _, e in windows) - min(s for s, _ in windows) if windows else wall
     first = min((s for s, _ in windows), default=0.0)
+    elapsed = max(e for _, e in windows) - first if windows else wall
     per_process = [{"device": w["label"], "frames": w["summary"]["frames"], "elapsed_s": w["summary"]["elapsed_s"],
                     "fps": w["summary"]["fps"], "cpu_cores_used": w["summary"]["cpu_cores_used"],
                     "started_s": round(w["start"] - first, 3) if w["start"] is not None else None}

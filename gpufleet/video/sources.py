@@ -330,7 +330,6 @@ class Reconnecting:
                 delay = min(self.max_backoff_s, delay * 2)
 
 
-
 class _Raised:
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
