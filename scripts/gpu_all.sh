@@ -28,6 +28,10 @@ stamp() { say "== $1 (t=$(( $(date +%s) - T0 ))s)"; }
   python3 -c "import torch, torchvision, av, PyNvVideoCodec, uvicorn; print(torch.__version__, torchvision.__version__, av.__version__, PyNvVideoCodec.__version__, uvicorn.__version__)"; } > "$W/machine.txt" 2>&1
 head -4 "$W/machine.txt" | tee -a "$S"; tail -2 "$W/machine.txt" | tee -a "$S"
 B="python3 -m gpufleet bench --model resnet50 --precision fp16 --cuda-graphs --seconds ${SECS:-2} --scale --json"
+unpack_spy() {  # the carried .spy/py-spy.xz -> /tmp/py-spy; fails when .spy was not carried
+  [ -f .spy/py-spy.xz ] && python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('.spy/py-spy.xz'), open('/tmp/py-spy', 'wb'))" \
+    && chmod +x /tmp/py-spy
+}
 report() {  # $1 = bench JSON file
   python3 -c "import json,sys; from gpufleet.bench import print_report; print_report(json.load(open(sys.argv[1])))" "$1" 2>&1 \
     | tee -a "$S" || tail -5 "${1%.json}.err" | tee -a "$S"
@@ -40,8 +44,7 @@ for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
          timeout 120 $B --batch-sizes 64 --backend process --no-raw > "$W/w2_process.json" 2> "$W/w2_process.err"
          report "$W/w2_process.json" ;;
     w3)  stamp "W3 jpeg224 served, 1 vs 2 GPUs (8 HTTP front ends, 8 load processes; 2 GPUs also with process workers)"
-         spy=""; [ -n "${W3_SPY:-}" ] && [ -f .spy/py-spy.xz ] && python3 -c "import lzma,shutil; shutil.copyfileobj(lzma.open('.spy/py-spy.xz'), open('/tmp/py-spy','wb'))" \
-           && chmod +x /tmp/py-spy && spy=/tmp/py-spy  # W3_SPY=1: py-spy the GPU children under c=256 (carry .spy)
+         spy=""; [ -n "${W3_SPY:-}" ] && unpack_spy && spy=/tmp/py-spy  # W3_SPY=1: py-spy the GPU children under c=256
          OUT=$W SPY=$spy CONFIGS="${W3_CONFIGS:-g1hw8 g2hw8 g2hw8p}" LOADP=${LOADP:-16} SKIP_P1=1 DUR=${DUR:-8} WARM=${WARM:-2} \
            timeout ${W3_LIMIT:-230} bash scripts/gpu_w3.sh \
            > "$W/w3.txt" 2>&1
@@ -100,8 +103,7 @@ for step in ${STEPS:-w2t w3 w2p w4 bal tests}; do
            > "$W/w4.txt" 2>&1
          grep -E "^\{|W4" "$W/w4.txt" | cut -c1-700 | tee -a "$S"; rm -f "$W"/frames_*.jsonl "$W/video1080.mp4" ;;
     w4probe) stamp "W4 one GPU, one process: pipeline vs decode-only, decoding ahead or not (py-spy: carry .spy)"
-         [ -f .spy/py-spy.xz ] && python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open('.spy/py-spy.xz'), open('/tmp/py-spy','wb'))" \
-           && chmod +x /tmp/py-spy
+         unpack_spy
          OUT=$W SPY=/tmp/py-spy SPY_TAG="${SPY_TAG:-8_8_0 8_8_1}" timeout ${W4P_LIMIT:-240} python3 scripts/gpu_w4_probe.py \
            > "$W/w4probe.txt" 2>&1
          grep -E "^\{" "$W/w4probe.txt" | cut -c1-600 | tee -a "$S"

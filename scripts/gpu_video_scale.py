@@ -91,13 +91,17 @@ def decode_only(gpus: list[int]) -> dict:
     return timed(go) | {"decoders": DECODERS * len(gpus)}
 
 
-def pipeline(devices: str) -> dict:
+def classifier():
+    """W4's model: ResNet-18 on 224x224 uint8 frames, CUDA graphs for batches up to 128."""
     from gpufleet.bench import ImageClassifier
 
     buckets = (1, 2, 4, 8, 16, 32, 64, 128)
-    model = ImageClassifier("resnet18", cuda_graphs=True, example_shape=(3, 224, 224), example_dtype=torch.uint8,
-                            batch_buckets=buckets, warmup_batch_sizes=buckets)
-    s = video.run([str(src)] * INPUTS, model, devices=devices, decoder="nvdec", batch_size=128,
+    return ImageClassifier("resnet18", cuda_graphs=True, example_shape=(3, 224, 224), example_dtype=torch.uint8,
+                           batch_buckets=buckets, warmup_batch_sizes=buckets)
+
+
+def pipeline(devices: str) -> dict:
+    s = video.run([str(src)] * INPUTS, classifier(), devices=devices, decoder="nvdec", batch_size=128,
                   max_batch_size=128, decoders_per_gpu=DECODERS, queue_size=512, max_wait_ms=2, progress=False,
                   jsonl=str(OUT / f"frames_{devices.replace(',', '')}.{{stream}}.jsonl"))
     per_dev = {g["device"]: g["total_requests"] for g in s["per_device"]}
@@ -155,14 +159,17 @@ def contexts_of(fn, *args) -> dict:
     return out | ctx.report()
 
 
-def step(name: str, fn) -> None:
+def step(name: str, fn, into: dict | None = None, path: Path | None = None) -> None:
+    """Run ``fn``, record its result (or its error) as ``name`` in ``into`` (this run's report) and rewrite the
+    report's JSON file (``path``, default $OUT/video_scale.json), so a cut-off run keeps what it measured."""
+    into = report if into is None else into
     try:
-        report[name] = fn()
+        into[name] = fn()
     except Exception as exc:  # noqa: BLE001 - record and go on
         traceback.print_exc()
-        report[name] = {"error": f"{type(exc).__name__}: {exc}"}
-    print(json.dumps({name: report[name]}, default=str), flush=True)
-    (OUT / "video_scale.json").write_text(json.dumps(report, indent=2, default=str))
+        into[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps({name: into[name]}, default=str), flush=True)
+    (path or OUT / "video_scale.json").write_text(json.dumps(into, indent=2, default=str))
 
 
 if __name__ == "__main__":

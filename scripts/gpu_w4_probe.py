@@ -15,7 +15,6 @@ Usage: OUT=/tmp/out python scripts/gpu_w4_probe.py
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -51,16 +50,10 @@ def _barrier(tag: str):
 
 
 def pipeline(inputs: int, decoders: int, ahead: int, tag: str) -> dict:
-    import torch
-
-    from gpufleet.bench import ImageClassifier
     from gpufleet.video import VideoConfig
     from gpufleet.video.job import stream_names
     from gpufleet.video.pipeline import output_paths, run_here
 
-    buckets = (1, 2, 4, 8, 16, 32, 64, 128)
-    model = ImageClassifier("resnet18", cuda_graphs=True, example_shape=(3, 224, 224), example_dtype=torch.uint8,
-                            batch_buckets=buckets, warmup_batch_sizes=buckets)
     spy, seen = os.environ.get("SPY"), [0]
 
     def on_frame(_r) -> None:
@@ -73,7 +66,7 @@ def pipeline(inputs: int, decoders: int, ahead: int, tag: str) -> dict:
 
     specs = [str(vs.src)] * inputs
     names = stream_names(specs)
-    cfg = VideoConfig(model=model, devices=str(DEVICE), decoder="nvdec", batch_size=128, max_batch_size=128,
+    cfg = VideoConfig(model=vs.classifier(), devices=str(DEVICE), decoder="nvdec", batch_size=128, max_batch_size=128,
                       decoders_per_gpu=decoders, decode_ahead=ahead, queue_size=512, max_wait_ms=2, progress=False,
                       process_per_gpu=False, jsonl=str(OUT / "frames_probe.{stream}.jsonl"))
     s = run_here(specs, names, cfg, output_paths(cfg.jsonl, names), output_paths(None, names), on_frame,
@@ -86,12 +79,7 @@ def pipeline(inputs: int, decoders: int, ahead: int, tag: str) -> dict:
 
 
 def step(name: str, fn) -> None:
-    try:
-        report[name] = fn()
-    except Exception as exc:  # noqa: BLE001 - record and go on
-        report[name] = {"error": f"{type(exc).__name__}: {exc}"}
-    print(json.dumps({name: report[name]}, default=str), flush=True)
-    (OUT / "w4_probe.json").write_text(json.dumps(report, indent=2, default=str))
+    vs.step(name, fn, into=report, path=OUT / "w4_probe.json")
 
 
 if __name__ == "__main__":
