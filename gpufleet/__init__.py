@@ -17,6 +17,7 @@ from gpufleet.errors import (
     InputError,
     PoolClosed,
     QueueFullError,
+    WorkerDied,
     WorkerError,
 )
 from gpufleet.models import FunctionModel, Model, OnnxModel, TorchModel
@@ -38,6 +39,7 @@ __all__ = [
     "PoolConfig",
     "QueueFullError",
     "TorchModel",
+    "WorkerDied",
     "WorkerError",
     "__version__",
     "discover",

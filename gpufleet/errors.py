@@ -6,6 +6,8 @@
     ├── QueueFullError     admission refused: the pool's queue is at ``max_queue``
     ├── DeadlineExceeded   an item's ``timeout_s`` passed before it was served
     ├── WorkerError        the model failed on an item (the original error is ``__cause__``)
+    │   └── WorkerDied     the worker serving it died (crash, hang, kill) or no worker is left: not the
+    │                      model's verdict on the item; the same item may succeed later
     ├── PoolClosed         the pool is closing or closed and takes no new work
     └── InputError         an item is malformed (wrong shape, dtype, undecodable bytes)
 
@@ -22,6 +24,7 @@ __all__ = [
     "InputError",
     "PoolClosed",
     "QueueFullError",
+    "WorkerDied",
     "WorkerError",
 ]
 
@@ -56,3 +59,9 @@ class PoolClosed(GpufleetError):
 
 class InputError(GpufleetError, ValueError):
     """An input item is malformed: the message says what is wrong and what was expected."""
+
+
+class WorkerDied(WorkerError):
+    """The worker serving this item died (its process crashed, hung or was killed) and the item used up its
+    retries, or no worker is left to serve it; unlike a plain ``WorkerError`` this is not the model's answer
+    to the item, and a retry later may succeed."""

@@ -162,13 +162,13 @@ def _report(url: str, concurrency: int, warmup: float, parts: list[dict[str, Any
 
 def _run(coro: Any) -> Any:
     """Run ``coro`` on uvloop where installed (a quarter less client CPU per request, measured on CPU)."""
-    from gpufleet.engine.remote import _new_loop
+    from gpufleet.engine.remote import new_event_loop
 
     # What is alive now (torch, imported with gpufleet) leaves the collector's view: a full collection took
     # ~60 ms here, which a closed-loop client would have counted in its requests' latency.
     gc.collect()
     gc.freeze()
-    with asyncio.Runner(loop_factory=_new_loop) as runner:
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(coro)
 
 

@@ -6,8 +6,6 @@ import asyncio
 import gc
 import logging
 import os
-import secrets
-import sys
 import threading
 import time
 from collections import deque
@@ -17,23 +15,22 @@ from dataclasses import replace
 from queue import SimpleQueue
 from typing import Any
 
-import numpy as np
-
 from gpufleet.config import PoolConfig
 from gpufleet.devices import Device, select
+from gpufleet.engine.backend import Worker, WorkerHooks, make_fleet
 from gpufleet.engine.balancer import make_balancer
-from gpufleet.engine.placement import check_thread_placement
+from gpufleet.engine.placing import PreprocessPlacement
 from gpufleet.engine.report import health_report, stats_report
-from gpufleet.engine.request import INLINE_PRE_S, PRE_EWMA, PRE_MIN_SAMPLES, ItemFuture, Request, preprocess_error
-from gpufleet.engine.worker import ThreadWorker
+from gpufleet.engine.request import ItemFuture, Request
+from gpufleet.engine.step import preprocess_error
 from gpufleet.errors import (
     ConfigError,
     DeviceError,
     PoolClosed,
     QueueFullError,
+    WorkerDied,
     WorkerError,
 )
-from gpufleet.models.base import model_factory
 
 __all__ = ["Pool"]
 
@@ -69,56 +66,19 @@ class Pool:
         self._closing = False
         self._closed = False
         self._started = time.monotonic()
-        self._pre_lock = threading.Lock()
-        self._pre_samples: deque[float] = deque(maxlen=4096)  # seconds per item, preprocessed by the pool
-        self._pre_mean = 0.0  # moving mean of those seconds: decides where the next preprocess runs
-        self._pre_inline = False
+        self._placing = PreprocessPlacement()
         threads = cfg.preprocess_threads or max(2, min(32, (os.cpu_count() or 2)))
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="gpufleet-cpu")
-        make_model = model_factory(model)
-        self.workers: list[Any] = []
-        self.mps: dict[str, Any] | None = None
-        if cfg.backend == "process":
-            self._make_process_workers(model, make_model)
-            self._start()
-            return
-        for _ in range(cfg.workers_per_device):
-            for dev in self.devices:
-                self.workers.append(ThreadWorker(
-                    index=len(self.workers), device=dev, make_model=make_model,
-                    max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_wait_ms,
-                    max_probe_batch=cfg.max_probe_batch, pipeline_depth=cfg.pipeline_depth,
-                    batch_buckets=cfg.batch_buckets,
-                    executor=self._executor, on_done=self._done, on_state=self._on_worker_state,
-                ))
+        hooks = WorkerHooks(done=self._done, state=self._on_worker_state, requeue=self._requeue,
+                            executor=self._executor)
+        try:
+            fleet = make_fleet(model, cfg, self.devices, hooks)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
+        self.workers: list[Worker] = fleet.workers
+        self.mps = fleet.mps
         self._start()
-
-    def _make_process_workers(self, model: Any, make_model: Callable[[], Any]) -> None:
-        """``backend="process"``: one spawned child per worker (gpufleet.engine.process)."""
-        from gpufleet.devices.mps import pool_mps_status
-        from gpufleet.engine.placement import model_blob
-        from gpufleet.engine.process import ProcessWorker
-
-        cfg = self.config
-        if getattr(sys.modules.get("__main__"), "__name__", "") == "__mp_main__":
-            # We are a spawned child re-running the user's script: without this, each child would start its
-            # own pool and the parent would wait for workers that never come up.
-            raise ConfigError("backend='process' starts workers with 'spawn', which re-runs your script in each "
-                              "worker: create the Pool under `if __name__ == \"__main__\":`")
-        if cfg.max_batch_size == 0:
-            raise ConfigError("max_batch_size=0 (probe) is not supported with backend='process'; give a size")
-        blob = model_blob(model)
-        self.mps = pool_mps_status(cfg.mps, self.devices)
-        prefix = f"gpufleet_{os.getpid():x}{secrets.token_hex(2)}_"
-        n = cfg.workers_per_device * len(self.devices)
-        threads = max(1, (os.cpu_count() or 1) // n)
-        for _ in range(cfg.workers_per_device):
-            for dev in self.devices:
-                self.workers.append(ProcessWorker(
-                    index=len(self.workers), device=dev, model_blob=blob, make_model=make_model, config=cfg,
-                    prefix=f"{prefix}w{len(self.workers)}_", executor=self._executor, on_done=self._done,
-                    on_state=self._on_worker_state, requeue=self._requeue, threads_per_child=threads,
-                ))
 
     # -- start-up -----------------------------------------------------------------------------------------
     def _start(self) -> None:
@@ -130,14 +90,10 @@ class Pool:
         if failed and (len(failed) == len(self.workers) or not self.config.allow_degraded):
             first = failed[0]
             self._shutdown_workers()
+            if isinstance(first.error, DeviceError):  # a copy not on its own device: the pool refuses to start
+                raise first.error
             raise WorkerError(f"{first.name} failed in setup: {type(first.error).__name__}: {first.error}") \
                 from first.error
-        if self.config.backend == "thread":
-            try:
-                check_thread_placement(self.workers)
-            except DeviceError:
-                self._shutdown_workers()
-                raise
         if failed:
             log.warning("pool started degraded: %d of %d workers failed in setup", len(failed), len(self.workers))
         self._refresh_routes()
@@ -148,23 +104,23 @@ class Pool:
             gc.freeze()
         log.info("pool ready: %d worker(s) on %s", len(self._routes), ", ".join(d.label for d in self.devices))
         for w in self.workers:  # the placement proof: where each copy's weights and CUDA context really are
-            where = {k: v for k in ("weights_on", "context_on", "pid") if (v := getattr(w, k, None)) is not None}
+            where = {k: v for k, v in w.placement().items() if v is not None}
             log.info("%s placement: %s", w.name, " ".join(f"{k}={v}" for k, v in where.items()) or "n/a")
 
     def _refresh_routes(self) -> None:
         # ``healthy`` of a process worker is False while its process restarts or its circuit breaker is open.
         self._routes = [] if self._closing else [w for w in self.workers if w.healthy and w.enabled]
-        self._routes_on: dict[str, list[Any]] = {}  # device label -> its routable workers (``device=`` hint)
+        self._routes_on: dict[str, list[Worker]] = {}  # device label -> its routable workers (``device=`` hint)
         for w in self._routes:
             self._routes_on.setdefault(w.device.label, []).append(w)
 
     def _on_worker_state(self) -> None:
-        """A process worker went down, came back, or its breaker changed state."""
+        """A worker went down, came back, or its breaker changed state."""
         with self._lock:
             self._refresh_routes()
 
-    def _requeue(self, src: Any, reqs: list[Request]) -> list[Request]:
-        """Move ``src``'s items to other healthy workers (process backend, after a crash); returns the items
+    def _requeue(self, src: Worker, reqs: list[Request]) -> list[Request]:
+        """Move ``src``'s items to other healthy workers (after a crash); returns the items
         nobody else can take. Outstanding counts move with them; a cancelled item's slot stays released."""
         placed: list[tuple[Any, Request]] = []
         left: list[Request] = []
@@ -183,7 +139,7 @@ class Pool:
                 placed.append((w, r))
         for w, r in placed:
             if w.batcher.closed:
-                w._fail([r], PoolClosed("the pool closed before the item was served"))
+                w.fail([r], PoolClosed("the pool closed before the item was served"))
             else:
                 w.batcher.put(r)
         return left
@@ -209,7 +165,7 @@ class Pool:
         the worker then skips it (a process worker's child too).
 
         ``progress`` (process backend) is called, on a pool thread, with each value the model passes to
-        ``gpufleet.engine.child.report_progress`` while it serves the item.
+        ``gpufleet.engine.process.report_progress`` while it serves the item.
 
         Raises ``QueueFullError`` at once when ``max_queue`` items are outstanding, ``PoolClosed`` after
         ``close()``.
@@ -230,7 +186,7 @@ class Pool:
                                      f"{self.config.max_queue})")
             routes = self._routes_on.get(device) or self._routes if device is not None else self._routes
             if not routes:
-                raise WorkerError("no healthy worker to serve the item")
+                raise WorkerDied("no healthy worker to serve the item")
             w = self._balancer.pick(routes)
             w.outstanding += 1
             self._outstanding += 1
@@ -238,34 +194,26 @@ class Pool:
         fut._on_cancel = lambda: self._release(req)  # a cancelled item frees its slot now; workers skip it
         if w.preprocess is None or preprocessed:
             w.batcher.put(req)
-        elif self._pre_inline:  # cheaper than a hand-off to a pool thread (see INLINE_PRE_S)
+        elif self._placing.inline:  # cheaper than a hand-off to a pool thread
             self._preprocess(w, req)
         else:
             self._executor.submit(self._preprocess, w, req)
         return fut
 
-    def _preprocess(self, w: ThreadWorker, req: Request) -> None:
+    def _preprocess(self, w: Worker, req: Request) -> None:
         if req.future.cancelled():
             return  # its slot was freed when it was cancelled
-        t0 = time.perf_counter()
         try:
-            req.item = w.preprocess(req.item)
+            req.item = self._placing.run(w.preprocess, req.item)  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - a bad item fails alone
-            w._fail([req], preprocess_error(exc), exc)
+            w.fail([req], preprocess_error(exc), exc)
             return
-        dt = time.perf_counter() - t0
-        with self._pre_lock:
-            first = not self._pre_samples
-            self._pre_samples.append(dt)
-            self._pre_mean = dt if first else (1 - PRE_EWMA) * self._pre_mean + PRE_EWMA * dt
-            # One slow item (a JPEG among tensors) sends the next ones back to the pool's threads at once.
-            self._pre_inline = len(self._pre_samples) >= PRE_MIN_SAMPLES and self._pre_mean < INLINE_PRE_S
         if w.batcher.closed:
-            w._fail([req], PoolClosed("the pool closed before the item was served"), None)
+            w.fail([req], PoolClosed("the pool closed before the item was served"))
             return
         w.batcher.put(req)
 
-    def _done(self, w: ThreadWorker, n: int) -> None:
+    def _done(self, w: Worker, n: int) -> None:
         with self._lock:
             w.outstanding -= n
             self._outstanding -= n
@@ -389,13 +337,22 @@ class Pool:
 
     def stats(self) -> dict:
         """Totals, throughput, per-GPU stats in the seed schema, per-worker stats and stage percentiles (ms)."""
-        pre = None
-        if self._pre_samples:  # items preprocessed by the pool's threads (not inside process workers)
-            with self._pre_lock:
-                pre = np.fromiter(self._pre_samples, dtype=np.float64)
         return stats_report(self.workers, self.devices, balancer=self._balancer.name, backend=self.config.backend,
                             mps=self.mps, outstanding=self._outstanding, started=self._started,
-                            preprocess_samples=pre)
+                            preprocess_samples=self._placing.samples())
+
+    async def stats_async(self) -> dict:
+        """:meth:`stats` from an event loop, off the loop (it may take milliseconds); a
+        :class:`~gpufleet.engine.remote.RemotePool` answers the same."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.stats)
+
+    async def health_async(self) -> dict:
+        """:meth:`health` from an event loop (see :meth:`stats_async`)."""
+        return self.health()
+
+    async def set_enabled_async(self, device_label: str, enabled: bool) -> list[int]:
+        """:meth:`set_enabled` from an event loop (see :meth:`stats_async`)."""
+        return self.set_enabled(device_label, enabled)
 
     # -- shutdown -----------------------------------------------------------------------------------------
     def close(self, drain: bool = True, timeout: float | None = None) -> None:

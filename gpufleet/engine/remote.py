@@ -2,8 +2,9 @@
 ``RemotePool(path)`` in each client process (e.g. the HTTP front ends of ``gpufleet serve --http-workers``).
 
 The engine knows nothing of its clients' protocol: a client submits items and gets results, exactly as
-with a local pool, except that :meth:`RemotePool.submit` returns an ``asyncio.Future`` and ``stats()`` /
-``health()`` are coroutines. The wire is :mod:`gpufleet.engine.frames` on a Unix stream socket.
+with a local pool, on one asyncio event loop: :meth:`RemotePool.submit` returns an ``asyncio.Future``, and the
+queries are the coroutines that :class:`~gpufleet.engine.pool.Pool` offers too (``stats_async``,
+``health_async``, ``set_enabled_async``). The wire is :mod:`gpufleet.engine.wire` on a Unix stream socket.
 
 >>> server = serve_pool(pool, "/tmp/engine.sock")                  # doctest: +SKIP
 >>> remote = RemotePool("/tmp/engine.sock"); await remote.connect()  # doctest: +SKIP
@@ -17,7 +18,6 @@ import dataclasses
 import logging
 import os
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -25,18 +25,20 @@ from functools import partial
 from typing import Any
 
 from gpufleet.devices import Device
-from gpufleet.engine.frames import Call, Cancel, Codec, Message, Result, State, Submit, error_from, error_result
-from gpufleet.engine.request import INLINE_PRE_S, PRE_EWMA, PRE_MIN_SAMPLES, preprocess_error
+from gpufleet.engine.placing import PreprocessPlacement
+from gpufleet.engine.step import preprocess_error
+from gpufleet.engine.wire import Call, Cancel, Codec, FrontMessage, Reply, State, Submit, error_from, error_reply
 from gpufleet.errors import InputError, PoolClosed, WorkerError
 
-__all__ = ["PoolServer", "RemotePool", "serve_pool"]
+__all__ = ["PoolServer", "RemotePool", "new_event_loop", "serve_pool"]
 
 log = logging.getLogger(__name__)
 
 _STATE_POLL_S = 0.25
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop when it is installed, else asyncio's."""
     try:
         import uvloop
     except ImportError:
@@ -47,8 +49,9 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 class _Link(asyncio.Protocol):
     """One stream, either end: frames in, coalesced frames out (one ``write`` per loop iteration)."""
 
-    def __init__(self, on_messages: Callable[[_Link, list[Message]], None], on_lost: Callable[[_Link], None]) -> None:
-        self.codec = Codec()
+    def __init__(self, on_messages: Callable[[_Link, list[FrontMessage]], None],
+                 on_lost: Callable[[_Link], None]) -> None:
+        self.codec = Codec(FrontMessage)
         self.transport: asyncio.Transport | None = None
         self._in = bytearray()
         self._out = bytearray()
@@ -75,11 +78,11 @@ class _Link(asyncio.Protocol):
         self.transport = None
         self._on_lost(self)
 
-    def pack(self, msg: Message) -> None:
+    def pack(self, msg: FrontMessage) -> None:
         """Queue a frame; it is written by :meth:`flush` (call it, or :meth:`send` schedules one)."""
         self.codec.pack(msg, self._out)
 
-    def send(self, msg: Message) -> None:
+    def send(self, msg: FrontMessage) -> None:
         self.codec.pack(msg, self._out)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -129,7 +132,7 @@ class PoolServer:
         return self
 
     def _run(self) -> None:
-        loop = self._loop = _new_loop()
+        loop = self._loop = new_event_loop()
         asyncio.set_event_loop(loop)
         try:
             server = loop.run_until_complete(loop.create_unix_server(self._new_link, self.path))
@@ -200,7 +203,7 @@ class PoolServer:
         if futures:
             log.warning("an IPC client disconnected with %d item(s) in flight; they were cancelled", len(futures))
 
-    def _on_messages(self, link: _Link, msgs: list[Message]) -> None:
+    def _on_messages(self, link: _Link, msgs: list[FrontMessage]) -> None:
         futures = self._links.get(link)
         if futures is None:
             return
@@ -210,7 +213,7 @@ class PoolServer:
                 try:
                     fut = submit(m.item, timeout_s=m.timeout_s, preprocessed=m.pre)
                 except Exception as exc:  # noqa: BLE001 - admission errors (QueueFullError, ...) answer at once
-                    link.pack(error_result(m.id, exc))
+                    link.pack(error_reply(m.id, exc))
                     continue
                 futures[m.id] = fut
                 fut.add_done_callback(partial(self._completed, link, m.id))
@@ -243,9 +246,9 @@ class PoolServer:
                 continue
             exc = fut.exception()
             try:
-                link.pack(Result(rid, True, fut.result()) if exc is None else error_result(rid, exc))
+                link.pack(Reply(rid, fut.result()) if exc is None else error_reply(rid, exc))
             except TypeError as err:
-                link.pack(error_result(rid, WorkerError(f"the model's result cannot be sent to the front end: {err}")))
+                link.pack(error_reply(rid, WorkerError(f"the model's result cannot be sent to the front end: {err}")))
             touched.add(link)
         for link in touched:
             link.flush()
@@ -262,9 +265,9 @@ class PoolServer:
                 value = self.pool.set_enabled(str(label), bool(enabled))
             else:
                 raise ValueError(f"unknown RPC method {m.method!r}")
-            result = Result(m.id, True, value)
+            result = Reply(m.id, value)
         except Exception as exc:  # noqa: BLE001 - the caller gets the error
-            result = error_result(m.id, exc)
+            result = error_reply(m.id, exc)
         if link in self._links:
             link.send(result)
 
@@ -310,10 +313,9 @@ class RemotePool:
         # like image decoding then spreads over the front-end processes instead of the engine's one GIL.
         self.preprocess: Callable[[Any], Any] | None = None
         self.preprocess_executor: Any = None
-        # Seconds per item of that preprocess (moving mean): once it is measured below INLINE_PRE_S it runs on
-        # the event loop, cheaper than the hand-off to a thread (W3's base64 decode: ~10 µs per request).
-        self._pre_mean = 0.0
-        self._pre_n = 0
+        # Once that preprocess is measured cheap it runs on the event loop, cheaper than the hand-off to a
+        # thread (a base64 decode of a JPEG request: ~10 µs).
+        self._placing = PreprocessPlacement(keep=0)
 
     async def connect(self) -> RemotePool:
         loop = self._loop = asyncio.get_running_loop()
@@ -352,7 +354,7 @@ class RemotePool:
         self._pending[rid] = fut
         fut.add_done_callback(partial(self._settled, rid))
         if self.preprocess is not None:
-            if self._pre_n >= PRE_MIN_SAMPLES and self._pre_mean < INLINE_PRE_S:
+            if self._placing.inline:
                 pre, err = None, None
                 try:
                     pre = self._timed_preprocess(item)
@@ -366,13 +368,7 @@ class RemotePool:
 
     def _timed_preprocess(self, item: Any) -> Any:
         assert self.preprocess is not None
-        t0 = time.perf_counter()
-        try:
-            return self.preprocess(item)
-        finally:
-            dt = time.perf_counter() - t0  # racy updates from executor threads only blur a moving mean
-            self._pre_mean = dt if not self._pre_n else (1 - PRE_EWMA) * self._pre_mean + PRE_EWMA * dt
-            self._pre_n += 1
+        return self._placing.run(self.preprocess, item)
 
     def _send_preprocessed(self, rid: int, fut: asyncio.Future, timeout_s: float | None,
                            work: asyncio.Future) -> None:
@@ -416,27 +412,33 @@ class RemotePool:
         finally:
             self._pending.pop(rid, None)
 
-    async def stats(self) -> dict:
+    async def infer(self, item: Any, *, timeout_s: float | None = None) -> Any:
+        """Await one item's result (:meth:`gpufleet.Pool.infer`)."""
+        return await self.submit(item, timeout_s=timeout_s)
+
+    async def stats_async(self) -> dict:
+        """The engine's :meth:`gpufleet.Pool.stats`."""
         return await self._call("stats")
 
-    async def health(self) -> dict:
+    async def health_async(self) -> dict:
+        """The engine's :meth:`gpufleet.Pool.health`."""
         return await self._call("health")
 
-    async def set_enabled(self, device_label: str, enabled: bool) -> list[int]:
+    async def set_enabled_async(self, device_label: str, enabled: bool) -> list[int]:
         """Stop (or resume) routing to a device in the engine: :meth:`gpufleet.Pool.set_enabled`, remotely."""
         return await self._call("set_enabled", [device_label, enabled])
 
-    def _on_messages(self, link: _Link, msgs: list[Message]) -> None:
+    def _on_messages(self, link: _Link, msgs: list[FrontMessage]) -> None:
         pending = self._pending
         for m in msgs:
-            if type(m) is Result:
+            if type(m) is Reply:
                 fut = pending.pop(m.id, None)
                 if fut is None or fut.done():
                     continue
-                if m.ok:
+                if m.error is None:
                     fut.set_result(m.value)
                 else:
-                    fut.set_exception(error_from(m.error_type, m.error_message))
+                    fut.set_exception(error_from(m.error))
             elif type(m) is State:
                 self._ready, self._draining = m.ready, m.draining
                 if self.on_state is not None:

@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 
 from gpufleet.devices.device import Device
+from gpufleet.engine.backend import Worker
 from gpufleet.engine.stats import STAGES, percentiles
 
 __all__ = ["health_report", "stats_report"]
 
 
-def health_report(workers: Sequence[Any], *, ready: bool, draining: bool) -> dict:
+def health_report(workers: Sequence[Worker], *, ready: bool, draining: bool) -> dict:
     backends = []
     for w in workers:
         snap = w.stats.snapshot()
@@ -24,16 +25,15 @@ def health_report(workers: Sequence[Any], *, ready: bool, draining: bool) -> dic
             "enabled": w.enabled, "total_requests": snap["total_requests"], "error_count": snap["errors"],
             "error": None if w.error is None else str(w.error),
         })
-        extra = getattr(w, "health_extra", None)  # process workers: pid, breaker state, restarts
-        if extra is not None:
-            info = extra()
-            backends[-1].update(info, error_count=snap["errors"] + info["worker_failures"])
+        info = w.health_extra()  # process workers: pid, breaker state, restarts
+        if info is not None:
+            backends[-1].update(info, error_count=snap["errors"] + info.get("worker_failures", 0))
     healthy = sum(1 for b in backends if b["healthy"])
     return {"healthy": ready, "ready": ready, "draining": draining, "total_backends": len(backends),
             "healthy_count": healthy, "backends": backends}
 
 
-def stats_report(workers: Sequence[Any], devices: Sequence[Device], *, balancer: str, backend: str,
+def stats_report(workers: Sequence[Worker], devices: Sequence[Device], *, balancer: str, backend: str,
                  mps: dict | None, outstanding: int, started: float,
                  preprocess_samples: np.ndarray | None) -> dict:
     snaps = [(w, w.stats.snapshot()) for w in workers]
@@ -67,7 +67,7 @@ def stats_report(workers: Sequence[Any], devices: Sequence[Device], *, balancer:
     }
 
 
-def _stages(workers: Sequence[Any], preprocess_samples: np.ndarray | None) -> dict[str, dict]:
+def _stages(workers: Sequence[Worker], preprocess_samples: np.ndarray | None) -> dict[str, dict]:
     """Per-stage count, mean and percentiles (ms) over every worker's recent window."""
     stages: dict[str, dict] = {}
     names = {n for w in workers for n in list(w.stats.stages)} | set(STAGES)

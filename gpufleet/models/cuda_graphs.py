@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
+from gpufleet.devices.locks import CUDA_SETUP_LOCK
 from gpufleet.engine.batcher import bucket_for
-from gpufleet.engine.placement import CUDA_SETUP_LOCK
 
 __all__ = ["DEFAULT_BUCKETS", "Captured", "GraphCache"]
 

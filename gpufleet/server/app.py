@@ -29,7 +29,7 @@ from gpufleet.engine import Pool
 from gpufleet.errors import WorkerError
 from gpufleet.logs import REQUEST_ID
 from gpufleet.server import ops, v2
-from gpufleet.server.base import ServerState, gather, json_response, read_body, resolve, submit_all
+from gpufleet.server.base import ServerState, gather, json_response, read_body, submit_all
 from gpufleet.server.errors import HTTPError, error_response
 from gpufleet.server.metrics import CONTENT_TYPE, Metrics
 
@@ -154,20 +154,20 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
         return _result_response({"outputs": results})
 
     async def health(request: Request) -> Response:
-        h = await resolve(state.pool.health())
+        h = await state.pool.health_async()
         if state.draining:
             h.update(healthy=False, ready=False, draining=True)
         return json_response(h, 200 if h["healthy"] else 503)
 
     async def stats(request: Request) -> Response:
-        s = await resolve(state.pool.stats())
+        s = await state.pool.stats_async()
         s["server"] = {"inflight_requests": state.inflight, "draining": state.draining, "model": state.model_name}
         if frontend_id is not None:
             s["server"]["frontend_pid"] = int(frontend_id) if frontend_id.isdigit() else frontend_id
         return json_response(s)
 
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(metrics.render(await resolve(state.pool.stats())), media_type=CONTENT_TYPE)
+        return Response(metrics.render(await state.pool.stats_async()), media_type=CONTENT_TYPE)
 
     k = v2.routes(state)
     model = "/v2/models/{name}"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-import inspect
 from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
     from gpufleet.engine import Pool
     from gpufleet.server.metrics import Metrics
 
-__all__ = ["ServerState", "dumps", "gather", "json_response", "read_body", "resolve", "submit_all"]
+__all__ = ["ServerState", "dumps", "gather", "json_response", "read_body", "submit_all"]
 
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
@@ -46,12 +45,6 @@ def dumps(obj: Any) -> bytes:
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(dumps(obj), status_code=status, headers=headers, media_type="application/json")
-
-
-async def resolve(value: Any) -> Any:
-    """``value``, awaited first if it is awaitable: a local pool answers ``stats()`` at once, a remote one
-    (``gpufleet.engine.remote.RemotePool``) with a coroutine."""
-    return await value if inspect.isawaitable(value) else value
 
 
 class ServerState:
@@ -156,7 +149,7 @@ async def _disconnected(request: Request) -> None:
 async def gather(request: Request, futures: list[Future | asyncio.Future]) -> list[Any]:
     """Await every future's result (concurrent futures of a local pool, asyncio futures of a remote one);
     if the client disconnects first, cancel what has not started."""
-    waiters = [f if isinstance(f, asyncio.Future) else asyncio.wrap_future(f) for f in futures]
+    waiters = [asyncio.wrap_future(f) for f in futures]  # an asyncio future (remote pool) is returned as it is
     watch = asyncio.ensure_future(_disconnected(request))
 
     def gone(task: asyncio.Future) -> None:

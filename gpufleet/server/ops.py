@@ -8,7 +8,6 @@ page itself needs ``Authorization: Bearer <token>`` (the page has a token box).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -58,12 +57,7 @@ def routes(state: ServerState) -> dict[str, Handler]:
         device, action = request.path_params["device"], request.path_params["action"]
         if action not in ("drain", "enable"):
             raise HTTPError(404, f"unknown action {action!r}; use drain or enable")
-        set_enabled = getattr(state.pool, "set_enabled", None)
-        if set_enabled is None:
-            raise HTTPError(501, "this server's pool cannot drain devices")
-        workers = set_enabled(device, action == "enable")
-        if inspect.isawaitable(workers):
-            workers = await workers
+        workers = await state.pool.set_enabled_async(device, action == "enable")
         return json_response({"device": device, "enabled": action == "enable", "workers": workers})
 
     return {"dashboard": dashboard, "monitor": monitor_endpoint, "admin": admin}

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from gpufleet import Pool
-from gpufleet.engine.shm import leaked_segments
+from gpufleet.engine.process.shm import leaked_segments
 from gpufleet.errors import WorkerError
 from tests.engine.process_models import Doubler
 from tests.waiting import wait_until as _wait_until
@@ -40,7 +40,7 @@ def test_kill9_under_load_loses_nothing_and_restarts() -> None:
 
         producer = threading.Thread(target=produce)
         producer.start()
-        assert wait_until(lambda: victim.stats.total_batches > 20 and victim._inflight, 30)
+        assert wait_until(lambda: victim.stats.total_batches > 20 and victim.link.inflight, 30)
         os.kill(old_pid, signal.SIGKILL)
         assert wait_until(lambda: not victim.healthy, 5)  # noticed within a second or so
         assert wait_until(lambda: victim.healthy and victim.pid != old_pid, 60)

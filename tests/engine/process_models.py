@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from gpufleet.engine.child import report_progress
+from gpufleet.engine.process import report_progress
 from gpufleet.errors import InputError
 from gpufleet.models.base import Model, stacked_rows
 

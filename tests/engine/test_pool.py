@@ -441,12 +441,12 @@ def test_cheap_preprocess_runs_in_the_submitting_thread_and_a_slow_one_goes_back
         me = threading.get_ident()
         for i in range(40):  # measured on pool threads first, one at a time so each sample is in
             pool.submit(i).result(timeout=10)
-        assert pool._pre_inline
+        assert pool._placing.inline
         before = [len(m.threads) for m in seen]
         assert [pool.submit(i).result(timeout=10) for i in range(10)] == list(range(10))
         assert [t for m, b in zip(seen, before) for t in m.threads[b:]] == [me] * 10
         assert pool.submit("slow").result(timeout=10) == "slow"  # inline once, then off the caller's thread
-        assert not pool._pre_inline
+        assert not pool._placing.inline
         assert pool.stats()["stages"]["preprocess"]["count"] == 51
 
 

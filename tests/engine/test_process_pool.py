@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gpufleet import Pool
-from gpufleet.engine.shm import leaked_segments
+from gpufleet.engine.process.shm import leaked_segments
 from gpufleet.errors import DeadlineExceeded, InputError, WorkerError
 from tests.engine.process_models import (
     BatchSizes,
@@ -198,7 +198,7 @@ def test_close_without_drain_fails_inflight_and_stops_children() -> None:
     running = p.submit(("sleep", 30.0, "never"))
     waiting = p.submit(2)  # sent too: one batch waits, encoded, in the pipe
     queued = p.submit(1)
-    assert wait_until(lambda: len(p.workers[0].batcher) == 1 and len(p.workers[0]._inflight) == 2, 10)
+    assert wait_until(lambda: len(p.workers[0].batcher) == 1 and len(p.workers[0].link.inflight) == 2, 10)
     procs = [w._proc for w in p.workers]
     t = threading.Thread(target=p.close, kwargs={"drain": False})
     t.start()

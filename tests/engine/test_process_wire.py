@@ -11,11 +11,12 @@ import torch
 
 from gpufleet import Pool, PoolConfig
 from gpufleet.devices import Device
-from gpufleet.engine import messages as m
+from gpufleet.engine import wire as m
 from gpufleet.engine.breaker import CircuitBreaker
-from gpufleet.engine.child import is_sticky_cuda_error
-from gpufleet.engine.placement import GPU_CHILD_THREADS, model_blob, pin_env, verify_placement
-from gpufleet.engine.shm import INLINE_MAX, Attachments, Codec, SegmentPool, leaked_segments, unlink_prefix
+from gpufleet.engine.process.child import is_sticky_cuda_error
+from gpufleet.engine.process.placement import GPU_CHILD_THREADS, model_blob, pin_env, verify_placement
+from gpufleet.engine.process.shm import Attachments, SegmentPool, leaked_segments, unlink_prefix
+from gpufleet.engine.wire import INLINE_MAX, Codec
 from gpufleet.errors import ConfigError, DeviceError
 from tests.engine.process_models import Doubler, double
 
@@ -26,8 +27,8 @@ PREFIX = "gpufleet_test_wire_"
 def pair():
     """A sender codec and a receiver codec (copying, like the parent) over one segment pool."""
     pool = SegmentPool(PREFIX)
-    send = Codec(pool, Attachments(), m.Message, copy=False)
-    recv = Codec(SegmentPool(PREFIX + "r"), Attachments(), m.Message, copy=True)
+    send = Codec(m.ChildMessage, segments=pool, attachments=Attachments(), copy=False)
+    recv = Codec(m.ChildMessage, segments=SegmentPool(PREFIX + "r"), attachments=Attachments(), copy=True)
     yield pool, send, recv
     recv.attachments.close()
     pool.close()

@@ -65,7 +65,7 @@ def test_submit_results_errors_rpcs_and_state(sock_dir: Path) -> None:
             with pytest.raises(DeadlineExceeded):
                 await remote.submit("late", timeout_s=0.1)
             await asyncio.gather(*blockers)
-            stats, health = await remote.stats(), await remote.health()
+            stats, health = await remote.stats_async(), await remote.health_async()
             assert len(stats["per_gpu_stats"]) == 2 and stats["total_requests"] >= 5
             assert health["healthy"] and health["total_backends"] == 2
             # Draining is pushed to clients.

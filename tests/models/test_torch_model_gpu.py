@@ -153,8 +153,8 @@ def test_jpegs_on_two_gpus_of_one_process_decode_on_one(caplog: pytest.LogCaptur
 def test_shared_memory_block_is_pinned_and_read_without_staging() -> None:
     import numpy as np
 
-    from gpufleet.engine.child import HostPins
-    from gpufleet.engine.shm import Attachments, SegmentPool
+    from gpufleet.engine.process.child import HostPins
+    from gpufleet.engine.process.shm import Attachments, SegmentPool
     from gpufleet.models import StackedBatch
 
     net = _net()

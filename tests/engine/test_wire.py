@@ -1,4 +1,5 @@
-"""The remote-pool wire (gpufleet.engine.frames): frames, numpy bit-exactness, error classes."""
+"""The engine's wire (gpufleet.engine.wire) on the front-end hop: frames, numpy bit-exactness, error classes.
+The pipe hop through shared memory is in test_process_wire.py."""
 
 from __future__ import annotations
 
@@ -6,11 +7,22 @@ import numpy as np
 import pytest
 
 from gpufleet import errors
-from gpufleet.engine.frames import Call, Cancel, Codec, Result, State, Submit, error_from, error_result
+from gpufleet.engine.wire import (
+    Call,
+    Cancel,
+    Codec,
+    ErrorInfo,
+    FrontMessage,
+    Reply,
+    State,
+    Submit,
+    error_from,
+    error_reply,
+)
 
 
 def _round_trip(value):
-    codec = Codec()
+    codec = Codec(FrontMessage)
     out = bytearray()
     codec.pack(Submit(7, value, 1.5), out)
     (msg,) = codec.unpack(out)
@@ -54,25 +66,31 @@ def test_nested_values_bytes_and_torch() -> None:
 
 
 def test_unsendable_value_raises_and_leaves_buffer_unchanged() -> None:
-    codec = Codec()
+    codec = Codec(FrontMessage)
     out = bytearray()
     codec.pack(Cancel(1), out)
     before = bytes(out)
     with pytest.raises(TypeError, match="cannot send"):
-        codec.pack(Result(2, True, object()), out)
+        codec.pack(Reply(2, object()), out)
     assert bytes(out) == before
     assert codec.unpack(out) == [Cancel(1)]
 
 
+def _frame(codec: Codec, msg) -> bytes:
+    out = bytearray()
+    codec.pack(msg, out)
+    return bytes(out)
+
+
 def test_partial_frames_wait_for_the_rest() -> None:
-    codec = Codec()
-    stream = b"".join(codec.encode(m) for m in (Call(1, "stats"), State(True, False), Result(1, True, {"a": 1})))
+    codec = Codec(FrontMessage)
+    stream = b"".join(_frame(codec, m) for m in (Call(1, "stats"), State(True, False), Reply(1, {"a": 1})))
     buf = bytearray()
     got = []
     for i in range(0, len(stream), 3):  # three bytes at a time, as a socket might deliver them
         buf += stream[i:i + 3]
         got += codec.unpack(buf)
-    assert got == [Call(1, "stats"), State(True, False), Result(1, True, {"a": 1})] and not buf
+    assert got == [Call(1, "stats"), State(True, False), Reply(1, {"a": 1})] and not buf
     with pytest.raises(ValueError, match="corrupt"):
         codec.unpack(bytearray(b"\xff\xff\xff\xff" + b"x" * 8))
 
@@ -80,13 +98,15 @@ def test_partial_frames_wait_for_the_rest() -> None:
 @pytest.mark.parametrize("cls", [errors.QueueFullError, errors.PoolClosed, errors.DeadlineExceeded,
                                  errors.InputError, errors.ConfigError, errors.WorkerError, errors.DeviceError])
 def test_errors_cross_as_the_same_class(cls: type) -> None:
-    r = error_result(3, cls("what went wrong"))
-    (back,) = Codec().unpack(bytearray(Codec().encode(r)))
-    exc = error_from(back.error_type, back.error_message)
+    r = error_reply(3, cls("what went wrong"))
+    out = bytearray()
+    Codec(FrontMessage).pack(r, out)
+    (back,) = Codec(FrontMessage).unpack(out)
+    exc = error_from(back.error)
     assert type(exc) is cls and str(exc) == "what went wrong"
 
 
 def test_foreign_errors_become_worker_errors() -> None:
-    exc = error_from("ZeroDivisionError", "division by zero")
+    exc = error_from(ErrorInfo("ZeroDivisionError", "division by zero"))
     assert type(exc) is errors.WorkerError and "ZeroDivisionError: division by zero" in str(exc)
-    assert type(error_from("HTTPError", "x")) is errors.WorkerError
+    assert type(error_from(ErrorInfo("HTTPError", "x"))) is errors.WorkerError

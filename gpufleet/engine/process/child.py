@@ -19,14 +19,14 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpufleet.devices.device import Device
-from gpufleet.engine import messages as m
-from gpufleet.engine.oom import empty_cache, is_oom
-from gpufleet.engine.shm import Attachments, Codec, SegmentPool
+from gpufleet.engine import wire
+from gpufleet.engine.oom import is_oom
+from gpufleet.engine.process.shm import Attachments, SegmentPool
+from gpufleet.engine.step import BatchStep
 from gpufleet.errors import GpufleetError
 from gpufleet.models.base import StackedBatch
 
@@ -59,6 +59,7 @@ class ChildSpec:
 
     worker: int
     device: Device  # as the child sees it (cuda:0 after pinning)
+    name: str = ""  # the worker's name in the pool (its errors carry it)
     env: dict[str, str] = field(default_factory=dict)
     model: bytes = b""
     prefix: str = "gpufleet_"
@@ -86,19 +87,12 @@ def report_progress(value: Any, index: int | None = None) -> None:
     if send is None:
         return
     orig = None if index is None else _progress.index[index]
-    send(m.Progress(_progress.batch_id, value, orig))
+    send(wire.Progress(_progress.batch_id, value, orig))
 
 
-def _error(kind: str, exc: BaseException) -> m.ErrorInfo:
-    if isinstance(exc, GpufleetError) and kind == "model":
-        kind = type(exc).__name__
-    return m.ErrorInfo(kind, str(exc), type(exc).__name__,
-                       "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:])
-
-
-def _hello(device: Device) -> m.Hello:
+def _hello(device: Device) -> wire.Hello:
     """Initialise the device and say which one the context is on."""
-    hello = m.Hello(pid=os.getpid(), kind=device.kind, visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
+    hello = wire.Hello(pid=os.getpid(), kind=device.kind, visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
     if device.is_cuda:
         import torch
 
@@ -164,12 +158,11 @@ class _Child:
         self.pool = SegmentPool(f"{spec.prefix}c")
         pins = HostPins() if spec.device.is_cuda else None
         attach = Attachments(pins.register, pins.unregister) if pins is not None else Attachments()
-        self.codec = Codec(self.pool, attach, m.Message, copy=False)
+        self.codec = wire.Codec(wire.ChildMessage, segments=self.pool, attachments=attach, copy=False)
         self._send_lock = threading.Lock()
         self._plain = __import__("msgspec").msgpack.Encoder()
         self.model: Any = None
-        self.pre = self.post = None
-        self.oom_batch = 0
+        self.step: BatchStep | None = None
 
     def send(self, msg: Any) -> None:
         data = self._plain.encode(msg)
@@ -179,13 +172,13 @@ class _Child:
     def _heartbeat(self, stop: threading.Event) -> None:
         while not stop.wait(self.spec.heartbeat_s):
             try:
-                self.send(m.Heartbeat(time.time()))
+                self.send(wire.Heartbeat(time.time()))
             except (OSError, ValueError):
                 return  # the parent is gone; the main loop sees EOF
 
     def setup(self) -> bool:
-        from gpufleet.engine.placement import load_model_blob
-        from gpufleet.models.base import apply_pool_settings, model_factory, optional_stage
+        from gpufleet.engine.process.placement import load_model_blob
+        from gpufleet.models.base import apply_pool_settings, model_factory
 
         try:
             self.send(_hello(self.spec.device))
@@ -196,14 +189,13 @@ class _Child:
             apply_pool_settings(model, batch_buckets=self.spec.batch_buckets, max_batch_size=self.spec.max_batch_size)
             model.setup(self.spec.device)
         except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
-            self.send(m.SetupFailed(_error("setup", exc)))
+            self.send(wire.SetupFailed(wire.error_info(exc, with_traceback=True)))
             return False
         self.model = model
         gc.collect()
         gc.freeze()  # the model and imports live as long as this process: keep them out of full GC passes
-        self.pre = optional_stage(model, "preprocess")
-        self.post = optional_stage(model, "postprocess")
-        self.send(m.Ready(self.pre is not None, self.post is not None))
+        self.step = step = BatchStep(model, self.spec.device, self.spec.name or f"worker-{self.spec.worker}")
+        self.send(wire.Ready(step.pre is not None, step.post is not None))
         return True
 
     def serve(self) -> None:
@@ -211,12 +203,12 @@ class _Child:
         # parent sends up to three) is stacked, copied and launched before the previous one is collected, so the
         # GPU does not idle while this process answers, decodes and stacks. Measured on one H200: a process
         # worker ran ResNet-50 at batch 64 at half a thread worker's rate when it served one batch at a time.
-        pipelined = callable(getattr(self.model, "launch", None)) and callable(getattr(self.model, "collect", None))
-        ready = getattr(self.model, "ready", None) if pipelined else None
+        step = self.step
+        assert step is not None
         pending: _Work | None = None
         while True:
             try:
-                idle = pending is not None and not self._next_before_done(pending, ready)
+                idle = pending is not None and not self._next_before_done(pending, step.ready)
                 data = None if idle else self.conn.recv_bytes()
             except (EOFError, OSError):
                 return  # the parent closed the pipe or died
@@ -225,19 +217,19 @@ class _Child:
                 pending = None
                 continue
             msg = self.codec.decode(data)
-            if isinstance(msg, m.Batch):
+            if isinstance(msg, wire.Batch):
                 if msg.dropped:  # the parent unlinked these segments: unmap them (and unpin them) here too
                     self.codec.attachments.drop(msg.dropped)
-                work = self.begin(msg, launch=pipelined)
+                work = self.begin(msg)
                 if pending is not None:
                     self.finish(pending)
-                pending = work if pipelined else None
-                if not pipelined and work is not None:
+                pending = work if step.pipelined else None
+                if not step.pipelined and work is not None:
                     self.finish(work)
-            elif isinstance(msg, m.Free):
+            elif isinstance(msg, wire.Free):
                 for name in msg.segments:
                     self.pool.release(name)
-            elif isinstance(msg, m.Shutdown):
+            elif isinstance(msg, wire.Shutdown):
                 if pending is not None:
                     self.finish(pending)
                 return
@@ -247,7 +239,7 @@ class _Child:
         launched before ``pending`` is collected), False once the device has finished ``pending`` first (or at
         once for models that cannot tell, without ``ready(handle)``). Collecting as soon as nothing was queued
         left the GPU idle from the end of that batch until the next one was received, decoded and launched
-        (2x H200, W2: the children spent half their time there and ran at 77% of the GPU's rate)."""
+        (2x H200, pool overhead run: the children spent half their time there, at 77% of the GPU's rate)."""
         if self.conn.poll():
             return True
         if ready is None or pending.handle is None:
@@ -263,112 +255,86 @@ class _Child:
             if self.conn.poll(min(_POLL_MAX_S, max(_POLL_S, 0.01 * (time.monotonic() - pending.t0)))):
                 return True
 
-    def _checked(self, out: Any, n: int) -> list:
-        if not isinstance(out, (list, tuple)) or len(out) != n:
-            got = f"{len(out)} outputs" if isinstance(out, (list, tuple)) else type(out).__name__
-            raise GpufleetError(f"predict returned {got} for {n} items (must be a list of the same length)")
-        return list(out)
+    def _progress_to(self, batch_id: int, alive: list[int]) -> None:
+        _progress.send, _progress.batch_id, _progress.index = self.send, batch_id, alive
 
-    def _predict(self, items: list) -> list:
-        try:
-            out = self.model.predict(items)
-        except Exception as exc:
-            if not is_oom(exc) or len(items) < 2:
-                raise
-            empty_cache(self.spec.device)
-            self.oom_batch = max(self.oom_batch, len(items))
-            half = len(items) // 2
-            return self._predict(items[:half]) + self._predict(items[half:])
-        return self._checked(out, len(items))
-
-    def begin(self, batch: m.Batch, *, launch: bool) -> _Work | None:
-        """Preprocess a batch and, with ``launch``, start it on the device; ``None`` if it was answered already
-        (its launch failed)."""
+    def begin(self, batch: wire.Batch) -> _Work | None:
+        """Preprocess a batch and, for launch/collect models, start it on the device; ``None`` if it was
+        answered already (its launch failed)."""
+        step = self.step
+        assert step is not None
         items = batch.items if batch.stacked is None else StackedBatch(batch.stacked)
-        errors, timings = {}, {}
-        alive = list(range(len(items)))
-        if self.pre is not None and not batch.preprocessed:
+        timings: dict[str, float] = {}
+        errors: dict[int, GpufleetError] = {}
+        if step.pre is not None and not batch.preprocessed:
             t0 = time.monotonic()
-            for i in range(len(items)):
-                try:
-                    out = self.pre(items[i])
-                    if out is not items[i]:  # a StackedBatch keeps its block only while every row is unchanged
-                        items[i] = out
-                except Exception as exc:  # noqa: BLE001 - a bad item fails alone
-                    errors[i] = _error("input", exc)
-            alive = [i for i in alive if i not in errors]
+            errors = step.preprocess(items)
             timings["preprocess"] = (time.monotonic() - t0) / max(1, len(items))
+        alive = [i for i in range(len(items)) if i not in errors]
         work = _Work(batch, items, alive, errors, timings)
-        if launch and alive:
-            _progress.send, _progress.batch_id, _progress.index = self.send, batch.id, alive
+        if step.pipelined and alive:
+            self._progress_to(batch.id, alive)
             try:
-                work.handle = self.model.launch(items if len(alive) == len(items) else [items[i] for i in alive])
-            except Exception as exc:  # noqa: BLE001
-                if not is_oom(exc):
-                    self._failed(batch, exc)
-                    return None
-                empty_cache(self.spec.device)  # served one batch at a time (in halves if need be) in finish
+                work.handle = step.launch(work.live_items())  # None when it ran out of memory: finish predicts
+            except GpufleetError as err:
+                self._failed(batch, err)
+                return None
             finally:
                 _progress.send = None
         return work
 
     def finish(self, work: _Work) -> None:
         """Collect (or run) a begun batch, postprocess it and answer the parent."""
+        step = self.step
+        assert step is not None
         batch, items, alive, errors, timings = work.batch, work.items, work.alive, work.errors, work.timings
         outputs: list[Any] = [None] * len(items)
-        self.oom_batch = 0
+        media = 0.0
+        step.oom_batch = 0
         if alive:
-            _progress.send, _progress.batch_id, _progress.index = self.send, batch.id, alive
+            self._progress_to(batch.id, alive)
             try:
-                got = None
-                if work.handle is not None:
-                    try:
-                        got = self._checked(self.model.collect(work.handle), len(alive))
-                    except Exception as exc:
-                        if not is_oom(exc):
-                            raise
-                        empty_cache(self.spec.device)
-                if got is None:
-                    got = self._predict(items if len(alive) == len(items) else [items[i] for i in alive])
-            except Exception as exc:  # noqa: BLE001
-                self._failed(batch, exc)
+                got, failed = step.finish(work.live_items(), work.handle)
+            except GpufleetError as err:
+                self._failed(batch, err)
                 return
             finally:
                 _progress.send = None
             timings["predict"] = time.monotonic() - work.t0
-            for name, seconds in getattr(self.model, "last_timings", {}).items():
-                timings[name] = float(seconds)
+            timings.update(step.model_timings())
+            media = step.media_seconds(got, failed)
             t0 = time.monotonic()
-            for i, out in zip(alive, got):
-                if self.post is not None:
-                    try:
-                        out = self.post(out)
-                    except Exception as exc:  # noqa: BLE001 - one bad output fails only its item
-                        errors[i] = _error("post", exc)
-                        continue
-                outputs[i] = out
-            if self.post is not None:
+            step.postprocess(got, failed)
+            if step.post is not None:
                 timings["postprocess"] = (time.monotonic() - t0) / len(alive)
+            for j, i in enumerate(alive):
+                if j in failed:
+                    errors[i] = failed[j]
+                else:
+                    outputs[i] = got[j]
         del items, work.items, batch.items, batch.stacked  # drop views into the parent's segment before answering
         prepared, need = self.codec.prepare(outputs)
         seg = self.pool.acquire(need) if need else None
-        res = m.Result(batch.id, prepared, errors, None, timings, self.oom_batch,
-                       segments=[seg.name] if seg is not None else [], dropped=self.pool.dropped)
+        infos = {i: wire.error_info(e, with_traceback=True) for i, e in errors.items()}
+        res = wire.BatchDone(batch.id, prepared, infos, None, timings, step.oom_batch, media,
+                             segments=[seg.name] if seg is not None else [], dropped=self.pool.dropped)
         self.pool.dropped = []
         try:
             data = self.codec.encode(res, seg)
         except Exception as exc:  # noqa: BLE001 - e.g. an output that neither msgpack nor pickle can carry
             if seg is not None:
                 self.pool.release(seg.name)
-            self.send(m.Result(batch.id, error=_error("model", exc), dropped=res.dropped))
+            self._failed(batch, step.error(exc), dropped=res.dropped)
             return
         with self._send_lock:
             self.conn.send_bytes(data)
 
-    def _failed(self, batch: m.Batch, exc: BaseException) -> None:
-        """The whole batch failed in the model: answer it with the error; a sticky CUDA error ends us."""
-        sticky = is_sticky_cuda_error(exc)
-        self.send(m.Result(batch.id, error=_error("sticky" if sticky else "model", exc)))
+    def _failed(self, batch: wire.Batch, err: GpufleetError, dropped: list[str] | None = None) -> None:
+        """The whole batch failed: answer it with the error; a sticky CUDA error ends us."""
+        cause = err.__cause__ if err.__cause__ is not None else err
+        sticky = is_sticky_cuda_error(cause)
+        self.send(wire.BatchDone(batch.id, error=wire.error_info(err, with_traceback=True, sticky=sticky),
+                                 oom_batch=self.step.oom_batch if self.step else 0, dropped=dropped or []))
         if sticky:  # every later kernel in this context would fail: let the parent recycle us
             os._exit(STICKY_EXIT)
 
@@ -378,10 +344,14 @@ class _Work:
 
     __slots__ = ("batch", "items", "alive", "errors", "timings", "handle", "t0")
 
-    def __init__(self, batch: m.Batch, items: list, alive: list[int], errors: dict, timings: dict) -> None:
+    def __init__(self, batch: wire.Batch, items: list, alive: list[int], errors: dict, timings: dict) -> None:
         self.batch, self.items, self.alive, self.errors, self.timings = batch, items, alive, errors, timings
         self.handle: Any = None
         self.t0 = time.monotonic()
+
+    def live_items(self) -> list:
+        """The items that passed preprocess (all of them: the list itself, a StackedBatch keeps its block)."""
+        return self.items if len(self.alive) == len(self.items) else [self.items[i] for i in self.alive]
 
 
 def main(conn: Any, spec: ChildSpec) -> None:

@@ -10,20 +10,14 @@ import inspect
 import os
 import pickle
 import sys
-import threading
 from typing import Any
 
 from gpufleet.devices.device import Device
-from gpufleet.engine.messages import Hello
+from gpufleet.engine.wire import Hello
 from gpufleet.errors import ConfigError, DeviceError
 
-__all__ = ["CUDA_SETUP_LOCK", "load_model_blob", "model_blob", "pin_env", "verify_placement"]
+__all__ = ["load_model_blob", "model_blob", "pin_env", "verify_placement"]
 
-# Thread workers of one process set up their CUDA models one at a time, and CUDA graphs are captured under
-# this lock: PyTorch's graph capture touches process-wide state (the RNG generators' registration, the
-# legacy stream), and two workers capturing at once failed on 2x H200 ("Cannot register the state during
-# capturing stage", cudaErrorStreamCaptureInvalidated). Re-entrant, so a capture inside setup nests.
-CUDA_SETUP_LOCK = threading.RLock()
 
 
 def _file_modules(model: Any) -> list[tuple[str, str]]:
@@ -121,30 +115,3 @@ def verify_placement(worker: str, device: Device, hello: Hello, env: dict[str, s
             f"{worker}: the worker process is not on the intended GPU {device.label} ({device.name} "
             f"{device.uuid or '?'}): {'; '.join(problems)} (CUDA_VISIBLE_DEVICES={hello.visible!r} in the child)"
         )
-
-
-def weights_device(model: Any) -> str | None:
-    """Where ``model`` keeps its weights: the device of the first parameter of its torch module (a
-    ``TorchModel``'s ``module``, else the first ``nn.Module`` attribute), e.g. ``"cuda:1"``; None when it
-    has none. Plain tensor attributes are not looked at: small CPU-side tables are legitimate."""
-    import torch
-
-    seen: list[Any] = [getattr(model, "module", None), *vars(model).values()] if hasattr(model, "__dict__") else []
-    for value in seen:
-        if isinstance(value, torch.nn.Module):
-            for p in value.parameters():
-                return str(p.device)
-    return None
-
-
-def check_thread_placement(workers: list[Any]) -> None:
-    """Refuse a pool whose workers' weights are not on their own device (the classic "every copy silently
-    landed on cuda:0"): ``DeviceError`` naming the worker, where it should be and where it is."""
-    for w in workers:
-        where = getattr(w, "weights_on", None)
-        if where is None:
-            continue
-        want = w.device.torch
-        if where != want and not (want == "cpu" and where.startswith("cpu")):
-            raise DeviceError(f"{w.name} is meant for {want} but its model weights are on {where}: load them on "
-                              "device.torch in setup(device) (e.g. module.to(device.torch))")

@@ -1,0 +1,162 @@
+"""The batch step every worker runs: preprocess → predict (or launch/collect) → out-of-memory split → output
+check → postprocess, with the errors each stage gives its items.
+
+One :class:`BatchStep` per model copy: a thread worker runs it on its thread, a process worker's child in its
+process (and a Ray actor would in its own). The worker decides where and when each part runs (a thread
+worker preprocesses in the pool and postprocesses on the pool's threads; a child does both itself) — the
+step decides what each part does, so every backend serves and fails items alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gpufleet.engine.oom import empty_cache, is_oom
+from gpufleet.errors import GpufleetError, InputError, WorkerError
+from gpufleet.models.base import optional_stage
+
+__all__ = ["BatchStep", "preprocess_error"]
+
+
+def preprocess_error(exc: BaseException) -> GpufleetError:
+    """What a failed ``preprocess`` answers its item with: the model's own ``GpufleetError`` as it is, anything
+    else as ``InputError`` (a preprocess fails on a bad item), the original chained."""
+    if isinstance(exc, GpufleetError):
+        return exc
+    err = InputError(f"preprocess failed: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+class BatchStep:
+    """The stages of one model copy (see the module docstring); ``name`` prefixes the errors it makes.
+
+    ``oom_batch`` is the smallest batch size that ran out of memory since the worker last reset it (0: none),
+    from which the worker lowers its maximum batch size.
+    """
+
+    def __init__(self, model: Any, device: Any, name: str) -> None:
+        self.model = model
+        self.device = device
+        self.name = name
+        self.pre: Callable[[Any], Any] | None = optional_stage(model, "preprocess")
+        self.post: Callable[[Any], Any] | None = optional_stage(model, "postprocess")
+        self.pipelined = callable(getattr(model, "launch", None)) and callable(getattr(model, "collect", None))
+        self.ready: Callable[[Any], bool] | None = getattr(model, "ready", None) if self.pipelined else None
+        self.oom_batch = 0
+
+    # -- errors -------------------------------------------------------------------------------------------
+    def error(self, exc: BaseException) -> GpufleetError:
+        """A whole batch's error: the model's own ``GpufleetError`` as it is (e.g. ``InputError`` for mismatched
+        shapes), anything else as ``WorkerError``, the original chained."""
+        if isinstance(exc, GpufleetError):
+            return exc
+        err = WorkerError(f"{self.name}: predict failed: {type(exc).__name__}: {exc}")
+        err.__cause__ = exc
+        return err
+
+    def _checked(self, out: Any, n: int) -> list:
+        if not isinstance(out, (list, tuple)) or len(out) != n:
+            got = f"{len(out)} outputs" if isinstance(out, (list, tuple)) else type(out).__name__
+            raise WorkerError(f"{self.name}: predict returned {got} for {n} items (must be a list of the same length)")
+        return out if isinstance(out, list) else list(out)
+
+    def _oom(self, n: int) -> None:
+        empty_cache(self.device)
+        self.oom_batch = n if not self.oom_batch else min(self.oom_batch, n)
+
+    # -- stages -------------------------------------------------------------------------------------------
+    def preprocess(self, items: list) -> dict[int, GpufleetError]:
+        """Preprocess ``items`` in place; the errors of the items that failed, by index."""
+        errors: dict[int, GpufleetError] = {}
+        pre = self.pre
+        if pre is None:
+            return errors
+        for i in range(len(items)):
+            try:
+                out = pre(items[i])
+                if out is not items[i]:  # a StackedBatch keeps its block only while every row is unchanged
+                    items[i] = out
+            except Exception as exc:  # noqa: BLE001 - a bad item fails alone
+                errors[i] = preprocess_error(exc)
+        return errors
+
+    def launch(self, items: list) -> Any:
+        """Start ``items`` on the device (models with ``launch``/``collect``): the handle for :meth:`finish`, or
+        ``None`` when the launch ran out of memory (``finish`` then predicts in parts). Raises the batch's
+        error (:meth:`error`)."""
+        try:
+            return self.model.launch(items)
+        except Exception as exc:
+            if not is_oom(exc):
+                raise self.error(exc) from exc
+            self._oom(len(items))
+            return None
+
+    def finish(self, items: list, handle: Any = None) -> tuple[list, dict[int, GpufleetError]]:
+        """The outputs of ``items``: collected from ``handle``, or predicted now. Out of memory: the cache is
+        freed and the batch served in halves; an item that does not fit alone fails alone. Returns the outputs
+        and the errors of items that failed alone (their output is ``None``); raises the batch's error."""
+        if handle is not None:
+            try:
+                return self._checked(self.model.collect(handle), len(items)), {}
+            except GpufleetError:
+                raise
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise self.error(exc) from exc
+                self._oom(len(items))
+        outputs: list[Any] = [None] * len(items)
+        errors: dict[int, GpufleetError] = {}
+        self._predict(items, 0, outputs, errors)
+        return outputs, errors
+
+    def _predict(self, items: list, offset: int, outputs: list, errors: dict[int, GpufleetError]) -> None:
+        try:
+            out = self._checked(self.model.predict(items), len(items))
+        except GpufleetError:
+            raise
+        except Exception as exc:
+            if not is_oom(exc):
+                raise self.error(exc) from exc
+            self._oom(len(items))
+            if len(items) == 1:
+                err = WorkerError(f"{self.name}: out of memory on a single item: {exc}")
+                err.__cause__ = exc
+                errors[offset] = err
+                return
+            half = len(items) // 2
+            self._predict(items[:half], offset, outputs, errors)
+            self._predict(items[half:], offset + half, outputs, errors)
+            return
+        outputs[offset:offset + len(items)] = out
+
+    def postprocess(self, outputs: list, errors: dict[int, GpufleetError]) -> None:
+        """Postprocess ``outputs`` in place, skipping items in ``errors``; one bad output fails only its item."""
+        post = self.post
+        if post is None:
+            return
+        for i, out in enumerate(outputs):
+            if i in errors:
+                continue
+            try:
+                outputs[i] = post(out)
+            except Exception as exc:  # noqa: BLE001
+                err = exc if isinstance(exc, GpufleetError) else WorkerError(
+                    f"{self.name}: postprocess failed: {type(exc).__name__}: {exc}")
+                if err is not exc:
+                    err.__cause__ = exc
+                errors[i] = err
+                outputs[i] = None
+
+    def model_timings(self) -> dict[str, float]:
+        """The model's own stage times of its last batch (``last_timings``: e.g. h2d, compute, d2h)."""
+        return {k: float(v) for k, v in getattr(self.model, "last_timings", {}).items()}
+
+    def media_seconds(self, outputs: list, errors: dict[int, GpufleetError]) -> float:
+        """Seconds of media the batch produced (models with ``output_seconds``: audio, video), else 0."""
+        seconds_of = getattr(self.model, "output_seconds", None)
+        if seconds_of is None:
+            return 0.0
+        return sum(float(seconds_of(o)) for i, o in enumerate(outputs) if i not in errors)

@@ -1,0 +1,235 @@
+"""The thread backend: one worker per device on a thread of this process, fed by its own batcher.
+
+The loop keeps up to ``pipeline_depth`` batches in flight for models that split ``predict`` into
+``launch(batch)`` (enqueue the device work, return a handle) and ``collect(handle) -> list``, so the next
+batch is assembled and copied while the device computes the previous one. Other models run ``predict``.
+The pool runs the model's ``preprocess`` before items reach the batcher; ``postprocess`` runs on the pool's
+threads, so this thread only feeds the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gpufleet.config import PoolConfig
+from gpufleet.devices.device import Device
+from gpufleet.devices.locks import CUDA_SETUP_LOCK
+from gpufleet.engine.backend import Fleet, WorkerHooks
+from gpufleet.engine.oom import empty_cache, is_oom
+from gpufleet.engine.request import Request
+from gpufleet.engine.step import BatchStep
+from gpufleet.engine.worker import BaseWorker
+from gpufleet.errors import DeviceError, GpufleetError, WorkerError
+from gpufleet.models.base import apply_pool_settings, model_factory
+
+__all__ = ["ThreadWorker", "make_fleet", "weights_device"]
+
+log = logging.getLogger(__name__)
+
+
+def make_fleet(model: Any, config: PoolConfig, devices: Sequence[Device], hooks: WorkerHooks) -> Fleet:
+    """``backend="thread"``: ``workers_per_device`` thread workers per device, each with its own model copy."""
+    make_model = model_factory(model)
+    workers: list[Any] = []
+    for _ in range(config.workers_per_device):
+        for dev in devices:
+            workers.append(ThreadWorker(index=len(workers), device=dev, config=config, hooks=hooks,
+                                        make_model=make_model))
+    return Fleet(workers)
+
+
+def weights_device(model: Any) -> str | None:
+    """Where ``model`` keeps its weights: the device of the first parameter of its torch module (a
+    ``TorchModel``'s ``module``, else the first ``nn.Module`` attribute), e.g. ``"cuda:1"``; None when it
+    has none. Plain tensor attributes are not looked at: small CPU-side tables are legitimate."""
+    import torch
+
+    seen: list[Any] = [getattr(model, "module", None), *vars(model).values()] if hasattr(model, "__dict__") else []
+    for value in seen:
+        if isinstance(value, torch.nn.Module):
+            for p in value.parameters():
+                return str(p.device)
+    return None
+
+
+class ThreadWorker(BaseWorker):
+    """Serves batches for one device on one thread. Created by :func:`make_fleet`, driven by the pool."""
+
+    backend = "thread"
+
+    def __init__(self, *, index: int, device: Device, config: PoolConfig, hooks: WorkerHooks,
+                 make_model: Callable[[], Any]) -> None:
+        super().__init__(index=index, device=device, config=config, hooks=hooks)
+        self._healthy = False
+        self.probe_pending = config.max_batch_size == 0
+        self._model: Any = None
+        self.step: BatchStep | None = None
+        self.weights_on: str | None = None  # reported after setup: the device of the model's weights
+        self.context_on: str | None = None  # and the CUDA device current in the worker's thread
+        self._make_model = make_model
+        self._inflight: deque[tuple[list[Request], Any, float]] = deque()
+        self._thread = threading.Thread(target=self._main, name=f"gpufleet-{self.name}", daemon=True)
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    @property
+    def model(self) -> Any:
+        return self._model
+
+    def placement(self) -> dict[str, Any]:
+        return {"weights_on": self.weights_on, "context_on": self.context_on}
+
+    # -- life cycle ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _setup(self) -> None:
+        model = self._make_model()
+        apply_pool_settings(model, batch_buckets=self.config.batch_buckets, max_batch_size=self.max_batch)
+        if self.device.is_cuda:
+            with CUDA_SETUP_LOCK:  # one CUDA set-up (and graph capture) at a time in this process
+                model.setup(self.device)
+        else:
+            model.setup(self.device)
+        self._model = model
+        self.weights_on = weights_device(model)
+        if self.device.is_cuda:
+            import torch
+
+            self.context_on = f"cuda:{torch.cuda.current_device()}"
+        want, where = self.device.torch, self.weights_on
+        if where is not None and where != want and not (want == "cpu" and where.startswith("cpu")):
+            # The classic "every copy silently landed on cuda:0": refuse the pool.
+            raise DeviceError(f"{self.name} is meant for {want} but its model weights are on {where}: load them "
+                              "on device.torch in setup(device) (e.g. module.to(device.torch))")
+        self.step = BatchStep(model, self.device, self.name)
+        self.preprocess = self.step.pre  # the pool runs it before items reach the batcher
+
+    def _main(self) -> None:
+        try:
+            self._setup()
+            self._healthy = True
+        except BaseException as exc:  # noqa: BLE001 - reported to the pool, which decides
+            self.error = exc
+            log.error("%s failed in setup: %s", self.name, exc)
+            self.ready.set()
+            return
+        self.ready.set()
+        if self.max_batch == 0:
+            self.max_batch = 1  # until the probe has run on the first real item
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - a bug in the loop must not hang callers
+            log.exception("%s stopped unexpectedly", self.name)
+            self.error, self._healthy = exc, False
+            self.hooks.state()  # the pool stops routing here
+            err = WorkerError(f"{self.name} stopped: {exc}")
+            self.fail([r for batch, _, _ in self._inflight for r in batch] + self.batcher.drain(), err, exc)
+            while (batch := self.batcher.take(1 << 30)) is not None:  # routed here before the routes changed
+                self.fail(batch, err, exc)
+
+    # -- the serving loop ---------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        step = self.step
+        assert step is not None
+        inflight = self._inflight  # batches launched on the device, not yet collected
+        depth = self.config.pipeline_depth if step.pipelined else 1
+        while True:
+            if inflight:
+                # The device is busy: take only what is queued now, else finish the oldest batch.
+                batch = self.batcher.take(self.max_batch, block=False) if len(inflight) < depth else []
+                if not batch:
+                    self._finish(*inflight[0])
+                    inflight.popleft()  # only once finished: a crash in between still sees its items
+                    continue
+            else:
+                batch = self.batcher.take(self.max_batch)
+                if batch is None:
+                    return
+            batch = self.admit(batch)
+            if not batch:
+                continue
+            if self.probe_pending:
+                self._probe(batch[0].item)
+            t0 = time.monotonic()
+            if step.pipelined:
+                try:
+                    handle = step.launch([r.item for r in batch])
+                except GpufleetError as err:
+                    self.fail(batch, err)
+                    continue
+                if handle is not None:
+                    inflight.append((batch, handle, t0))
+                    continue
+            self._finish(batch, None, t0)  # ``predict`` (or a launch that ran out of memory) now
+
+    def _finish(self, batch: list[Request], handle: Any, t0: float) -> None:
+        step = self.step
+        assert step is not None
+        step.oom_batch = 0
+        try:
+            outputs, errors = step.finish([r.item for r in batch], handle)
+        except GpufleetError as err:
+            self.fail(batch, err)
+            return
+        finally:
+            if step.oom_batch:
+                self.lower_max_batch(step.oom_batch, log)
+        t1 = time.monotonic()
+        self.record_batch(len(batch), {"predict": t1 - t0, **step.model_timings()},
+                          step.media_seconds(outputs, errors))
+        if step.post is None:
+            self._answer(batch, outputs, errors)
+        else:
+            self.hooks.executor.submit(self._post, batch, outputs, errors)
+
+    def _post(self, batch: list[Request], outputs: list, errors: dict[int, GpufleetError]) -> None:
+        step = self.step
+        assert step is not None
+        t0 = time.monotonic()
+        step.postprocess(outputs, errors)
+        with self.stats.lock:
+            self.stats.stage("postprocess").add((time.monotonic() - t0) / max(1, len(batch)))
+        self._answer(batch, outputs, errors)
+
+    def _answer(self, batch: list[Request], outputs: list, errors: dict[int, GpufleetError]) -> None:
+        for i, err in errors.items():
+            self.fail([batch[i]], err)
+        pairs = zip(batch, outputs) if not errors else [
+            (r, v) for i, (r, v) in enumerate(zip(batch, outputs)) if i not in errors]
+        self.resolve(pairs, time.monotonic())
+
+    # -- batch size probe ---------------------------------------------------------------------------------
+    def _probe(self, sample: Any) -> None:
+        """Find the largest batch that fits and still raises throughput (``max_batch_size=0``)."""
+        self.probe_pending = False
+        best_bs, best_rate, bs = 1, 0.0, 1
+        while bs <= self.config.max_probe_batch:
+            try:
+                self._model.predict([sample] * bs)  # warm-up at this size
+                t0 = time.perf_counter()
+                for _ in range(2):
+                    self._model.predict([sample] * bs)
+                rate = 2 * bs / max(time.perf_counter() - t0, 1e-9)
+            except Exception as exc:  # noqa: BLE001
+                if is_oom(exc):
+                    empty_cache(self.device)
+                    break
+                log.warning("%s: batch size probe stopped at %d: %s", self.name, bs, exc)
+                break
+            if rate < best_rate * 1.05:
+                break
+            best_bs, best_rate = bs, rate
+            bs *= 2
+        self.max_batch = best_bs
+        log.info("%s: probed max batch size %d (%.0f items/s)", self.name, best_bs, best_rate)
