@@ -1,7 +1,9 @@
 """``gpufleet serve`` and ``gpufleet load``: flags map onto ``gpufleet.server.serve`` and ``gpufleet.loadgen``.
 
-Pool flags default to ``None`` so that only flags the user gave override the environment
-(``GPUFLEET_*``, ``GPU_IDS``, ``MAX_BATCH_SIZE``, ``MAX_BATCH_WAIT_TIME``, ...).
+Server flags map onto a :class:`gpufleet.server.ServerConfig` (``GPUFLEET_HTTP_WORKERS`` fills
+``--http-workers``, ``GPUFLEET_TOKEN`` ``--token``). Pool flags default to ``None`` so that only flags the
+user gave override the environment (``GPUFLEET_*``, ``GPU_IDS``, ``MAX_BATCH_SIZE``, ``MAX_BATCH_WAIT_TIME``,
+...).
 """
 
 from __future__ import annotations
@@ -51,13 +53,9 @@ def register(app: typer.Typer) -> None:
                                          "(default GPUFLEET_HTTP_WORKERS or 1: uvicorn in the engine process)."),
     ) -> None:
         """Serve a model over HTTP: /predict, KServe v2 (tritonclient), /health, /stats, /metrics."""
+        from gpufleet.server.config import server_config
         from gpufleet.server.run import serve as run_server
 
-        levels = ("critical", "error", "warning", "info", "debug", "trace")
-        if log_level.lower() not in levels:
-            _fail(f"--log-level must be one of {', '.join(levels)}, got {log_level!r}")
-        if log_format not in ("text", "json"):
-            _fail(f"--log-format must be text or json, got {log_format!r}")
         if gpus is not None and cpu_devices is not None:
             _fail("--gpus and --cpu-devices exclude each other")
         pool = {"devices": gpus, "cpu_devices": cpu_devices, "workers_per_device": workers_per_device,
@@ -65,9 +63,11 @@ def register(app: typer.Typer) -> None:
                 "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms, "balancer": balancer,
                 "max_queue": max_queue, "timeout_s": timeout_s}
         try:
-            code = run_server(model, host=host, port=port, token=token, max_body_mb=max_body_mb,
-                              drain_timeout_s=drain_timeout_s, log_level=log_level.lower(), model_name=model_name,
-                              http_workers=http_workers, log_format=log_format, **pool)
+            server = server_config({"host": host, "port": port, "token": token, "max_body_mb": max_body_mb,
+                                    "drain_timeout_s": drain_timeout_s, "log_level": log_level,
+                                    "model_name": model_name, "http_workers": http_workers,
+                                    "log_format": log_format})
+            code = run_server(model, server, **pool)
         except GpufleetError as exc:
             _fail(str(exc))
         raise typer.Exit(code)

@@ -14,38 +14,23 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
-import uvicorn
+from starlette.applications import Starlette
 
 from gpufleet.engine.remote import RemotePool
 from gpufleet.errors import ConfigError
 from gpufleet.logs import configure as configure_logs
 from gpufleet.server.app import create_app
-from gpufleet.server.base import ServerState
-from gpufleet.server.run import _DrainingServer
+from gpufleet.server.config import ServerConfig
+from gpufleet.server.uvicorn_server import DrainingServer
 
-__all__ = ["FrontendConfig", "bind_socket", "run_frontend"]
+__all__ = ["ModelLoader", "bind_socket", "run_frontend"]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, kw_only=True)
-class FrontendConfig:
-    """What every front end needs (pickled once per spawn); ``ipc_path`` is the engine's Unix socket."""
-
-    host: str
-    port: int
-    model_name: str
-    token: str | None = None
-    max_body_mb: float = 16.0
-    drain_timeout_s: float = 30.0
-    request_timeout_s: float | None = None
-    log_level: str = "info"
-    log_format: str = "text"
-    ipc_path: str = ""
-    model: str = ""  # the serve MODEL spec: front ends build an unset-up copy to run its preprocess
+ModelLoader = Callable[[str], tuple[Any, str]]  # serve's MODEL spec -> (model for Pool, name): run.load_model
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -64,12 +49,11 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _attach_preprocess(pool: RemotePool, spec: str) -> None:
+def _attach_preprocess(pool: RemotePool, spec: str, load_model: ModelLoader) -> None:
     """Run the model's ``preprocess`` in this front end, on a few threads, before items go to the engine."""
     from concurrent.futures import ThreadPoolExecutor
 
     from gpufleet.models.base import model_factory, optional_stage
-    from gpufleet.server.run import load_model
 
     template = model_factory(load_model(spec)[0])()  # not set up: frontend_preprocess models need no setup
     hook = getattr(template, "prepare_frontend", None)
@@ -81,20 +65,21 @@ def _attach_preprocess(pool: RemotePool, spec: str) -> None:
     log.info("front end %d runs %s's preprocess", os.getpid(), spec)
 
 
-class _FrontendServer(_DrainingServer):
+class _FrontendServer(DrainingServer):
     """Connects the remote pool on uvicorn's loop before serving; tells the supervisor once it listens."""
 
-    def __init__(self, config: uvicorn.Config, state: ServerState, drain_timeout_s: float, pool: RemotePool,
-                 listening: Any) -> None:
-        super().__init__(config, state, drain_timeout_s)
+    def __init__(self, app: Starlette, cfg: ServerConfig, pool: RemotePool, listening: Any, model: str,
+                 load_model: ModelLoader) -> None:
+        super().__init__(app, cfg)
         self.pool = pool
         self.listening = listening
-        self.model_spec = ""
+        self.model_spec = model
+        self.load_model = load_model
 
     async def serve(self, sockets: Any = None) -> None:
         await self.pool.connect()
         if self.pool.info.get("frontend_preprocess") and self.model_spec:
-            _attach_preprocess(self.pool, self.model_spec)
+            _attach_preprocess(self.pool, self.model_spec, self.load_model)
         # Everything alive now (uvicorn, the model template with torch) leaves the collector's view, as in the
         # engine (PoolConfig.gc_freeze): with torch imported a full collection took ~70 ms, a stall of every
         # request on this front end (W3 c=256 on 1x H200: p99 97-114 ms, engine e2e p99 31-37 ms).
@@ -125,23 +110,22 @@ class _FrontendServer(_DrainingServer):
         self.should_exit = True
 
 
-def run_frontend(cfg: FrontendConfig, listening: Any) -> None:
-    """Process entry point (spawned): serve until SIGTERM, draining in-flight requests first."""
+def run_frontend(cfg: ServerConfig, ipc_path: str, model: str, load_model: ModelLoader, listening: Any) -> None:
+    """Process entry point (spawned): serve until SIGTERM, draining in-flight requests first.
+
+    ``cfg`` is the engine's, with the port resolved and ``model_name`` set; ``ipc_path`` is the engine's Unix
+    socket; ``model`` is the serve MODEL spec and ``load_model`` loads it (the front end builds an unset-up
+    copy to run its preprocess; passed in, so that this module needs nothing from ``run``).
+    """
     try:
         os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only; it forwards SIGTERM to us
     except OSError:
         pass
     configure_logs(cfg.log_level, cfg.log_format, prefix=f"[front end {os.getpid()}] ")
-    pool = RemotePool(cfg.ipc_path)
-    app = create_app(pool, model_name=cfg.model_name, token=cfg.token, max_body_mb=cfg.max_body_mb,
-                     drain_timeout_s=cfg.drain_timeout_s, request_timeout_s=cfg.request_timeout_s,
-                     frontend_id=str(os.getpid()))
-    uv = uvicorn.Config(app, host=cfg.host, port=cfg.port, loop="auto", http="auto", log_level=cfg.log_level,
-                        access_log=False, timeout_graceful_shutdown=max(1, int(cfg.drain_timeout_s)), lifespan="off",
-                        log_config=None if cfg.log_format == "json" else uvicorn.config.LOGGING_CONFIG)
+    pool = RemotePool(ipc_path)
+    app = create_app(pool, **cfg.app_options(), frontend_id=str(os.getpid()))
     sock = bind_socket(cfg.host, cfg.port)
-    server = _FrontendServer(uv, app.state.gpufleet, cfg.drain_timeout_s, pool, listening)
-    server.model_spec = cfg.model
+    server = _FrontendServer(app, cfg, pool, listening, model, load_model)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # until uvicorn installs its handlers
     server.run(sockets=[sock])
     sys.exit(0 if server.started else 1)

@@ -31,7 +31,8 @@ from typing import Any
 from gpufleet.engine.remote import serve_pool
 from gpufleet.errors import ConfigError
 from gpufleet.server import v2
-from gpufleet.server.frontend import FrontendConfig, bind_socket, run_frontend
+from gpufleet.server.config import ServerConfig
+from gpufleet.server.frontend import ModelLoader, bind_socket, run_frontend
 
 __all__ = ["serve_multi"]
 
@@ -44,10 +45,11 @@ MAX_START_FAILURES = 3
 class _Frontends:
     """The N front-end processes: start, watch and restart them, and stop them on a signal."""
 
-    def __init__(self, cfg: FrontendConfig, n: int) -> None:
-        self.cfg, self.n = cfg, n
+    def __init__(self, cfg: ServerConfig, ipc_path: str, model: str, load_model: ModelLoader) -> None:
+        self.n = cfg.http_workers
+        self.args = (cfg, ipc_path, model, load_model)  # run_frontend's, pickled once per spawn
         self.ctx = multiprocessing.get_context("spawn")
-        self.procs: list[Any] = [None] * n
+        self.procs: list[Any] = [None] * self.n
         self.restarts = 0
         self.stop_signal: int | None = None
         self.force = False
@@ -59,7 +61,7 @@ class _Frontends:
 
     def _start(self, i: int) -> Any:
         listening = self.ctx.Event()
-        p = self.ctx.Process(target=run_frontend, args=(self.cfg, listening), name=f"gpufleet-http-{i}", daemon=True)
+        p = self.ctx.Process(target=run_frontend, args=(*self.args, listening), name=f"gpufleet-http-{i}", daemon=True)
         p.start()
         self.procs[i] = p
         return listening
@@ -122,15 +124,17 @@ class _Frontends:
                 p.join(5)
 
 
-def serve_multi(pool: Any, cfg: FrontendConfig, n: int) -> int:
-    """Serve ``pool`` with ``n`` HTTP front-end processes until SIGTERM/SIGINT; returns the exit code.
-    The caller owns the pool and closes it afterwards (that drains the items still queued)."""
+def serve_multi(pool: Any, cfg: ServerConfig, model: str, load_model: ModelLoader) -> int:
+    """Serve ``pool`` with ``cfg.http_workers`` HTTP front-end processes until SIGTERM/SIGINT; returns the exit
+    code. ``cfg.model_name`` must be set; front ends load ``model`` (serve's MODEL spec) with ``load_model``
+    to run its preprocess. The caller owns the pool and closes it afterwards (that drains the items still
+    queued)."""
     log.setLevel(getattr(logging, cfg.log_level.upper(), logging.INFO))  # our lines follow --log-level, as uvicorn's
     # Bound, never listening: reserves the port (and resolves port 0) for the front ends' SO_REUSEPORT group.
     reserve = bind_socket(cfg.host, cfg.port)
     tmp = tempfile.mkdtemp(prefix="gpufleet-")
     path = os.path.join(tmp, "engine.sock")
-    cfg = replace(cfg, port=reserve.getsockname()[1], ipc_path=path)
+    cfg = replace(cfg, port=reserve.getsockname()[1])
     # Not ready until every front end listens: a load balancer then sees the whole layout at once.
     # Front ends run the model's preprocess themselves when the model says it is a pure function of the item:
     # the engine's workers (threads, or process workers' children) then skip it. With one GPU child process
@@ -138,7 +142,8 @@ def serve_multi(pool: Any, cfg: FrontendConfig, n: int) -> int:
     pre = bool(getattr(pool.model, "frontend_preprocess", False))
     server = serve_pool(pool, path, info={"model_spec": v2.model_spec(pool).to_dict(), "frontend_preprocess": pre},
                         accepting=False)
-    fronts = _Frontends(cfg, n)
+    n = cfg.http_workers
+    fronts = _Frontends(cfg, path, model, load_model)
     old = {s: signal.signal(s, fronts.on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         fronts.start_all()

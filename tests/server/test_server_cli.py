@@ -12,7 +12,8 @@ from gpufleet.cli import app
 from gpufleet.errors import ConfigError
 from gpufleet.loadgen import make_payloads
 from gpufleet.models import OnnxModel
-from gpufleet.server.run import http_workers_from, load_model, pool_config
+from gpufleet.server.config import server_config
+from gpufleet.server.run import load_model, pool_config
 
 HERE = Path(__file__).parent
 
@@ -44,12 +45,12 @@ def test_flags_win_over_env() -> None:
 
 
 def test_http_workers_flag_wins_over_env() -> None:
-    assert http_workers_from(None, {}) == 1
-    assert http_workers_from(None, {"GPUFLEET_HTTP_WORKERS": "8"}) == 8
-    assert http_workers_from(2, {"GPUFLEET_HTTP_WORKERS": "8"}) == 2
+    assert server_config({"http_workers": None}, {}).http_workers == 1
+    assert server_config({"http_workers": None}, {"GPUFLEET_HTTP_WORKERS": "8"}).http_workers == 8
+    assert server_config({"http_workers": 2}, {"GPUFLEET_HTTP_WORKERS": "8"}).http_workers == 2
     for bad in ("0", "-1", "many"):
         with pytest.raises(ConfigError, match="http_workers"):
-            http_workers_from(None, {"GPUFLEET_HTTP_WORKERS": bad})
+            server_config({}, {"GPUFLEET_HTTP_WORKERS": bad})
 
 
 def test_serve_bad_flags_exit_2_with_one_line() -> None:

@@ -1,0 +1,100 @@
+"""Server configuration: one frozen, validated dataclass, and its mapping from environment variables.
+
+It lives in the server package, not beside :class:`gpufleet.PoolConfig` in ``gpufleet/config.py``: that
+module is the engine's (imported by ``Pool`` on every install), and these options only mean something
+where uvicorn runs. Flags and keyword arguments that are given win over the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from gpufleet.errors import ConfigError
+from gpufleet.logs import FORMATS
+
+__all__ = ["LOG_LEVELS", "ServerConfig", "env_overrides", "server_config"]
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's names
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """How ``gpufleet serve`` listens, authenticates, bounds requests, logs and drains.
+
+    ``token`` requires ``Authorization: Bearer <token>`` (not on ``/health``, ``/v2/health/live``);
+    ``max_body_mb`` bounds request bodies (413 beyond); ``drain_timeout_s`` bounds the drain at SIGTERM;
+    ``request_timeout_s`` is the per-item deadline (default: the pool's ``timeout_s``); ``model_name`` is
+    the name under ``/v2/models/`` (``None``: the model's own); ``http_workers > 1`` runs that many HTTP
+    front-end processes over the one engine process (docs/serving.md).
+
+    >>> ServerConfig(port=9000, http_workers=4).host
+    '127.0.0.1'
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    max_body_mb: float = 16.0
+    drain_timeout_s: float = 30.0
+    request_timeout_s: float | None = None
+    model_name: str | None = None
+    http_workers: int = 1
+    log_level: str = "info"
+    log_format: str = "text"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0..65535, got {self.port}")
+        if self.max_body_mb <= 0:
+            raise ConfigError(f"max_body_mb must be > 0, got {self.max_body_mb}")
+        if self.drain_timeout_s < 0:
+            raise ConfigError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
+        if self.request_timeout_s is not None and self.request_timeout_s <= 0:
+            raise ConfigError(f"request_timeout_s must be > 0 or None, got {self.request_timeout_s}")
+        if self.http_workers < 1:
+            raise ConfigError(f"http_workers must be >= 1, got {self.http_workers}")
+        level = self.log_level.lower()
+        if level not in LOG_LEVELS:
+            raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        object.__setattr__(self, "log_level", level)
+        if self.log_format not in FORMATS:
+            raise ConfigError(f"log format must be one of {', '.join(FORMATS)}, got {self.log_format!r}")
+
+    @classmethod
+    def names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+    def app_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`gpufleet.server.create_app` that this config sets."""
+        options = {"token": self.token, "max_body_mb": self.max_body_mb, "drain_timeout_s": self.drain_timeout_s,
+                   "request_timeout_s": self.request_timeout_s}
+        if self.model_name is not None:
+            options["model_name"] = self.model_name
+        return options
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """ServerConfig fields set by the environment: ``GPUFLEET_HTTP_WORKERS`` → http_workers.
+
+    (``GPUFLEET_TOKEN`` is read by the CLI's ``--token`` flag only.)
+    """
+    env = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    raw = env.get("GPUFLEET_HTTP_WORKERS", "").strip()
+    if raw:
+        try:
+            out["http_workers"] = int(raw)
+        except ValueError:
+            raise ConfigError(f"http_workers (GPUFLEET_HTTP_WORKERS) must be an integer >= 1, got {raw!r}") from None
+    return out
+
+
+def server_config(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """ServerConfig from the environment, overridden by the ``options`` that are not ``None`` (given flags)."""
+    unknown = set(options) - ServerConfig.names()
+    if unknown:
+        raise ConfigError(f"unknown server option(s) {sorted(unknown)}")
+    return ServerConfig(**{**env_overrides(environ), **{k: v for k, v in options.items() if v is not None}})
