@@ -55,7 +55,7 @@ def demo(
 ) -> None:
     """The main job: render a moving-text video, run the video pipeline with textdet on every device, check
     the detections against ground truth."""
-    from gpufleet.demo import run_demo
+    from gpufleet.tools.demo import run_demo
 
     try:
         summary = run_demo(out, frames=frames, devices=gpus, cpu_devices=cpu_devices, runtime=runtime,
@@ -106,7 +106,7 @@ def bench(
     json_output: bool = typer.Option(False, "--json", help="JSON records instead of a table."),
 ) -> None:
     """Raw model ceiling (W1) beside the pooled figure (W2), and the served one with --http, in one run."""
-    from gpufleet.bench import BenchSpec, print_report, run_bench
+    from gpufleet.tools.bench import BenchSpec, print_report, run_bench
 
     try:
         sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from gpufleet.cli import app
 from gpufleet.errors import ConfigError
-from gpufleet.loadgen import make_payloads
 from gpufleet.models import OnnxModel
 from gpufleet.server.run import http_workers_from, load_model, pool_config
+from gpufleet.tools.load import make_payloads
 
 HERE = Path(__file__).parent
 

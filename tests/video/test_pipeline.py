@@ -7,7 +7,7 @@ import json
 import av
 import pytest
 
-from gpufleet import synth
+from gpufleet.tools import synth
 from gpufleet.video import frames, run
 
 OPTS = {"runtime": "onnx", "batch_size": 4, "progress": False}

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpufleet import synth
 from gpufleet.errors import ConfigError
+from gpufleet.tools import synth
 
 __all__ = ["run_demo"]
 

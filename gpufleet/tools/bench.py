@@ -3,7 +3,7 @@ and with ``http`` served over HTTP (W3-style).
 
 Raw: the module alone, input already on the device in the compute dtype. Pooled: uint8 CHW images on the
 host go through ``Pool.map`` (batching, pinned staging, host→device copy, normalisation on the device).
-Served: JSON requests with a base64 JPEG to ``gpufleet serve`` of the same model (:mod:`gpufleet.bench_served`).
+Served: JSON requests with a base64 JPEG to ``gpufleet serve`` of the same model (:mod:`gpufleet.tools.bench_served`).
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def run_bench(spec: BenchSpec) -> dict[str, Any]:
                 per_device = row["pool"]["items_s"] / len(devices)
                 row["pool_vs_raw"] = round(per_device / row["raw"]["items_s"], 4)
         if spec.http:
-            from gpufleet.bench_served import measure_served
+            from gpufleet.tools.bench_served import measure_served
 
             row["served"] = measure_served(spec, bs)
         rows.append(row)

@@ -10,7 +10,7 @@ av = pytest.importorskip("av")
 
 
 def test_run_demo_on_two_cpu_devices(tmp_path) -> None:
-    from gpufleet.demo import run_demo
+    from gpufleet.tools.demo import run_demo
 
     s = run_demo(tmp_path, frames=24, size=(320, 180), cpu_devices=2, runtime="onnx", max_batch_size=4)
     assert s["recall"] >= 0.8 and s["frames"] == 24 and s["exit_code"] == 0

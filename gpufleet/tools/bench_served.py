@@ -54,10 +54,10 @@ def _wait_ready(proc: subprocess.Popen, url: str, log: Path) -> None:
 def measure_served(spec: Any, batch_size: int) -> dict[str, Any]:
     """Serve ``spec``'s model with max batch ``batch_size`` and return req/s, p50/p99 and errors.
 
-    ``spec`` is a :class:`gpufleet.bench.BenchSpec`; its ``http_*`` fields set the front ends, the load's
+    ``spec`` is a :class:`gpufleet.tools.bench.BenchSpec`; its ``http_*`` fields set the front ends, the load's
     concurrency and client processes; the load runs ``spec.seconds`` after a short warm-up.
     """
-    from gpufleet.loadgen import run_load
+    from gpufleet.tools.load import run_load
 
     with tempfile.TemporaryDirectory(prefix="gpufleet-bench-") as tmp:
         model_file = Path(tmp) / "bench_model.py"

@@ -1,4 +1,4 @@
-"""gpufleet.bench on CPU devices: the report's shape, --scale's device sets, and the CLI's bad-flag errors."""
+"""gpufleet.tools.bench on CPU devices: the report's shape, --scale's device sets, and the CLI's bad-flag errors."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from gpufleet.bench import BenchSpec, _scale_specs, run_bench
 from gpufleet.cli import app
 from gpufleet.devices import Device
+from gpufleet.tools.bench import BenchSpec, _scale_specs, run_bench
 
 
 def test_scale_specs_take_powers_of_two_then_all() -> None:

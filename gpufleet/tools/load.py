@@ -35,7 +35,7 @@ class Payload:
 
 
 def _jpeg(angle: int, seed: int) -> bytes:
-    from gpufleet.synth import text_image
+    from gpufleet.tools.synth import text_image
 
     buf = io.BytesIO()
     text_image(size=(224, 224), angle=angle, seed=seed).save(buf, format="JPEG", quality=90)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpufleet import synth
+from gpufleet.tools import synth
 
 
 def test_text_image_is_deterministic_and_rotates() -> None:
