@@ -1,5 +1,5 @@
-"""``gpufleet bench``: the raw model ceiling (BENCH.md W1) beside the same model through ``Pool.map`` (W2),
-and with ``http`` served over HTTP (W3-style).
+"""``gpufleet bench``: the raw model ceiling beside the same model through ``Pool.map``, and with ``http``
+served over HTTP (JSON requests with a base64 JPEG).
 
 Raw: the module alone, input already on the device in the compute dtype. Pooled: uint8 CHW images on the
 host go through ``Pool.map`` (batching, pinned staging, host→device copy, normalisation on the device).
@@ -169,7 +169,7 @@ def run_bench(spec: BenchSpec) -> dict[str, Any]:
                 base = row["scaling"][0]["items_s"] if row["scaling"] else r["items_s"]
                 row["scaling"].append({"devices": k, **r, "speedup": round(r["items_s"] / base, 3)})
             row["pool"] = row["scaling"][-1]
-            if "raw" in row:  # W2 is one device against its own ceiling
+            if "raw" in row:  # the pool's overhead: one device against its own ceiling
                 row["pool_vs_raw"] = round(row["scaling"][0]["items_s"] / row["raw"]["items_s"], 4)
         elif spec.pool:
             raw_rate = row["raw"]["items_s"] * len(devices) * spec.workers_per_device if "raw" in row else None

@@ -1,5 +1,5 @@
 """The served figure of ``gpufleet bench --http``: the bench's model behind a real ``gpufleet serve`` process on
-127.0.0.1, measured with the closed-loop load generator (BENCH.md W3's request: JSON with a base64 JPEG).
+127.0.0.1, measured with the closed-loop load generator (each request: JSON with a base64 JPEG).
 
 The server runs the same classifier, precision, image size, CUDA graphs and devices as the pooled run, with
 the row's batch size as its max batch size, so raw, pooled and served figures sit side by side.
