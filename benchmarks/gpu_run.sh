@@ -82,8 +82,8 @@ serve_one() {  # $1 = label, $2 = config name, $3 = extra serve flags
   local label=$1 cfg=$2 tag="$1_$2" spid i PORT
   # A port nothing listens on, so the readiness check and the load reach this server and no other.
   PORT=$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-  # shellcheck disable=SC2086  # $3 is split into flags on purpose
   # Started as a plain command (env execs python3), so $! is the server itself and the TERM below reaches it.
+  # shellcheck disable=SC2086  # $3 is split into flags on purpose
   env PYTHONSAFEPATH=1 "$(pypath "$label")" python3 -m gpufleet serve resnet50 --port "$PORT" --log-level warning $3 \
     > "$W/serve_$tag.log" 2>&1 &
   spid=$!
@@ -102,7 +102,10 @@ serve_one() {  # $1 = label, $2 = config name, $3 = extra serve flags
       --json > "$W/burst_${tag}_$n.json" 2> "$W/burst_${tag}_$n.err"
   done
   curl -s "localhost:$PORT/stats" > "$W/stats_$tag.json"
-  kill -TERM $spid 2>/dev/null; wait $spid; echo "server $tag exit code $?" >> "$W/steps.txt"
+  kill -TERM $spid 2>/dev/null  # drains, then exits 0; killed outright if it has not within 60 s
+  for i in $(seq 1 120); do kill -0 $spid 2>/dev/null || break; sleep 0.5; done
+  kill -0 $spid 2>/dev/null && { echo "server $tag did not stop: killed" >> "$W/steps.txt"; kill -KILL $spid; }
+  wait $spid; echo "server $tag exit code $?" >> "$W/steps.txt"
 }
 
 for step in ${STEPS:-pool serve video}; do
