@@ -45,7 +45,7 @@ test: venv browser
 	$(PYTHON) -m pytest -q -ra $(PYTEST_ARGS)
 
 lint: venv
-	$(PYTHON) -m ruff check gpufleet tests scripts
+	$(PYTHON) -m ruff check gpufleet tests benchmarks
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

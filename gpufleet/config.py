@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from gpufleet.errors import ConfigError
@@ -68,7 +68,6 @@ class PoolConfig:
     breaker_threshold: int = 3
     breaker_cooldown_s: float = 5.0
     mps: str = "auto"
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.workers_per_device < 1:

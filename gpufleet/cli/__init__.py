@@ -55,7 +55,7 @@ def demo(
 ) -> None:
     """The main job: render a moving-text video, run the video pipeline with textdet on every device, check
     the detections against ground truth."""
-    from gpufleet.demo import run_demo
+    from gpufleet.tools.demo import run_demo
 
     try:
         summary = run_demo(out, frames=frames, devices=gpus, cpu_devices=cpu_devices, runtime=runtime,
@@ -88,8 +88,8 @@ def bench(
     gpus: Optional[str] = typer.Option(None, "--gpus", help='Devices for the pooled run: "all", "0", "0,1".'),  # noqa: UP045
     cpu_devices: Optional[int] = typer.Option(None, "--cpu-devices", min=1),  # noqa: UP045
     workers_per_device: int = typer.Option(1, "--workers-per-device", min=1),
-    raw: bool = typer.Option(True, "--raw/--no-raw", help="Measure the model's own ceiling (W1)."),
-    pool: bool = typer.Option(True, "--pool/--no-pool", help="Measure the same model through Pool.map (W2)."),
+    raw: bool = typer.Option(True, "--raw/--no-raw", help="Measure the model's own ceiling."),
+    pool: bool = typer.Option(True, "--pool/--no-pool", help="Measure the same model through Pool.map."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Pool: replay CUDA graphs per batch bucket."),
     backend: str = typer.Option("thread", "--backend", help="Pool workers: thread | process."),
     scale: bool = typer.Option(False, "--scale", help="Pool on the first 1, 2, 4 ... selected devices, side by "
@@ -98,15 +98,15 @@ def bench(
     switch_interval_ms: Optional[float] = typer.Option(  # noqa: UP045
         None, "--switch-interval-ms", help="Set Python's thread switch interval (GIL hand-over) for this run."),
     http: bool = typer.Option(False, "--http", help="Also serve the model (gpufleet serve on 127.0.0.1) and load "
-                                                    "it over HTTP: JSON + base64 JPEG, closed loop (W3)."),
+                                                    "it over HTTP: JSON + base64 JPEG, closed loop."),
     http_concurrency: int = typer.Option(64, "--http-concurrency", min=1, help="Clients in flight for --http."),
     http_workers: int = typer.Option(1, "--http-workers", min=1, help="HTTP front-end processes for --http."),
     http_clients: int = typer.Option(1, "--http-clients", min=1,
                                      help="Load-generator processes for --http (one core caps ~8k req/s)."),
     json_output: bool = typer.Option(False, "--json", help="JSON records instead of a table."),
 ) -> None:
-    """Raw model ceiling (W1) beside the pooled figure (W2), and the served one with --http, in one run."""
-    from gpufleet.bench import BenchSpec, print_report, run_bench
+    """The model's own ceiling beside the same model through Pool.map, and served over HTTP with --http, in one run."""
+    from gpufleet.tools.bench import BenchSpec, print_report, run_bench
 
     try:
         sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]

@@ -1,4 +1,4 @@
-"""``gpufleet serve`` and ``gpufleet load``: flags map onto ``gpufleet.server.serve`` and ``gpufleet.loadgen``.
+"""``gpufleet serve`` and ``gpufleet load``: flags map onto ``gpufleet.server.serve`` and ``gpufleet.tools.load``.
 
 Server flags map onto a :class:`gpufleet.server.ServerConfig` (``GPUFLEET_HTTP_WORKERS`` fills
 ``--http-workers``, ``GPUFLEET_TOKEN`` ``--token``). Pool flags default to ``None`` so that only flags the
@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
         json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     ) -> None:
         """Load-test a gpufleet server: closed-loop req/s and latency percentiles, or a --burst."""
-        from gpufleet.loadgen import format_report, run_burst, run_load
+        from gpufleet.tools.load import format_report, run_burst, run_load
 
         if concurrency < 1:
             _fail(f"--concurrency must be >= 1, got {concurrency}")

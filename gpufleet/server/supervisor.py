@@ -138,7 +138,7 @@ def serve_multi(pool: Any, cfg: ServerConfig, model: str, load_model: ModelLoade
     # Not ready until every front end listens: a load balancer then sees the whole layout at once.
     # Front ends run the model's preprocess themselves when the model says it is a pure function of the item:
     # the engine's workers (threads, or process workers' children) then skip it. With one GPU child process
-    # serving W3, base64-decoding every request there took 40% of its time (py-spy, 1x H200, 2026-12-01).
+    # serving base64 JPEG requests, decoding the base64 there took 40% of its time (py-spy, 1x H200, 2026-12-01).
     pre = bool(getattr(pool.model, "frontend_preprocess", False))
     server = serve_pool(pool, path, info={"model_spec": v2.model_spec(pool).to_dict(), "frontend_preprocess": pre},
                         accepting=False)

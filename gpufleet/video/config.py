@@ -23,12 +23,9 @@ class VideoConfig:
     into at keyframes and decoded in parallel (0 = auto: ``decoders_per_gpu`` per GPU with nvdec, one per
     device with the CPU decoder, shared out between the inputs; 1 = never split). ``out``/``jsonl`` with
     several inputs become one file per input (``name.<stream>.ext``, or put ``{stream}`` in the path).
-    ``decode_ahead``: chunks each decoder decodes ahead of the model on a thread of its own (0 = decode a
-    chunk only once the previous one is handed to the pool, the default: no gain measured yet; each chunk
-    ahead holds ``chunk`` decoded frames in memory, on the GPU with nvdec). ``process_per_gpu``: run the
-    inputs as one process per device, each with its own share of the inputs (``None`` = when several GPUs and
-    several inputs are given): NVDEC decoding of many streams is bound by one process's Python threads, so a
-    second GPU in the same process adds little.
+    ``process_per_gpu``: run the inputs as one process per device, each with its own share of the inputs
+    (``None`` = when several GPUs and several inputs are given): NVDEC decoding of many streams is bound by one
+    process's Python threads, so a second GPU in the same process adds little.
     """
 
     model: Any = "textdet"
@@ -47,7 +44,6 @@ class VideoConfig:
     segments: int = 0
     decoders_per_gpu: int = 4
     chunk: int = 0
-    decode_ahead: int = 0
     reconnect_attempts: int = 5
     backoff_s: float = 0.5
     timeout_s: float = 10.0
@@ -59,7 +55,7 @@ class VideoConfig:
             raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}; got {self.decoder!r}")
         if self.encoder not in ENCODERS:
             raise ConfigError(f"encoder must be one of {', '.join(ENCODERS)}; got {self.encoder!r}")
-        for name in ("batch_size", "segments", "chunk", "decode_ahead"):
+        for name in ("batch_size", "segments", "chunk"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_batch_size", "queue_size", "every_nth", "decoders_per_gpu", "reconnect_attempts"):

@@ -38,7 +38,6 @@ from gpufleet.video.sources import (
     is_url,
     nvdec_available,
     probe,
-    read_ahead,
 )
 
 __all__ = ["FrameResult", "StreamEnd", "VideoJob", "stream_names"]
@@ -330,7 +329,7 @@ class VideoJob:
         dev = self._acquire(s.decoder)
         try:
             source = self._source(s, seg, dev)
-            chunks = read_ahead(source, self.config.decode_ahead, name=f"gpufleet-decode-{s.name}-{seg.index}")
+            chunks = iter(source)
             metas: deque[tuple[int, float, Any]] = deque()
             prepare, keep = self.preparer, self.keep_images
             sync = None
@@ -367,7 +366,9 @@ class VideoJob:
                     with s.lock:
                         s.frames += 1
             finally:
-                chunks.close()  # stops and joins the decoding thread: the decoder is closed before its slot is freed
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()  # a generator source closes its decoder now, before its slot is freed
             with s.lock:
                 s.decode_s += getattr(source, "decode_s", 0.0)
                 s.reconnects += getattr(source, "reconnects", 0)

@@ -24,7 +24,9 @@ from typing import Any
 from gpufleet.errors import ConfigError, GpufleetError
 from gpufleet.video.config import VideoConfig
 from gpufleet.video.job import StreamEnd
+from gpufleet.video.local import run_here
 from gpufleet.video.progress import Progress, want_progress
+from gpufleet.video.summary import summary_record
 
 __all__ = ["plan", "run_shares"]
 
@@ -77,8 +79,6 @@ def _worker(conn: Connection, go: Any, specs: list[str], names: list[str], cfg: 
             jsonl_paths: dict[str, str | None], out_paths: dict[str, str | None]) -> None:
     """Runs in the worker process: :func:`run_here` on its inputs, reporting to the parent over ``conn``;
     decoding starts once every worker is set up (``go``), so the timed windows line up."""
-    from gpufleet.video.pipeline import run_here
-
     counts: Counter[str] = Counter()
     last = [time.monotonic()]
 
@@ -225,8 +225,6 @@ def _merge(specs: Sequence[str], names: Sequence[str], workers: list[dict[str, A
                        "frames": e.frames if e else 0, "elapsed_s": round(e.elapsed_s, 3) if e else 0.0,
                        "fps": 0.0, "decoder": e.decoder if e else "", "decoder_note": "", "segments": 0,
                        "reconnects": 0, "jsonl": None, "out": None, "encoder": None, "encoder_note": ""}
-    from gpufleet.video.pipeline import summary_record
-
     done = [w["summary"] for w in workers if w["summary"] is not None]
     first = min((s for s, _ in windows), default=0.0)
     elapsed = max(e for _, e in windows) - first if windows else wall

@@ -6,7 +6,6 @@
 - :class:`NvdecSource` decodes with PyNvVideoCodec into GPU memory; a chunk's frames are views of one CUDA
   ``uint8`` ``[N, 3, H, W]`` tensor (taken over DLPack, no host copy; NV12 -> RGB on the GPU).
 - :class:`Reconnecting` re-opens a live stream that drops, with exponential backoff.
-- :func:`read_ahead` decodes on a thread of its own, a few chunks ahead of whoever consumes them.
 
 Foreign errors (PyAV, PyNvVideoCodec) become :class:`SourceError` here, with one readable line.
 """
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,8 +23,7 @@ from typing import Any
 
 from gpufleet.errors import InputError
 
-__all__ = ["CpuSource", "Frame", "NvdecSource", "Reconnecting", "SourceError", "VideoInfo", "is_url", "probe",
-           "read_ahead"]
+__all__ = ["CpuSource", "Frame", "NvdecSource", "Reconnecting", "SourceError", "VideoInfo", "is_url", "probe"]
 
 log = logging.getLogger(__name__)
 
@@ -328,73 +325,3 @@ class Reconnecting:
                 self.reconnects += 1
                 self._sleep(delay)
                 delay = min(self.max_backoff_s, delay * 2)
-
-
-class _Raised:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-_END = object()
-
-
-def read_ahead(source: Any, depth: int, *, name: str = "gpufleet-decode",
-               join_timeout_s: float = 30.0) -> Iterator[Any]:
-    """Iterate ``source`` on a thread of its own, keeping up to ``depth`` chunks decoded ahead of the consumer.
-
-    The decoder keeps working while the consumer prepares, submits and waits on the previous chunk (a
-    decoder that only decodes when asked sits idle for that time). ``depth=0`` iterates ``source`` here.
-    The source's errors are raised to the consumer in turn. When the consumer stops early the thread stops
-    after its current chunk and is joined (up to ``join_timeout_s``), so the decoder is closed by the time
-    this generator is; a source that should stop sooner watches its own stop event.
-    """
-    if depth <= 0:
-        yield from source
-        return
-    ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    quit = threading.Event()
-
-    def put(x: Any) -> bool:
-        while not quit.is_set():
-            try:
-                ready.put(x, timeout=0.05)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def run() -> None:
-        chunks: Any = None
-        try:
-            chunks = iter(source)
-            for chunk in chunks:
-                if not put(chunk):
-                    return
-            put(_END)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            put(_Raised(exc))
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()  # a generator source closes its decoder now, not when collected
-
-    thread = threading.Thread(target=run, name=name, daemon=True)
-    thread.start()
-    try:
-        while True:
-            x = ready.get()
-            if x is _END:
-                return
-            if isinstance(x, _Raised):
-                raise x.exc
-            yield x
-    finally:
-        quit.set()
-        while True:  # drop the chunks left (GPU memory) and unblock a waiting put
-            try:
-                ready.get_nowait()
-            except queue.Empty:
-                break
-        thread.join(join_timeout_s)
-        if thread.is_alive():
-            log.warning("%s: the decoder did not stop within %.0f s", name, join_timeout_s)

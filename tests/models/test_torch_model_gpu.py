@@ -123,7 +123,7 @@ def test_cuda_graphs_on_every_gpu_of_one_pool() -> None:
 def test_jpegs_on_two_gpus_of_one_process_decode_on_one(caplog: pytest.LogCaptureFixture) -> None:
     """torchvision rebuilds its one GPU JPEG decoder whenever another device calls it; the classifier decodes
     every GPU's batches on one device and copies them, so two thread workers give the same answers as one GPU
-    (the speed is in docs/scaling.md, W3 on 2 GPUs)."""
+    (the speed is in docs/scaling.md: JPEG serving on 2 GPUs)."""
     import io
     import logging
 

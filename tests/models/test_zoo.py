@@ -12,10 +12,10 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx2torch")
 
-from gpufleet import synth  # noqa: E402
 from gpufleet.errors import ConfigError, InputError  # noqa: E402
 from gpufleet.models import zoo  # noqa: E402
 from gpufleet.models.zoo import locate  # noqa: E402
+from gpufleet.tools import synth  # noqa: E402
 
 ANGLES = (0, 90, 180, 270)
 # onnx2torch's Slice converter trips a torch deprecation warning; harmless (outputs are checked below)

@@ -16,7 +16,7 @@ import uvicorn
 
 from gpufleet import Pool
 from gpufleet.server import create_app, load_model
-from gpufleet.synth import text_image
+from gpufleet.tools.synth import text_image
 
 
 def free_port() -> int:

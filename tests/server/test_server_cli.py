@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from gpufleet.cli import app
 from gpufleet.errors import ConfigError
-from gpufleet.loadgen import make_payloads
 from gpufleet.models import OnnxModel
 from gpufleet.server.config import server_config
 from gpufleet.server.run import load_model, pool_config
+from gpufleet.tools.load import make_payloads
 
 HERE = Path(__file__).parent
 

@@ -14,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 from gpufleet.models.zoo.orientation import OrientationModel
 from gpufleet.server.errors import HTTPError
 from gpufleet.server.kserve import decode_request, encode_response
-from gpufleet.synth import text_image
+from gpufleet.tools.synth import text_image
 from tests.server.conftest import jpeg
 
 ANGLES = (0, 90, 180, 270, 90, 0, 270, 180)

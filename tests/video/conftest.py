@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("av")
 
-from gpufleet import synth  # noqa: E402
+from gpufleet.tools import synth  # noqa: E402
 from gpufleet.video.sinks import encode_frames  # noqa: E402
 
 

@@ -7,7 +7,7 @@ import json
 import av
 import pytest
 
-from gpufleet import synth
+from gpufleet.tools import synth
 from gpufleet.video import frames, run
 
 OPTS = {"runtime": "onnx", "batch_size": 4, "progress": False}
@@ -51,18 +51,6 @@ def test_segments_over_two_devices_match_sequential(clips, tmp_path) -> None:
     for x, y in zip(a, b, strict=True):
         assert [d["box"] for d in x["results"]] == [d["box"] for d in y["results"]]
         assert [d["score"] for d in x["results"]] == pytest.approx([d["score"] for d in y["results"]], abs=1e-4)
-
-
-def test_decoding_ahead_or_not_gives_the_same_jsonl(clips, tmp_path) -> None:
-    clip = clips["text"]
-    now = run(str(clip), "textdet", jsonl=str(tmp_path / "now.jsonl"), cpu_devices=1, decode_ahead=0, **OPTS)
-    ahead = run(str(clip), "textdet", jsonl=str(tmp_path / "ahead.jsonl"), cpu_devices=2, decode_ahead=3, chunk=4,
-                **OPTS)
-    assert now["exit_code"] == ahead["exit_code"] == 0
-    a, b = _lines(tmp_path / "now.jsonl"), _lines(tmp_path / "ahead.jsonl")
-    assert [r["frame"] for r in b] == list(range(40))
-    for x, y in zip(a, b, strict=True):
-        assert [d["box"] for d in x["results"]] == [d["box"] for d in y["results"]]
 
 
 def test_several_inputs_and_failures_do_not_stop_the_others(clips, tmp_path) -> None:

@@ -31,7 +31,7 @@ def test_models_resolve_and_prepare_on_the_frames_device() -> None:
     frames = [np.zeros((1080, 1920, 3), dtype=np.uint8)] * 2
     items = make_preparer(det)(frames)
     assert items[0].array.shape == (3, 544, 960) and items[0].scale == 0.5
-    from gpufleet.bench import ImageClassifier
+    from gpufleet.tools.bench import ImageClassifier
 
     clf = ImageClassifier("resnet18", example_shape=(3, 224, 224), example_dtype=torch.uint8)
     batch = make_preparer(clf)(frames)

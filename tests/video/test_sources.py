@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
 
 from gpufleet.video.segments import OrderedMerge, Segment, split
-from gpufleet.video.sources import CpuSource, Frame, Reconnecting, SourceError, probe, read_ahead
+from gpufleet.video.sources import CpuSource, Frame, Reconnecting, SourceError, probe
 
 
 def _decode(info, start=0, stop=None, every_nth=1):
@@ -108,72 +107,3 @@ def test_ordered_merge_raises_a_producers_error_in_turn() -> None:
     assert next(it) == "a"
     with pytest.raises(SourceError, match="seg 1 broke"):
         next(it)
-
-
-class _Counting:
-    """A source of ``n`` chunks that records how many it produced, on which thread, and whether it closed."""
-
-    def __init__(self, n: int, fail_at: int | None = None) -> None:
-        self.n, self.fail_at = n, fail_at
-        self.produced, self.threads, self.closed = 0, set(), False
-
-    def __iter__(self):
-        try:
-            for i in range(self.n):
-                if i == self.fail_at:
-                    raise SourceError("cam: decoding failed at frame 2")
-                self.threads.add(threading.current_thread().name)
-                self.produced += 1
-                yield [Frame(i, i / 30, f"img{i}")]
-        finally:
-            self.closed = True
-
-
-def _wait_for(cond, timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond() and time.monotonic() < end:
-        time.sleep(0.005)
-    assert cond()
-
-
-def test_read_ahead_decodes_on_its_own_thread_up_to_depth_chunks_ahead() -> None:
-    src = _Counting(10)
-    it = read_ahead(src, 2, name="dec-x")
-    assert next(it)[0].index == 0
-    _wait_for(lambda: src.produced == 4)  # 1 taken, 2 queued, 1 more decoded and waiting for room
-    time.sleep(0.1)
-    assert src.produced == 4 and src.threads == {"dec-x"}
-    assert [c[0].index for c in it] == list(range(1, 10))
-    assert src.closed
-
-
-def test_read_ahead_raises_the_sources_error_in_turn() -> None:
-    it = read_ahead(_Counting(5, fail_at=2), 1)
-    assert next(it)[0].index == 0 and next(it)[0].index == 1
-    with pytest.raises(SourceError, match="failed at frame 2"):
-        next(it)
-
-
-def test_read_ahead_stops_and_closes_the_decoder_when_the_consumer_stops() -> None:
-    src = _Counting(1000)
-    before = {t.name for t in threading.enumerate()}
-    it = read_ahead(src, 1, name="dec-early")
-    next(it)
-    it.close()
-    assert src.closed and src.produced <= 3  # the source was closed by the time close() returned
-    assert "dec-early" not in {t.name for t in threading.enumerate()} - before
-
-
-def test_read_ahead_depth_zero_decodes_on_the_callers_thread() -> None:
-    src = _Counting(3)
-    assert [c[0].index for c in read_ahead(src, 0)] == [0, 1, 2]
-    assert src.threads == {threading.current_thread().name}
-
-
-def test_read_ahead_raises_an_error_from_opening_the_source() -> None:
-    class Unopenable:
-        def __iter__(self):
-            raise SourceError("cam: cannot open")
-
-    with pytest.raises(SourceError, match="cannot open"):
-        next(read_ahead(Unopenable(), 1))

@@ -20,7 +20,7 @@ from gpufleet.models.zoo.textdet import TextDetModel
 __all__ = ["MODELS", "ImageClassifier", "OrientationModel", "TextDetModel", "available", "get"]
 
 # orientation and textdet are real models (weights inside their wheels); resnet18/resnet50 are torchvision
-# architectures with random weights for speed work (BENCH.md W1-W3): JPEG or uint8 images in, top-1 out.
+# architectures with random weights for speed work (gpufleet bench, served JPEGs): JPEG or uint8 images in, top-1 out.
 MODELS: dict[str, Callable[..., Any]] = {
     "orientation": OrientationModel,
     "textdet": TextDetModel,

@@ -3,7 +3,7 @@
 JPEGs (raw bytes or ``{"image": base64}``) are decoded in batches on the GPU (nvJPEG through
 ``torchvision.io.decode_jpeg``) right before the forward pass, resized to the model input and normalised
 there; on CPU devices they are decoded in the preprocess threads. Weights are random unless ``weights``
-names a state-dict file: this is the BENCH.md W1–W3 workload (speed, not accuracy).
+names a state-dict file: the model of ``gpufleet bench`` and of the served-JPEG benchmark (speed, not accuracy).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
 _BUILD_LOCK = threading.Lock()
 # torchvision keeps one GPU JPEG decoder per process and rebuilds it (nvJPEG handle, buffers, stream) whenever
 # a call names another device: two workers of one process on cuda:0 and cuda:1 rebuilt it on every batch
-# (2x H200, served W3: 168 req/s instead of ~10,000). So the first device that decodes in a process decodes
+# (2x H200, JPEGs served over HTTP: 168 req/s instead of ~10,000). So the first device that decodes in a process decodes
 # for all of them; the others copy the decoded images to their own GPU (peer to peer).
 _DECODER_LOCK = threading.Lock()
 _decoder_device: torch.device | None = None

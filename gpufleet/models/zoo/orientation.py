@@ -36,7 +36,7 @@ class OrientationModel(Model):
 
     >>> model = OrientationModel(runtime="onnx")
     >>> model.setup(None)  # or a gpufleet Device
-    >>> from gpufleet.synth import text_image
+    >>> from gpufleet.tools.synth import text_image
     >>> x = model.preprocess(text_image(angle=90))
     >>> model.postprocess(model.predict([x])[0])["angle"]
     90

@@ -50,7 +50,7 @@ class TextDetModel(Model):
 
     >>> model = TextDetModel(runtime="onnx", input_hw=(384, 640))
     >>> model.setup(None)
-    >>> from gpufleet.synth import moving_text_frames
+    >>> from gpufleet.tools.synth import moving_text_frames
     >>> frame, truth = next(moving_text_frames(1))
     >>> boxes = model.postprocess(model.predict([model.preprocess(frame)])[0])
     """

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# The benchmark figures of docs/benchmarks.md in one run on a GPU machine, optionally old beside new.
+usage() {
+  cat <<'EOF'
+Usage: bash benchmarks/gpu_run.sh [-h|--help]
+
+Runs, on a GPU machine, the workloads of docs/benchmarks.md through the commands a user types, and writes
+$OUT/summary.txt (a few lines per workload) and $OUT/results.tgz (every raw JSON report and log):
+
+  pool   gpufleet bench: ResNet-50 through Pool.map at batch 64 and 128 beside the model's own ceiling
+         (eager and CUDA-graph replay, input already on the GPU); --scale adds 2, 4 ... GPUs when present.
+  serve  gpufleet serve resnet50, then gpufleet load --payload jpeg224 at -c 8 and -c 256 (req/s, p50, p99,
+         errors) and --burst 50 and 500, once with the defaults and once tuned (8 HTTP front ends, larger
+         batches).
+  video  gpufleet video --model resnet18 on the 1080p H.264 file (1 input, 8 inputs, 8 inputs at
+         --batch-size 128) beside the NVDEC decode-only ceiling (benchmarks/video_ceiling.py).
+  tests  pytest -m gpu on the test files that have GPU tests (not run unless named in STEPS).
+
+A/B: when .old/gpufleet.tar.xz is present (an older commit's package:
+  mkdir -p .old && git archive <commit> gpufleet | xz -9 > .old/gpufleet.tar.xz),
+pool and serve run for "old" and "new" in turn, in this one call; the old copy serves, and loads itself.
+
+Wheels the machine lacks (uvicorn, starlette, msgspec, PyAV, PyNvVideoCodec ...) are installed from .whl/
+(make it with benchmarks/fetch_wheels.sh). With the device tool:
+  run(command="bash benchmarks/gpu_run.sh", carry=[".whl", ".old"], timeout_s=600)
+
+Environment knobs (defaults in brackets):
+  OUT [/tmp/out]  WORK [/tmp/work] scratch  STEPS ["pool serve video"]  WHEELS [.whl]
+  AB [1: A/B when .old is there; 0: new only]
+  SECS [3] seconds per bench point   BENCH_ARGS ["--model resnet50 --precision fp16 --cuda-graphs
+  --batch-sizes 64,128 --scale"]   DUR [8] / WARM [2] load seconds   LOADP [12] load processes at c=256
+  SERVE_CONFIGS ["default tuned"]   TUNED_ARGS ["--http-workers 8 --max-batch-size 128 --max-wait-ms 2"]
+  VIDEO_MODEL [resnet18]
+EOF
+}
+case "${1:-}" in
+  -h|--help) usage; exit 0 ;;
+  "") ;;
+  *) usage >&2; exit 2 ;;
+esac
+
+cd "$(dirname "$0")/.." || exit 1
+export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+W=${WORK:-/tmp/work}; rm -rf "$W"; mkdir -p "$W"
+T0=$(date +%s)
+export PYTHONUNBUFFERED=1 COLUMNS=160
+# Multi-GPU hosts here: NVLink multicast stays off; gpufleet needs no NCCL at all.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+
+# The carried wheels go to /tmp/site (kept while the machine is warm).
+for dir in ${WHEELS:-.whl}; do
+  if ls "$dir"/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+      "$dir"/*.whl || echo "warning: installing $dir failed" >&2
+  fi
+done
+
+LABELS=new
+if [ "${AB:-1}" != 0 ] && [ -f .old/gpufleet.tar.xz ]; then
+  rm -rf .old/gpufleet && tar -xJf .old/gpufleet.tar.xz -C .old && LABELS="old new"  # never a stale copy
+fi
+# pkg LABEL CMD...: run CMD with that copy of the package first on sys.path. PYTHONSAFEPATH keeps `python3 -m`
+# and `-c` from putting the working directory (this checkout's gpufleet) first for the old copy.
+pypath() { if [ "$1" = old ]; then echo "PYTHONPATH=$PWD/.old:/tmp/site"; else echo "PYTHONPATH=$PWD:/tmp/site"; fi; }
+pkg() { local p; p=$(pypath "$1"); shift; env PYTHONSAFEPATH=1 "$p" "$@"; }
+
+stamp() { echo "== $1 (t=$(( $(date +%s) - T0 ))s)" | tee -a "$W/steps.txt"; }
+summary() {
+  { head -3 "$W/machine.txt"; cat "$W/packages.txt" "$W/steps.txt"; python3 benchmarks/summarize.py "$W"; } \
+    > "$OUT/summary.txt" 2>&1
+  tar czf /tmp/results.tgz -C "$W" . 2>/dev/null && mv /tmp/results.tgz "$OUT/results.tgz"
+}
+
+{ nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader; nproc
+  python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+  nvidia-smi topo -m; } > "$W/machine.txt" 2>&1
+for label in $LABELS; do
+  echo "$label: $(pkg "$label" python3 -c 'import gpufleet; print(gpufleet.__file__)' 2>&1)" >> "$W/packages.txt"
+done
+
+serve_one() {  # $1 = label, $2 = config name, $3 = extra serve flags
+  local label=$1 cfg=$2 tag="$1_$2" spid i PORT
+  # A port nothing listens on, so the readiness check and the load reach this server and no other.
+  PORT=$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+  # Started as a plain command (env execs python3), so $! is the server itself and the TERM below reaches it.
+  # shellcheck disable=SC2086  # $3 is split into flags on purpose
+  env PYTHONSAFEPATH=1 "$(pypath "$label")" python3 -m gpufleet serve resnet50 --port "$PORT" --log-level warning $3 \
+    > "$W/serve_$tag.log" 2>&1 &
+  spid=$!
+  for i in $(seq 1 240); do  # readiness turns 200 once every front end listens and the model is warm
+    curl -sf "localhost:$PORT/v2/health/ready" >/dev/null && break
+    kill -0 $spid 2>/dev/null || { echo "server $tag exited: $(tail -3 "$W/serve_$tag.log")" >> "$W/steps.txt"; return; }
+    sleep 0.5
+  done
+  local L=(python3 -m gpufleet load "http://127.0.0.1:$PORT/predict" --payload jpeg224 --duration "${DUR:-8}"
+           --warmup "${WARM:-2}" --json)
+  pkg "$label" timeout 120 "${L[@]}" -c 8 > "$W/serve_${tag}_c8.json" 2> "$W/serve_${tag}_c8.err"
+  pkg "$label" timeout 120 "${L[@]}" -c 256 --processes "${LOADP:-12}" > "$W/serve_${tag}_c256.json" \
+    2> "$W/serve_${tag}_c256.err"
+  for n in 50 500; do  # the seed's load test: n requests at once
+    pkg "$label" timeout 60 python3 -m gpufleet load "http://127.0.0.1:$PORT/predict" --payload jpeg224 --burst $n \
+      --json > "$W/burst_${tag}_$n.json" 2> "$W/burst_${tag}_$n.err"
+  done
+  curl -s "localhost:$PORT/stats" > "$W/stats_$tag.json"
+  kill -TERM $spid 2>/dev/null  # drains, then exits 0; killed outright if it has not within 60 s
+  for i in $(seq 1 120); do kill -0 $spid 2>/dev/null || break; sleep 0.5; done
+  kill -0 $spid 2>/dev/null && { echo "server $tag did not stop: killed" >> "$W/steps.txt"; kill -KILL $spid; }
+  wait $spid; echo "server $tag exit code $?" >> "$W/steps.txt"
+}
+
+for step in ${STEPS:-pool serve video}; do
+  case $step in
+    pool)
+      for label in $LABELS; do
+        stamp "pool overhead [$label]"
+        # shellcheck disable=SC2086
+        pkg "$label" timeout 300 python3 -m gpufleet bench ${BENCH_ARGS:---model resnet50 --precision fp16 \
+          --cuda-graphs --batch-sizes 64,128 --scale} --seconds "${SECS:-3}" --json \
+          > "$W/pool_$label.json" 2> "$W/pool_$label.err"
+        summary
+      done ;;
+    serve)
+      for cfg in ${SERVE_CONFIGS:-default tuned}; do
+        case $cfg in
+          default) args="" ;;
+          tuned) args=${TUNED_ARGS:---http-workers 8 --max-batch-size 128 --max-wait-ms 2} ;;
+          *) echo "unknown serve config $cfg" >> "$W/steps.txt"; continue ;;
+        esac
+        for label in $LABELS; do
+          stamp "JPEG serving [$label $cfg: gpufleet serve resnet50 $args]"
+          serve_one "$label" "$cfg" "$args"
+          summary
+        done
+      done ;;
+    video)
+      V=/tmp/video; mkdir -p "$V"; F=$V/video1080.mp4
+      stamp "video 1080p: decode-only ceilings"
+      pkg new timeout 200 python3 benchmarks/video_ceiling.py --file "$F" --inputs 8 --segments 1 \
+        > "$W/video_ceiling_8.json" 2> "$W/video_ceiling_8.err"
+      pkg new timeout 60 python3 benchmarks/video_ceiling.py --file "$F" --inputs 1 --segments 4 \
+        > "$W/video_ceiling_1.json" 2> "$W/video_ceiling_1.err"
+      eight=("$F" "$F" "$F" "$F" "$F" "$F" "$F" "$F")
+      Vm=(python3 -m gpufleet video --model "${VIDEO_MODEL:-resnet18}" --gpus 0 --no-progress --json)
+      stamp "video 1080p: gpufleet video, 1 input"
+      pkg new timeout 120 "${Vm[@]}" "$F" --jsonl "$V/one.jsonl" > "$W/video_1.json" 2> "$W/video_1.err"
+      stamp "video 1080p: gpufleet video, 8 inputs"
+      pkg new timeout 120 "${Vm[@]}" "${eight[@]}" --jsonl "$V/eight.{stream}.jsonl" > "$W/video_8.json" \
+        2> "$W/video_8.err"
+      stamp "video 1080p: gpufleet video, 8 inputs, --batch-size 128"
+      pkg new timeout 120 "${Vm[@]}" "${eight[@]}" --batch-size 128 --jsonl "$V/eight.{stream}.jsonl" \
+        > "$W/video_8_bs128.json" 2> "$W/video_8_bs128.err"
+      rm -f "$V"/*.jsonl
+      summary ;;
+    tests)
+      stamp "pytest -m gpu"
+      # Only the files with GPU tests: others import test-only packages (tritonclient) absent there.
+      # shellcheck disable=SC2046
+      pkg new timeout 200 python3 -m pytest -q -rs -p no:cacheprovider -m gpu $(grep -rl "mark.gpu" tests) \
+        > "$W/gpu_tests.txt" 2>&1
+      tail -3 "$W/gpu_tests.txt" >> "$W/steps.txt"
+      summary ;;
+    *) echo "unknown step $step" >> "$W/steps.txt" ;;
+  esac
+done
+stamp done
+summary
+cat "$OUT/summary.txt"

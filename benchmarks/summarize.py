@@ -1,0 +1,117 @@
+"""Print the short summary of a ``benchmarks/gpu_run.sh`` results folder (its raw JSON files), old beside new.
+
+Reads only JSON (no gpufleet import), so it reports an older package's results the same way:
+  pool_<label>.json                      gpufleet bench --json
+  serve_<label>_<config>_c<N>.json       gpufleet load --json (closed loop at concurrency N)
+  burst_<label>_<config>_<N>.json        gpufleet load --burst N --json
+  video_ceiling_<n>.json                 benchmarks/video_ceiling.py (decode-only, n inputs)
+  video_<n>[_<variant>].json             gpufleet video --json (n inputs)
+
+    python3 benchmarks/summarize.py /tmp/work
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+
+def _load(p: Path) -> dict | None:
+    """The JSON document of a file, also when log lines precede it (from the first line that starts with "{")."""
+    try:
+        lines = p.read_text().splitlines()
+    except OSError:
+        return None
+    for i, line in enumerate(lines):
+        if line.startswith("{"):
+            try:
+                return json.loads("\n".join(lines[i:]))
+            except ValueError:
+                continue
+    return None
+
+
+def _pool(d: Path) -> list[str]:
+    lines = []
+    for p in sorted(d.glob("pool_*.json")):
+        label = p.stem.removeprefix("pool_")
+        r = _load(p)
+        if r is None:
+            lines.append(f"pool overhead [{label}]: no result (see {p.stem}.err)")
+            continue
+        for row in r["rows"]:
+            ceiling = row.get("raw_graph") or row.get("raw") or {}
+            one = (row.get("scaling") or [row.get("pool", {})])[0]
+            vs = f"{one['items_s'] / ceiling['items_s']:.1%}" if ceiling and one.get("items_s") else "-"
+            lines.append(
+                f"pool overhead [{label}] {r['model']} {r['precision']} bs {row['batch_size']}: "
+                f"pool {one.get('items_s', 0):,.0f} img/s (p50 {one.get('p50_ms', 0):.1f} "
+                f"p99 {one.get('p99_ms', 0):.1f} ms) = {vs} of the ceiling; "
+                f"raw eager {row.get('raw', {}).get('items_s', 0):,.0f}, "
+                f"raw CUDA graph {row.get('raw_graph', {}).get('items_s', 0):,.0f} img/s")
+            for s in (row.get("scaling") or [])[1:]:
+                lines.append(f"  {s['devices']} devices: {s['items_s']:,.0f} img/s ({s['speedup']:.2f}x), "
+                             f"p99 {s['p99_ms']:.1f} ms")
+    return lines
+
+
+def _serve(d: Path) -> list[str]:
+    lines = []
+    for p in sorted(d.glob("serve_*_c*.json"), key=lambda p: (p.stem.rsplit("_", 1)[0], len(p.stem), p.stem)):
+        m = re.fullmatch(r"serve_(.+)_c(\d+)", p.stem)
+        r = _load(p)
+        if m is None:
+            continue
+        if r is None:
+            lines.append(f"JPEG serving [{m[1]}] c={m[2]}: no result")
+            continue
+        lat = r["latency"]
+        cpu = r.get("client_cpu", {}).get("cores")
+        lines.append(f"JPEG serving [{m[1]}] c={m[2]}: {r['rps']:,.0f} req/s, p50 {lat['p50_ms']:.1f} ms, "
+                     f"p99 {lat['p99_ms']:.1f} ms, errors {r['errors'] or 0}"
+                     + (f", client CPU {cpu} cores" if cpu is not None else ""))
+    for p in sorted(d.glob("burst_*.json")):
+        m = re.fullmatch(r"burst_(.+)_(\d+)", p.stem)
+        r = _load(p)
+        if m is None or r is None:
+            continue
+        s = r.get("batch_statistics") or {}
+        lines.append(f"burst [{m[1]}] {m[2]}: {r['total_duration_s']:.3f} s, ok {r['successful']}/{r['burst']}, "
+                     f"p99 {r['latency']['p99_ms']:.1f} ms, batches {s.get('total_batches')} "
+                     f"(avg {s.get('avg_batch_size')})")
+    return lines
+
+
+def _video(d: Path) -> list[str]:
+    lines = []
+    for p in sorted(d.glob("video_ceiling_*.json")):
+        c = _load(p)
+        if c and "fps" in c:
+            lines.append(f"video decode-only ceiling, {c['inputs']} input(s) on {c['decoders']} NVDEC decoders: "
+                         f"{c['fps']:,.0f} fps, {c['cpu_cores_used']} cores")
+    for p in sorted(d.glob("video_*.json")):
+        m = re.fullmatch(r"video_(\d+)(?:_(.+))?", p.stem)
+        if m is None:
+            continue
+        r = _load(p)
+        if r is None or "fps" not in r:
+            lines.append(f"video 1080p, {m[1]} input(s) [{m[2] or 'defaults'}]: no result (see {p.stem}.err)")
+            continue
+        c = _load(d / f"video_ceiling_{m[1]}.json") or {}
+        vs = f" = {r['fps'] / c['fps']:.0%} of decode-only" if c.get("fps") else ""
+        lines.append(f"video 1080p, {m[1]} input(s) [{m[2] or 'defaults'}]: {r['fps']:,.0f} fps{vs}, "
+                     f"{r['cpu_cores_used']} cores, avg batch {r.get('avg_batch_size')}, exit {r.get('exit_code')}")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder", type=Path, help="the runner's results folder")
+    d = ap.parse_args().folder
+    print("\n".join(_pool(d) + _serve(d) + _video(d)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The NVDEC decode-only ceiling that ``gpufleet video`` is compared with, on the benchmark's 1080p file.
+
+Makes the file when it is missing (1920x1080 H.264, 30 fps, 600 frames of moving text, a keyframe every 30
+frames), then decodes ``--inputs`` copies of it at once on one GPU, each split at keyframes into ``--segments``
+parts, one NVDEC decoder thread per part, frames to CUDA tensors and nothing else. That is the decoding the
+pipeline does with its defaults (8 inputs: one decoder each; 1 input: 4 segments), without the model.
+
+    python3 benchmarks/video_ceiling.py --file /tmp/video1080.mp4 --inputs 8 --segments 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from pathlib import Path
+
+
+def make(path: Path, frames: int) -> dict:
+    import av
+
+    from gpufleet.tools import synth
+    from gpufleet.video.sources import probe
+
+    t0 = time.perf_counter()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=30, options={"g": "30", "keyint_min": "30", "preset": "veryfast"})
+        s.width, s.height, s.pix_fmt = 1920, 1080, "yuv420p"
+        for f, _ in synth.moving_text_frames(frames, size=(1920, 1080), n_lines=4, seed=1):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode())
+    return {"file": str(path), "frames": probe(str(path)).frames, "size_mb": round(path.stat().st_size / 1e6, 2),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def decode_only(path: Path, inputs: int, segments: int, gpu: int) -> dict:
+    import torch
+
+    from gpufleet.video.segments import split
+    from gpufleet.video.sources import NvdecSource, probe
+
+    info = probe(str(path))
+    parts = [seg for _ in range(inputs) for seg in split(info, segments)]
+    counts = [0] * len(parts)
+
+    def work(i: int) -> None:
+        for chunk in NvdecSource(info, parts[i].start, parts[i].stop, gpu_id=gpu, chunk=32):
+            counts[i] += len(chunk)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(parts))]
+    torch.cuda.synchronize(gpu)
+    w0, c0 = time.perf_counter(), time.process_time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    torch.cuda.synchronize(gpu)
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    n = sum(counts)
+    return {"inputs": inputs, "decoders": len(parts), "frames": n, "seconds": round(wall, 3),
+            "fps": round(n / wall, 1), "cpu_cores_used": round(cpu / wall, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--file", type=Path, default=Path("/tmp/video1080.mp4"), help="the video (made when missing)")
+    ap.add_argument("--frames", type=int, default=600, help="frames of a file made here (default 600)")
+    ap.add_argument("--inputs", type=int, default=8, help="copies of the file decoded at once (default 8)")
+    ap.add_argument("--segments", type=int, default=1, help="parts each copy is split into (default 1)")
+    ap.add_argument("--gpu", type=int, default=0, help="CUDA device index (default 0)")
+    ap.add_argument("--make-only", action="store_true", help="make the file and stop")
+    args = ap.parse_args()
+    out: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if not args.file.exists():
+        out["made"] = make(args.file, args.frames)
+    if not args.make_only:
+        decode_only(args.file, 1, 1, args.gpu)  # warm-up: file cache, CUDA context, decoder library
+        out |= decode_only(args.file, args.inputs, args.segments, args.gpu)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
