@@ -240,7 +240,7 @@ class Pool:
         if max_in_flight is None:
             per_worker = self.config.max_batch_size or self.config.max_probe_batch
             # Eight: results come back in batches, and the oldest item must be answered before more go in;
-            # with four, two process workers on 2x H200 (W2) served 26.6k items/s, with eight 27.0k.
+            # with four, two process workers on 2x H200 (the pool overhead run) served 26.6k items/s, with eight 27.0k.
             max_in_flight = max(8, 8 * per_worker * max(1, len(self.workers)))
         limit = max(1, min(max_in_flight, self.config.max_queue))
         if ordered:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
 
 import numpy as np
 
@@ -30,10 +29,6 @@ class LatencyWindow:
         self._i = (self._i + 1) % self._buf.shape[0]
         self.count += 1
         self.total += value
-
-    def add_many(self, values: Iterable[float]) -> None:
-        for v in values:
-            self.add(v)
 
     def samples(self) -> np.ndarray:
         n = min(self.count, self._buf.shape[0])

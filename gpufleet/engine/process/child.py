@@ -185,7 +185,7 @@ class _Child:
             model = model_factory(load_model_blob(self.spec.model))()
             # As thread workers do: without the max batch size the embedded classifier captured graphs up to
             # 64 only, and served batches of 65-128 ran eagerly, autotuning cuDNN for every new size (2x H200,
-            # W3 with --backend process: p99 843 ms).
+            # serving JPEGs with --backend process: p99 843 ms).
             apply_pool_settings(model, batch_buckets=self.spec.batch_buckets, max_batch_size=self.spec.max_batch_size)
             model.setup(self.spec.device)
         except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides

@@ -16,19 +16,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 
 from gpufleet.engine import wire
 from gpufleet.engine.process.shm import Attachments, SegmentPool, unlink_prefix
 from gpufleet.engine.request import Request
+from gpufleet.engine.worker import BaseWorker
 from gpufleet.errors import InputError
 
-if TYPE_CHECKING:
-    from gpufleet.engine.process.worker import ProcessWorker
-
-__all__ = ["ChildLink", "Sent", "attempts"]
+__all__ = ["ChildLink", "ChildOwner", "Sent", "attempts"]
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +45,28 @@ class Sent:
         self.reqs, self.seg, self.t_start, self.sent = reqs, seg, 0.0, False
 
 
+class ChildOwner(Protocol):
+    """What the link needs of its worker beyond :class:`~gpufleet.engine.worker.BaseWorker`'s bookkeeping."""
+
+    def kill_child(self) -> None: ...
+
+    def on_start_message(self, msg: Any) -> None: ...
+
+    def on_batch_answered(self) -> None: ...
+
+
+class _Worker(BaseWorker, ChildOwner):
+    """For type checking only: the worker a link serves."""
+
+
 class ChildLink:
     """One worker's connection to its child process, across the child's generations (see the module docstring).
 
     ``cv`` guards ``up``, ``stopping``, ``gen`` and ``inflight``; the supervisor waits on it too.
     """
 
-    def __init__(self, worker: ProcessWorker, prefix: str) -> None:
-        self.worker = worker
+    def __init__(self, worker: Any, prefix: str) -> None:
+        self.worker: _Worker = worker  # a ProcessWorker
         self.prefix = prefix
         self.cv = threading.Condition()
         self.up = False  # a child is set up and takes batches
