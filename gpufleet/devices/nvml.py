@@ -87,6 +87,8 @@ def mig_parents() -> dict[str, int]:
     """Map each MIG device UUID (``"MIG-…"``) to the physical index of its GPU; empty without MIG or NVML."""
     nv = _nvml()
     out: dict[str, int] = {}
+    if nv is None:
+        return out
     for i in range(device_count() or 0):
         try:
             handle = nv.nvmlDeviceGetHandleByIndex(i)

@@ -64,7 +64,11 @@ class Worker(Protocol):
     ready: threading.Event  # set once its first start-up finished, well or not
     max_batch: int
     preprocess: Callable[[Any], Any] | None  # not None: the pool runs the model's preprocess before ``put``
-    model: Any  # a model instance for metadata (not to be called)
+
+    @property
+    def model(self) -> Any:
+        """A model instance for metadata (not to be called)."""
+        ...
 
     @property
     def healthy(self) -> bool:

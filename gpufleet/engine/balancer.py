@@ -8,8 +8,8 @@ proportion to their speed. Ties rotate, so an idle pool still spreads work over 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 from gpufleet.errors import ConfigError
 
@@ -21,6 +21,9 @@ class Routable(Protocol):
     item_time: float  # EWMA of seconds per item; 0.0 until measured
 
 
+R = TypeVar("R", bound=Routable)
+
+
 class Balancer:
     """Picks one of ``workers`` (all healthy and enabled; never empty). Called under the pool's lock."""
 
@@ -29,10 +32,10 @@ class Balancer:
     def __init__(self) -> None:
         self._turn = itertools.count()
 
-    def pick(self, workers: Sequence[Routable]) -> Routable:
+    def pick(self, workers: Sequence[R]) -> R:
         raise NotImplementedError
 
-    def _argmin(self, workers: Sequence[Routable], cost) -> Routable:
+    def _argmin(self, workers: Sequence[R], cost: Callable[[R], float]) -> R:
         n = len(workers)
         start = next(self._turn) % n
         best = workers[start]
@@ -48,21 +51,21 @@ class Balancer:
 class RoundRobin(Balancer):
     name = "round-robin"
 
-    def pick(self, workers: Sequence[Routable]) -> Routable:
+    def pick(self, workers: Sequence[R]) -> R:
         return workers[next(self._turn) % len(workers)]
 
 
 class QueueDepth(Balancer):
     name = "queue-depth"
 
-    def pick(self, workers: Sequence[Routable]) -> Routable:
+    def pick(self, workers: Sequence[R]) -> R:
         return self._argmin(workers, lambda w: w.outstanding)
 
 
 class Speed(Balancer):
     name = "speed"
 
-    def pick(self, workers: Sequence[Routable]) -> Routable:
+    def pick(self, workers: Sequence[R]) -> R:
         known = [w.item_time for w in workers if w.item_time > 0]
         # Unmeasured workers are assumed as fast as the fastest measured one, so they get probed.
         default = min(known) if known else 1.0

@@ -58,6 +58,12 @@ class BaseWorker:
     def model(self) -> Any:
         return None
 
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def join(self, timeout: float | None = None) -> None:
+        raise NotImplementedError
+
     # -- answering items ----------------------------------------------------------------------------------
     def resolve(self, pairs: Iterable[tuple[Request, Any]], now: float) -> None:
         """Deliver results: count them, record end-to-end latency, free their queue slots, then wake the

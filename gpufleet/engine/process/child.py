@@ -213,6 +213,7 @@ class _Child:
             except (EOFError, OSError):
                 return  # the parent closed the pipe or died
             if data is None:
+                assert pending is not None
                 self.finish(pending)  # done, and nothing else queued: answer now rather than wait for more
                 pending = None
                 continue
