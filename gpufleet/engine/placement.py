@@ -10,21 +10,13 @@ import inspect
 import os
 import pickle
 import sys
-import threading
 from typing import Any
 
 from gpufleet.devices.device import Device
 from gpufleet.engine.messages import Hello
 from gpufleet.errors import ConfigError, DeviceError
 
-__all__ = ["CUDA_SETUP_LOCK", "load_model_blob", "model_blob", "pin_env", "verify_placement"]
-
-# Thread workers of one process set up their CUDA models one at a time, and CUDA graphs are captured under
-# this lock: PyTorch's graph capture touches process-wide state (the RNG generators' registration, the
-# legacy stream), and two workers capturing at once failed on 2x H200 ("Cannot register the state during
-# capturing stage", cudaErrorStreamCaptureInvalidated). Re-entrant, so a capture inside setup nests.
-CUDA_SETUP_LOCK = threading.RLock()
-
+__all__ = ["load_model_blob", "model_blob", "pin_env", "verify_placement"]
 
 def _file_modules(model: Any) -> list[tuple[str, str]]:
     """(module name, file) of the model's module when a fresh interpreter cannot import it by name — a model

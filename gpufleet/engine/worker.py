@@ -16,9 +16,10 @@ from concurrent.futures import Executor
 from typing import Any
 
 from gpufleet.devices.device import Device
+from gpufleet.devices.locks import CUDA_SETUP_LOCK
 from gpufleet.engine.batcher import Batcher
 from gpufleet.engine.oom import empty_cache, is_oom
-from gpufleet.engine.placement import CUDA_SETUP_LOCK, weights_device
+from gpufleet.engine.placement import weights_device
 from gpufleet.engine.request import Request, fail_items, resolve_items
 from gpufleet.engine.stats import WorkerStats
 from gpufleet.errors import DeadlineExceeded, GpufleetError, WorkerError
