@@ -185,7 +185,8 @@ class _Child:
 
     def setup(self) -> bool:
         from gpufleet.engine.placement import load_model_blob
-        from gpufleet.models.base import apply_pool_settings, model_factory, optional_stage
+        from gpufleet.models.base import apply_pool_settings, optional_stage
+        from gpufleet.models.resolve import model_factory
 
         try:
             self.send(_hello(self.spec.device))

@@ -33,7 +33,7 @@ from gpufleet.errors import (
     QueueFullError,
     WorkerError,
 )
-from gpufleet.models.base import model_factory
+from gpufleet.models.resolve import model_factory
 
 __all__ = ["Pool"]
 
