@@ -18,6 +18,7 @@ from gpufleet.errors import ConfigError, DeviceError
 
 __all__ = ["load_model_blob", "model_blob", "pin_env", "verify_placement"]
 
+
 def _file_modules(model: Any) -> list[tuple[str, str]]:
     """(module name, file) of the model's module when a fresh interpreter cannot import it by name — a model
     loaded from ``path/to/file.py:Class`` (``gpufleet serve``): the child loads that file under the same name
