@@ -80,7 +80,8 @@ def demo(
 
 @app.command()
 def bench(
-    model: str = typer.Option("resnet50", "--model", help="torchvision architecture (random weights)."),
+    model: str = typer.Option("resnet50", "--model", help="resnet50, resnet18 (or another torchvision "
+                                                       "classifier, random weights), orientation or textdet."),
     batch_sizes: str = typer.Option("1,8,32,64,128,256", "--batch-sizes", help="Comma-separated batch sizes."),
     precision: str = typer.Option("auto", "--precision", help="auto | fp32 | fp16 | bf16"),
     image_size: int = typer.Option(224, "--image-size", min=16),

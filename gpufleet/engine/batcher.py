@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import bisect
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
 from gpufleet.engine.request import Request
+from gpufleet.models.buckets import bucket_for  # re-exported: its home is the models layer (CUDA graphs use it)
 
 __all__ = ["Batcher", "bucket_for"]
-
-
-def bucket_for(n: int, buckets: Sequence[int] | None) -> int:
-    """The smallest bucket that holds ``n`` items (``n`` itself without buckets or past the largest)."""
-    if not buckets:
-        return n
-    i = bisect.bisect_left(buckets, n)
-    return buckets[i] if i < len(buckets) else n
 
 
 class Batcher:

@@ -25,7 +25,8 @@ from gpufleet.engine.request import Request
 from gpufleet.engine.step import BatchStep
 from gpufleet.engine.worker import BaseWorker
 from gpufleet.errors import DeviceError, GpufleetError, WorkerError
-from gpufleet.models.base import apply_pool_settings, model_factory
+from gpufleet.models.base import apply_pool_settings
+from gpufleet.models.resolve import model_factory
 
 __all__ = ["ThreadWorker", "make_fleet", "weights_device"]
 

@@ -11,15 +11,12 @@ an optional ``prepare_frontend(devices)`` is called once per front end with the 
 
 from __future__ import annotations
 
-import copy
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 from gpufleet.devices.device import Device
-from gpufleet.errors import ConfigError
 
-__all__ = ["FunctionModel", "Model", "StackedBatch", "apply_pool_settings", "model_factory", "optional_stage"]
+__all__ = ["FunctionModel", "Model", "StackedBatch", "apply_pool_settings", "optional_stage"]
 
 
 class StackedBatch(list):
@@ -115,29 +112,3 @@ def apply_pool_settings(model: Any, *, batch_buckets: tuple[int, ...] | None, ma
         model.batch_buckets = batch_buckets  # e.g. TorchModel's CUDA-graph buckets
     if max_batch_size > 0 and getattr(model, "max_batch_size", 0) is None:
         model.max_batch_size = max_batch_size  # models that size warm-up or graphs by it
-
-
-def model_factory(model: Any) -> Callable[[], Any]:
-    """A zero-argument callable that makes one fresh model instance per worker.
-
-    Accepts a model class (instantiated per worker), a model instance (deep-copied per worker, so each
-    worker owns its weights), a plain function (wrapped in :class:`FunctionModel`), or the name of an
-    embedded model (``"orientation"``, ``"textdet"``).
-    """
-    if isinstance(model, str):
-        from gpufleet.models import zoo
-
-        template = zoo.get(model)
-        return lambda: copy.deepcopy(template)
-    if inspect.isclass(model):
-        if not callable(getattr(model, "predict", None)):
-            raise ConfigError(f"model class {model.__name__} has no predict(batch) method")
-        return model
-    if callable(getattr(model, "predict", None)):
-        return lambda: copy.deepcopy(model)
-    if callable(model):
-        return lambda: FunctionModel(model)
-    raise ConfigError(
-        f"cannot pool {type(model).__name__!r}: pass a model class, a model instance with predict(batch), "
-        "a function f(batch) -> list, or an embedded model name"
-    )

@@ -14,14 +14,11 @@ from typing import Any
 import torch
 
 from gpufleet.devices.locks import CUDA_SETUP_LOCK
-from gpufleet.engine.batcher import bucket_for
+from gpufleet.models.buckets import DEFAULT_BUCKETS, bucket_for
 
 __all__ = ["DEFAULT_BUCKETS", "Captured", "GraphCache"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-
 
 class Captured:
     """One captured graph with its static input ``x``, static output ``y`` and the event of its last replay."""

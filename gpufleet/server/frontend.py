@@ -53,7 +53,8 @@ def _attach_preprocess(pool: RemotePool, spec: str, load_model: ModelLoader) -> 
     """Run the model's ``preprocess`` in this front end, on a few threads, before items go to the engine."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from gpufleet.models.base import model_factory, optional_stage
+    from gpufleet.models.base import optional_stage
+    from gpufleet.models.resolve import model_factory
 
     template = model_factory(load_model(spec)[0])()  # not set up: frontend_preprocess models need no setup
     hook = getattr(template, "prepare_frontend", None)

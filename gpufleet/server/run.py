@@ -11,13 +11,8 @@ With ``http_workers > 1`` this process keeps the pool and N front-end processes 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
-import os
-import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from gpufleet.config import PoolConfig, env_overrides
@@ -34,49 +29,13 @@ __all__ = ["load_model", "pool_config", "serve"]
 log = logging.getLogger(__name__)
 
 
-def _import_file(path: str) -> Any:
-    p = Path(path).resolve()
-    if not p.is_file():
-        raise ConfigError(f"model file not found: {path}")
-    name = f"gpufleet_user_{p.stem}_{abs(hash(str(p))) % 10**8}"
-    spec = importlib.util.spec_from_file_location(name, p)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"cannot import {path} as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        raise ConfigError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
-    return module
-
-
 def load_model(spec: str) -> tuple[Any, str]:
-    """``(model for Pool, model name)`` from an embedded name, ``module:Class``, ``file.py:Class`` or ``*.onnx``."""
-    from gpufleet.models import OnnxModel, zoo
+    """``(model for Pool, model name)`` of a spec of :func:`gpufleet.models.resolve.resolve_model` (embedded
+    name, ``module:Class``, ``file.py:Class`` or ``*.onnx``). Embedded names stay names: the pool resolves
+    them, and a process worker's child rebuilds the model from the name."""
+    from gpufleet.models.resolve import EMBEDDED, model_name, resolve_model
 
-    if spec in zoo.available():
-        return spec, spec
-    if spec.endswith(".onnx"):
-        if not os.path.isfile(spec):
-            raise ConfigError(f"ONNX file not found: {spec}")
-        return OnnxModel(spec), Path(spec).stem
-    if ":" in spec:
-        where, attr = spec.rsplit(":", 1)
-        if where.endswith(".py") or os.sep in where or "/" in where:
-            module = _import_file(where)
-        else:
-            try:
-                module = importlib.import_module(where)
-            except ImportError as exc:
-                raise ConfigError(f"cannot import module {where!r}: {exc}") from exc
-        try:
-            model = getattr(module, attr)
-        except AttributeError:
-            raise ConfigError(f"{where} has no attribute {attr!r}") from None
-        return model, str(getattr(model, "name", None) or attr)
-    raise ConfigError(f"unknown model {spec!r}: use an embedded name ({', '.join(zoo.available())}), "
-                      "module:Class, path/to/file.py:Class or a .onnx file")
+    return (spec if spec in EMBEDDED else resolve_model(spec)), model_name(spec)
 
 
 def pool_config(options: dict[str, Any], environ: dict[str, str] | None = None) -> PoolConfig:

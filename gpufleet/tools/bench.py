@@ -20,6 +20,7 @@ import torch
 
 from gpufleet.devices import Device, select
 from gpufleet.engine import Pool
+from gpufleet.models.resolve import resolve_model
 from gpufleet.models.torch_model import resolve_dtype
 from gpufleet.models.zoo.classifier import ImageClassifier, build_module
 
@@ -85,6 +86,13 @@ def _raw(module: torch.nn.Module, dev: torch.device, dtype: torch.dtype, bs: int
         return _time_steps(lambda: module(x), dev, bs, seconds)
 
 
+def _raw_predict(model: Any, dev: torch.device, bs: int, size: int, seconds: float) -> dict[str, float]:
+    """The ceiling of a model without a torch module (the ONNX Runtime ones): ``predict`` on a ready batch."""
+    item = model.preprocess(torch.zeros((3, size, size), dtype=torch.uint8))
+    batch = [item] * bs
+    return _time_steps(lambda: model.predict(batch), dev, bs, seconds)
+
+
 def _raw_graph(module: torch.nn.Module, dev: torch.device, dtype: torch.dtype, bs: int, size: int,
                seconds: float, channels_last: bool) -> dict[str, float]:
     """The model's ceiling when the whole forward is one CUDA graph replay (input already on the device)."""
@@ -102,9 +110,9 @@ def _pooled(spec: BenchSpec, bs: int, expect_rate: float | None) -> dict[str, An
     g = torch.Generator().manual_seed(bs)
     images = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g) for _ in range(min(512, bs * 8))]
     buckets = tuple(b for b in sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, bs}) if b <= bs)
-    model = ImageClassifier(spec.model, image_size=size, precision=spec.precision, cuda_graphs=spec.cuda_graphs,
-                            compile=spec.compile, batch_buckets=buckets, example_shape=(3, size, size),
-                            example_dtype=torch.uint8, warmup_batch_sizes=buckets if spec.cuda_graphs else (bs,))
+    model = resolve_model(spec.model, image_size=size, precision=spec.precision, cuda_graphs=spec.cuda_graphs,
+                          compile=spec.compile, batch_buckets=buckets, example_shape=(3, size, size),
+                          example_dtype=torch.uint8, warmup_batch_sizes=buckets if spec.cuda_graphs else (bs,))
     with Pool(model, spec.devices, cpu_devices=spec.cpu_devices, workers_per_device=spec.workers_per_device,
               backend=spec.backend, max_batch_size=bs, max_wait_ms=2.0, max_queue=1_000_000) as pool:
         for _ in pool.map(images[: bs * 4]):  # warm-up: every worker sees full batches
@@ -149,13 +157,15 @@ def run_bench(spec: BenchSpec) -> dict[str, Any]:
     dev = torch.device(dev0.torch)
     module = None
     if spec.raw:
-        ref = ImageClassifier(spec.model, precision=spec.precision, compile=spec.compile, cuda_graphs=False,
-                              image_size=spec.image_size)
+        ref = resolve_model(spec.model, precision=spec.precision, compile=spec.compile, cuda_graphs=False,
+                            image_size=spec.image_size)
         ref.setup(dev0)
-        module = ref.module
+        module = getattr(ref, "module", None)  # a torch module (classifiers); ONNX Runtime models have none
     rows = []
     for bs in spec.batch_sizes:
         row: dict[str, Any] = {"batch_size": bs}
+        if spec.raw and module is None:
+            row["raw"] = _raw_predict(ref, dev, bs, spec.image_size, spec.seconds)
         if module is not None:
             row["raw"] = _raw(module, dev, dtype, bs, spec.image_size, spec.seconds, ref._channels_last)
             if spec.cuda_graphs and dev.type == "cuda":

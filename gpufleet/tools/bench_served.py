@@ -21,10 +21,10 @@ __all__ = ["measure_served"]
 
 _READY_TIMEOUT_S = 600.0  # model load, warm-up and CUDA-graph capture of every bucket on a cold machine
 _MODEL_FILE = """\
-from gpufleet.models.zoo.classifier import ImageClassifier
+from gpufleet.models.resolve import resolve_model
 
-MODEL = ImageClassifier({name!r}, image_size={size}, precision={precision!r}, cuda_graphs={graphs},
-                        compile={compile})
+MODEL = resolve_model({name!r}, image_size={size}, precision={precision!r}, cuda_graphs={graphs},
+                      compile={compile})
 """
 
 

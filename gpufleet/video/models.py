@@ -14,16 +14,12 @@ PyAV without a copy) and is resized / normalised there in one batched call:
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.util
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gpufleet.errors import ConfigError
 from gpufleet.models.zoo.textdet import DetInput, DetMap, TextDetModel
 
 __all__ = ["TextDetVideo", "as_batch", "det_input_hw", "make_preparer", "resolve_model"]
@@ -127,41 +123,19 @@ def make_preparer(model: Any) -> Callable[[Sequence[Any]], list] | None:
     return None
 
 
-def _import(spec: str) -> Any:
-    mod, _, attr = spec.rpartition(":")
-    try:
-        if mod.endswith(".py"):  # a file path: path/to/models.py:Model
-            loader = importlib.util.spec_from_file_location(Path(mod).stem, mod)
-            if loader is None or loader.loader is None:
-                raise ImportError(f"cannot load {mod}")
-            obj = importlib.util.module_from_spec(loader)
-            loader.loader.exec_module(obj)
-        else:
-            obj = importlib.import_module(mod)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError, OSError) as exc:
-        raise ConfigError(f"cannot load model {spec!r} (expected 'package.module:attribute' or "
-                          f"'path/file.py:attribute'): {exc}") from exc
-    return obj
-
-
 def resolve_model(model: Any, *, runtime: str = "auto", size: tuple[int, int] | None = None) -> Any:
-    """``"textdet"`` / other zoo names / ``"pkg.module:attr"`` / a model object -> what the Pool serves.
+    """The model a video job serves, through :func:`gpufleet.models.resolve.resolve_model` (embedded names,
+    ``"pkg.module:attr"``, ``"path/file.py:attr"``, model objects); classes are instantiated here (the frames'
+    preparation reads the instance) and the text detector becomes a :class:`TextDetVideo`.
 
     ``size`` (width, height) of the first input sizes the detector's letterbox.
     """
-    from gpufleet.models import zoo
+    from gpufleet.models.resolve import resolve_model as resolve
 
     hw = det_input_hw(*size) if size else (384, 640)
-    if isinstance(model, str):
-        if ":" in model:
-            model = _import(model)
-            model = model() if isinstance(model, type) else model
-        elif model == "textdet":
-            return TextDetVideo(runtime=runtime, input_hw=hw)
-        else:
-            return zoo.get(model, runtime=runtime)
+    model = resolve(model, runtime=runtime, input_hw=hw)
+    if isinstance(model, type):
+        model = model()
     if isinstance(model, TextDetModel) and not isinstance(model, TextDetVideo):
         video = TextDetVideo.__new__(TextDetVideo)
         video.__dict__.update(copy.copy(model.__dict__))

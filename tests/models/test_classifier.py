@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from gpufleet import InputError, Pool
-from gpufleet.models import zoo
+from gpufleet.models.resolve import resolve_model
 from gpufleet.models.zoo.classifier import ImageClassifier
 
 
@@ -60,9 +60,8 @@ def test_bad_images_fail_alone(pool: Pool) -> None:
     assert "JPEG" in str(out[1]) and "base64" in str(out[2])
 
 
-def test_zoo_names() -> None:
-    assert {"resnet18", "resnet50", "orientation", "textdet"} <= set(zoo.available())
-    model = zoo.get("resnet18", image_size=32)
+def test_resolved_by_name() -> None:
+    model = resolve_model("resnet18", image_size=32)
     assert isinstance(model, ImageClassifier) and model.name == "resnet18"
 
 

