@@ -41,11 +41,14 @@ browser:
 			--no-install-recommends chromium) >/dev/null 2>&1 \
 			|| echo "chromium could not be installed: the browser test will skip"; }
 
-test: venv browser
+# The test command (CI runs exactly this) lints first: ruff, and mypy on the engine, devices, models and API.
+test: lint browser
 	$(PYTHON) -m pytest -q -ra $(PYTEST_ARGS)
 
 lint: venv
 	$(PYTHON) -m ruff check gpufleet tests benchmarks
+	$(PYTHON) -m mypy gpufleet/engine gpufleet/devices gpufleet/models gpufleet/__init__.py gpufleet/config.py \
+		gpufleet/errors.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

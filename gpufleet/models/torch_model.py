@@ -85,7 +85,7 @@ class TorchModel(Model):
         self.batch_buckets = tuple(batch_buckets) if batch_buckets else None
         self.staging_slots = max(2, staging_slots)
         self.last_timings: dict[str, float] = {}
-        self.module: torch.nn.Module | None = None
+        self.module: Any = None  # the nn.Module (or its torch.compile wrapper) once set up
 
     # -- hooks for subclasses -----------------------------------------------------------------------------
     def load(self, device: Device) -> torch.nn.Module:
@@ -117,7 +117,7 @@ class TorchModel(Model):
                 torch.backends.cuda.matmul.allow_tf32 = True
                 torch.backends.cudnn.allow_tf32 = True
             torch.backends.cudnn.benchmark = True
-        module = self.load(device).eval().to(self._dev)
+        module: Any = self.load(device).eval().to(self._dev)
         if self.dtype != torch.float32:
             module = module.to(self.dtype)
         self._channels_last = self.channels_last and any(
@@ -194,6 +194,7 @@ class TorchModel(Model):
         return _Launch(n, out, marks[3], marks, batch_s)
 
     def _launch_graph(self, x: torch.Tensor, n: int, bucket: int, slot: int) -> _Launch:
+        assert self._graphs is not None
         cap = self._graphs.get(bucket, x.shape[1:], x.dtype)
         marks = _marks()
         with torch.inference_mode():
@@ -240,6 +241,7 @@ class TorchModel(Model):
         if handle.done is not None:
             handle.done.synchronize()
             m = handle.marks
+            assert m is not None
             self.last_timings = {"batch": handle.batch_s, "h2d": m[0].elapsed_time(m[1]) / 1e3,
                                  "compute": m[1].elapsed_time(m[2]) / 1e3, "d2h": m[2].elapsed_time(m[3]) / 1e3}
         else:
@@ -343,6 +345,6 @@ def _split(out: Any, n: int) -> list:
         cols = [_split(v, n) for v in out]
         return [type(out)(c[i] for c in cols) for i in range(n)]
     if isinstance(out, dict):
-        cols = {k: _split(v, n) for k, v in out.items()}
-        return [{k: c[i] for k, c in cols.items()} for i in range(n)]
+        by_key = {k: _split(v, n) for k, v in out.items()}
+        return [{k: c[i] for k, c in by_key.items()} for i in range(n)]
     raise TypeError(f"cannot split a model output of type {type(out).__name__} into items")

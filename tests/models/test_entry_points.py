@@ -26,10 +26,11 @@ import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from gpufleet import Pool, synth  # noqa: E402
+from gpufleet import Pool  # noqa: E402
 from gpufleet.cli import app as cli  # noqa: E402
 from gpufleet.server import create_app, load_model  # noqa: E402
 from gpufleet.server.run import pool_config  # noqa: E402
+from gpufleet.tools import synth  # noqa: E402
 from gpufleet.video.sinks import encode_frames  # noqa: E402
 
 MODELS = ("orientation", "textdet", "resnet18", "resnet50")

@@ -122,7 +122,7 @@ class TextDetModel(Model):
         if self.use_dilation:  # rapidocr dilates with a 2x2 kernel
             mask = ndimage.binary_dilation(mask, structure=np.ones((2, 2), dtype=bool))
         labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-        results = []
+        results: list[dict[str, Any]] = []
         for index, sl in enumerate(ndimage.find_objects(labels)[: self.max_candidates], start=1):
             if sl is None:
                 continue
@@ -146,5 +146,5 @@ class TextDetModel(Model):
             ]
             if box[2] - box[0] > 3 and box[3] - box[1] > 3:
                 results.append({"box": box, "score": score})
-        results.sort(key=lambda r: -r["score"])
+        results.sort(key=lambda r: r["score"], reverse=True)
         return results
