@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, fields, replace
+from typing import Any, TypeVar
 
 from gpufleet.errors import ConfigError
 
-__all__ = ["BACKENDS", "BALANCERS", "MPS_MODES", "PoolConfig", "env_overrides"]
+__all__ = ["BACKENDS", "BALANCERS", "MPS_MODES", "PoolConfig", "env_overrides", "with_options"]
 
 BALANCERS = ("round-robin", "queue-depth", "speed")
 BACKENDS = ("thread", "process")
@@ -115,6 +115,18 @@ class PoolConfig:
     @classmethod
     def names(cls) -> set[str]:
         return {f.name for f in fields(cls)}
+
+
+C = TypeVar("C")
+
+
+def with_options(base: C, options: dict[str, Any], what: str) -> C:
+    """``base`` (a config dataclass) with ``options`` applied: a ``ConfigError`` names unknown options and
+    where ``what`` (the config's public name) lists the valid ones."""
+    unknown = set(options) - {f.name for f in fields(base)}  # type: ignore[arg-type]
+    if unknown:
+        raise ConfigError(f"unknown option(s) {sorted(unknown)}; see {what} for the options")
+    return replace(base, **options) if options else base  # type: ignore[type-var]
 
 
 def _bool(name: str, value: str) -> bool:

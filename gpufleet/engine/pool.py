@@ -11,11 +11,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 from queue import SimpleQueue
 from typing import Any
 
-from gpufleet.config import PoolConfig
+from gpufleet.config import PoolConfig, with_options
 from gpufleet.devices import Device, select
 from gpufleet.engine.backend import Worker, WorkerHooks, make_fleet
 from gpufleet.engine.balancer import make_balancer
@@ -51,13 +50,9 @@ class Pool:
 
     def __init__(self, model: Any, devices: str | Sequence[int] | None = None, *, config: PoolConfig | None = None,
                  **options: Any) -> None:
-        unknown = set(options) - PoolConfig.names()
-        if unknown:
-            raise ConfigError(f"unknown Pool option(s) {sorted(unknown)}; see gpufleet.PoolConfig for the options")
-        cfg = config or PoolConfig()
         if devices is not None:
             options["devices"] = devices
-        self.config = cfg = replace(cfg, **options) if options else cfg
+        self.config = cfg = with_options(config or PoolConfig(), options, "gpufleet.PoolConfig")
         self.devices: list[Device] = select(cfg.devices, cpu_devices=cfg.cpu_devices)
         self._balancer = make_balancer(cfg.balancer)
         self._lock = threading.Lock()

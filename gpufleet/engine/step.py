@@ -99,38 +99,40 @@ class BatchStep:
         freed and the batch served in halves; an item that does not fit alone fails alone. Returns the outputs
         and the errors of items that failed alone (their output is ``None``); raises the batch's error."""
         if handle is not None:
-            try:
-                return self._checked(self.model.collect(handle), len(items)), {}
-            except GpufleetError:
-                raise
-            except Exception as exc:
-                if not is_oom(exc):
-                    raise self.error(exc) from exc
-                self._oom(len(items))
+            out, _ = self._attempt(self.model.collect, handle, len(items))
+            if out is not None:
+                return out, {}
         outputs: list[Any] = [None] * len(items)
         errors: dict[int, GpufleetError] = {}
         self._predict(items, 0, outputs, errors)
         return outputs, errors
 
-    def _predict(self, items: list, offset: int, outputs: list, errors: dict[int, GpufleetError]) -> None:
+    def _attempt(self, call: Callable[[Any], Any], arg: Any, n: int) -> tuple[list | None, BaseException | None]:
+        """``call(arg)``'s ``n`` outputs, checked; ``(None, the error)`` when it ran out of memory (the cache is
+        freed, ``oom_batch`` noted); any other error is raised as the batch's."""
         try:
-            out = self._checked(self.model.predict(items), len(items))
+            return self._checked(call(arg), n), None
         except GpufleetError:
             raise
         except Exception as exc:
             if not is_oom(exc):
                 raise self.error(exc) from exc
-            self._oom(len(items))
-            if len(items) == 1:
-                err = WorkerError(f"{self.name}: out of memory on a single item: {exc}")
-                err.__cause__ = exc
-                errors[offset] = err
-                return
-            half = len(items) // 2
-            self._predict(items[:half], offset, outputs, errors)
-            self._predict(items[half:], offset + half, outputs, errors)
+            self._oom(n)
+            return None, exc
+
+    def _predict(self, items: list, offset: int, outputs: list, errors: dict[int, GpufleetError]) -> None:
+        out, oom = self._attempt(self.model.predict, items, len(items))
+        if out is not None:
+            outputs[offset:offset + len(items)] = out
             return
-        outputs[offset:offset + len(items)] = out
+        if len(items) == 1:
+            err = WorkerError(f"{self.name}: out of memory on a single item: {oom}")
+            err.__cause__ = oom
+            errors[offset] = err
+            return
+        half = len(items) // 2
+        self._predict(items[:half], offset, outputs, errors)
+        self._predict(items[half:], offset + half, outputs, errors)
 
     def postprocess(self, outputs: list, errors: dict[int, GpufleetError]) -> None:
         """Postprocess ``outputs`` in place, skipping items in ``errors``; one bad output fails only its item."""

@@ -3,6 +3,7 @@
     GpufleetError (engine)              HTTP
     ├── QueueFullError                  429 + Retry-After
     ├── PoolClosed                      503
+    ├── WorkerDied                      503 + Retry-After (a worker died or none is left: try again)
     ├── DeadlineExceeded                504
     ├── InputError, ConfigError         400
     ├── WorkerError, DeviceError        500
@@ -26,6 +27,7 @@ from gpufleet.errors import (
     InputError,
     PoolClosed,
     QueueFullError,
+    WorkerDied,
     WorkerError,
 )
 
@@ -38,6 +40,7 @@ RETRY_AFTER_S = "1"
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (QueueFullError, 429),
     (PoolClosed, 503),
+    (WorkerDied, 503),
     (DeadlineExceeded, 504),
     (InputError, 400),
     (ConfigError, 400),
@@ -71,7 +74,7 @@ def error_response(exc: BaseException) -> Response:
     headers: dict[str, str] = {}
     if isinstance(exc, HTTPError):
         headers.update(exc.headers)
-    if status == 429:
+    if status == 429 or isinstance(exc, WorkerDied):
         headers.setdefault("Retry-After", RETRY_AFTER_S)
     if status >= 500 and not isinstance(exc, (GpufleetError, HTTPError)):
         log.error("unexpected error serving a request", exc_info=exc)

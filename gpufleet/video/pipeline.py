@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gpufleet.errors import ConfigError
+from gpufleet.config import with_options
 from gpufleet.video import per_device
 from gpufleet.video.config import VideoConfig
 from gpufleet.video.job import FrameResult, StreamEnd, VideoJob, stream_names
@@ -26,13 +25,9 @@ Inputs = str | Path | Sequence[str | Path]
 
 
 def _config(model: Any, config: VideoConfig | None, options: dict[str, Any]) -> VideoConfig:
-    unknown = set(options) - VideoConfig.names()
-    if unknown:
-        raise ConfigError(f"unknown video option(s) {sorted(unknown)}; see gpufleet.video.VideoConfig")
-    cfg = config or VideoConfig()
     if model is not None:
         options["model"] = model
-    return replace(cfg, **options) if options else cfg
+    return with_options(config or VideoConfig(), options, "gpufleet.video.VideoConfig")
 
 
 def _inputs(inputs: Inputs) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 
 from gpufleet import Pool
 from gpufleet.engine.process.shm import leaked_segments
-from gpufleet.errors import WorkerError
+from gpufleet.errors import WorkerDied, WorkerError
 from tests.engine.process_models import Doubler
 from tests.waiting import wait_until as _wait_until
 
@@ -68,7 +68,7 @@ def test_poison_item_fails_after_retries_others_succeed_breaker_opens_and_closes
         good = [pool.submit(i) for i in range(40)]
         poison = pool.submit("poison")
         good += [pool.submit(i) for i in range(40, 80)]
-        with pytest.raises(WorkerError, match="exited with code 1.*gave up after 3 attempt.*max_retries=2"):
+        with pytest.raises(WorkerDied, match="exited with code 1.*gave up after 3 attempt.*max_retries=2"):
             poison.result(timeout=90)
         assert [f.result(timeout=60) for f in good] == [2 * i for i in range(80)]
         backends = pool.health()["backends"]

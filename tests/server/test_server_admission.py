@@ -96,3 +96,12 @@ def test_client_disconnect_cancels_queued_work(monkeypatch: pytest.MonkeyPatch) 
             time.sleep(0.02)
         assert pool.outstanding == 0
         assert "gone" not in slow_model.SEEN
+
+
+def test_a_dead_worker_is_503_with_retry_after_and_a_model_error_500() -> None:
+    from gpufleet.errors import WorkerDied, WorkerError
+    from gpufleet.server.errors import error_response
+
+    died = error_response(WorkerDied("worker-0@cuda:0: the worker process was killed by SIGKILL; gave up"))
+    assert died.status_code == 503 and died.headers["retry-after"] == "1"
+    assert error_response(WorkerError("worker-0@cuda:0: predict failed: ValueError: x")).status_code == 500
