@@ -16,7 +16,7 @@ from gpufleet.errors import ConfigError
 __all__ = ["BACKENDS", "BALANCERS", "MPS_MODES", "PoolConfig", "env_overrides", "with_options"]
 
 BALANCERS = ("round-robin", "queue-depth", "speed")
-BACKENDS = ("thread", "process")
+BACKENDS = ("thread", "process", "ray")
 MPS_MODES = ("auto", "on", "off")
 
 
@@ -42,6 +42,11 @@ class PoolConfig:
     ``restart_backoff_s``/``restart_backoff_max_s`` (exponential, with jitter), ``breaker_threshold``
     (failures in a row that open a worker's circuit) and ``breaker_cooldown_s``, ``mps`` (``"auto"``: note
     whether an MPS daemon runs; ``"on"``: require one; ``"off"``: don't look).
+
+    ``backend="ray"`` (one Ray actor per GPU of a Ray cluster, see docs/cluster.md) uses the same restart
+    settings, and ``ray_address`` (``None``: the cluster ``ray.init()`` finds, or a local one; ``"auto"``;
+    ``"ray://host:10001"``) and ``ray_nodes`` (node ids or IP addresses to place actors on; ``None``: every
+    node with GPUs).
     """
 
     devices: str | Sequence[int] | None = None
@@ -68,6 +73,8 @@ class PoolConfig:
     breaker_threshold: int = 3
     breaker_cooldown_s: float = 5.0
     mps: str = "auto"
+    ray_address: str | None = None
+    ray_nodes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.workers_per_device < 1:
@@ -168,6 +175,8 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         out["workers_per_device"] = _number(*hit, int)
     if hit := first("GPUFLEET_BACKEND"):
         out["backend"] = hit[1].lower()
+    if hit := first("GPUFLEET_RAY_ADDRESS"):  # ray.init() itself reads RAY_ADDRESS when this is unset
+        out["ray_address"] = hit[1]
     if hit := first("GPUFLEET_MAX_BATCH_SIZE", "MAX_BATCH_SIZE"):
         out["max_batch_size"] = _number(*hit, int)
     if hit := first("GPUFLEET_MAX_WAIT_MS"):

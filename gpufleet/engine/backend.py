@@ -10,13 +10,14 @@ Backends are chosen by name (``Pool(backend=...)``); :func:`register_backend` ad
 
     thread   gpufleet.engine.thread    one thread per worker in this process
     process  gpufleet.engine.process   one spawned child per worker, pinned to its GPU
+    ray      gpufleet.ray              one Ray actor per GPU anywhere in a Ray cluster (``gpufleet[ray]``)
 """
 
 from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -104,25 +105,28 @@ class Worker(Protocol):
 
 @dataclass
 class Fleet:
-    """What a backend built: the workers, and what the pool reports about them."""
+    """What a backend built: the devices it chose, a worker per device (or several), and what the pool
+    reports about them."""
 
+    devices: list[Device]
     workers: list[Worker]
     mps: dict[str, Any] | None = None  # MPS status, for backends that run one process per worker
     info: dict[str, Any] = field(default_factory=dict)
 
 
 class Backend(Protocol):
-    def __call__(self, model: Any, config: PoolConfig, devices: Sequence[Device], hooks: WorkerHooks) -> Fleet: ...
+    def __call__(self, model: Any, config: PoolConfig, hooks: WorkerHooks) -> Fleet: ...
 
 
 _BACKENDS: dict[str, str | Backend] = {
     "thread": "gpufleet.engine.thread:make_fleet",
     "process": "gpufleet.engine.process:make_fleet",
+    "ray": "gpufleet.ray.backend:make_fleet",  # imported only when chosen: ray stays an optional extra
 }
 
 
 def register_backend(name: str, backend: str | Backend) -> None:
-    """Add a backend: a callable ``(model, config, devices, hooks) -> Fleet`` or its ``"module:function"``
+    """Add a backend: a callable ``(model, config, hooks) -> Fleet`` or its ``"module:function"``
     (imported only when used, so an optional dependency stays optional)."""
     _BACKENDS[name] = backend
 
@@ -131,12 +135,12 @@ def backend_names() -> list[str]:
     return sorted(_BACKENDS)
 
 
-def make_fleet(model: Any, config: PoolConfig, devices: Sequence[Device], hooks: WorkerHooks) -> Fleet:
-    """Build the workers of ``config.backend`` for ``devices`` (not started)."""
+def make_fleet(model: Any, config: PoolConfig, hooks: WorkerHooks) -> Fleet:
+    """Choose the devices and build the workers of ``config.backend`` (not started)."""
     backend = _BACKENDS.get(config.backend)
     if backend is None:
         raise ConfigError(f"unknown backend {config.backend!r}; choose one of: {', '.join(backend_names())}")
     if isinstance(backend, str):
         module, _, attr = backend.partition(":")
         backend = _BACKENDS[config.backend] = getattr(importlib.import_module(module), attr)
-    return backend(model, config, devices, hooks)
+    return backend(model, config, hooks)

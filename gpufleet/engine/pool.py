@@ -15,7 +15,7 @@ from queue import SimpleQueue
 from typing import Any
 
 from gpufleet.config import PoolConfig, with_options
-from gpufleet.devices import Device, select
+from gpufleet.devices import Device
 from gpufleet.engine.backend import Worker, WorkerHooks, make_fleet
 from gpufleet.engine.balancer import make_balancer
 from gpufleet.engine.placing import PreprocessPlacement
@@ -53,7 +53,6 @@ class Pool:
         if devices is not None:
             options["devices"] = devices
         self.config = cfg = with_options(config or PoolConfig(), options, "gpufleet.PoolConfig")
-        self.devices: list[Device] = select(cfg.devices, cpu_devices=cfg.cpu_devices)
         self._balancer = make_balancer(cfg.balancer)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -67,10 +66,11 @@ class Pool:
         hooks = WorkerHooks(done=self._done, state=self._on_worker_state, requeue=self._requeue,
                             executor=self._executor)
         try:
-            fleet = make_fleet(model, cfg, self.devices, hooks)
+            fleet = make_fleet(model, cfg, hooks)
         except BaseException:
             self._executor.shutdown(wait=False)
             raise
+        self.devices: list[Device] = fleet.devices
         self.workers: list[Worker] = fleet.workers
         self.mps = fleet.mps
         self._start()

@@ -9,6 +9,7 @@ step decides what each part does, so every backend serves and fails items alike.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -151,6 +152,47 @@ class BatchStep:
                     err.__cause__ = exc
                 errors[i] = err
                 outputs[i] = None
+
+    # -- a whole batch, for backends that run it away from the pool (a child process, a Ray actor) ----------
+    def begin(self, items: list, preprocessed: bool, timings: dict[str, float]) -> tuple[list[int], dict]:
+        """Preprocess ``items`` in place unless that ran elsewhere (``timings["preprocess"]``: seconds per item);
+        the indices of the items still alive, and the errors of the others."""
+        errors: dict[int, GpufleetError] = {}
+        if self.pre is not None and not preprocessed:
+            t0 = time.monotonic()
+            errors = self.preprocess(items)
+            timings["preprocess"] = (time.monotonic() - t0) / max(1, len(items))
+        return [i for i in range(len(items)) if i not in errors], errors
+
+    @staticmethod
+    def alive_items(items: list, alive: list[int]) -> list:
+        """The items that passed preprocess (all of them: the list itself, so a StackedBatch keeps its block)."""
+        return items if len(alive) == len(items) else [items[i] for i in alive]
+
+    def complete(self, items: list, alive: list[int], errors: dict[int, GpufleetError], handle: Any, t0: float,
+                 timings: dict[str, float]) -> tuple[list, float]:
+        """Collect (``handle``) or predict the alive items and postprocess them: every item's output by index
+        (``None`` where ``errors``, which gains the items that failed alone), and the seconds of media produced.
+        ``timings`` gains ``predict`` (since ``t0``), the model's own stages and ``postprocess``. Raises the
+        batch's error."""
+        outputs: list[Any] = [None] * len(items)
+        self.oom_batch = 0
+        if not alive:
+            return outputs, 0.0
+        got, failed = self.finish(self.alive_items(items, alive), handle)
+        timings["predict"] = time.monotonic() - t0
+        timings.update(self.model_timings())
+        media = self.media_seconds(got, failed)
+        t1 = time.monotonic()
+        self.postprocess(got, failed)
+        if self.post is not None:
+            timings["postprocess"] = (time.monotonic() - t1) / len(alive)
+        for j, i in enumerate(alive):
+            if j in failed:
+                errors[i] = failed[j]
+            else:
+                outputs[i] = got[j]
+        return outputs, media
 
     def model_timings(self) -> dict[str, float]:
         """The model's own stage times of its last batch (``last_timings``: e.g. h2d, compute, d2h)."""

@@ -13,10 +13,11 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from gpufleet.config import PoolConfig
+from gpufleet.devices import select
 from gpufleet.devices.device import Device
 from gpufleet.devices.locks import CUDA_SETUP_LOCK
 from gpufleet.engine.backend import Fleet, WorkerHooks
@@ -33,15 +34,16 @@ __all__ = ["ThreadWorker", "make_fleet", "weights_device"]
 log = logging.getLogger(__name__)
 
 
-def make_fleet(model: Any, config: PoolConfig, devices: Sequence[Device], hooks: WorkerHooks) -> Fleet:
+def make_fleet(model: Any, config: PoolConfig, hooks: WorkerHooks) -> Fleet:
     """``backend="thread"``: ``workers_per_device`` thread workers per device, each with its own model copy."""
+    devices = select(config.devices, cpu_devices=config.cpu_devices)
     make_model = model_factory(model)
     workers: list[Any] = []
     for _ in range(config.workers_per_device):
         for dev in devices:
             workers.append(ThreadWorker(index=len(workers), device=dev, config=config, hooks=hooks,
                                         make_model=make_model))
-    return Fleet(workers)
+    return Fleet(devices, workers)
 
 
 def weights_device(model: Any) -> str | None:

@@ -18,7 +18,7 @@ from gpufleet.engine.backend import WorkerHooks
 from gpufleet.engine.batcher import Batcher
 from gpufleet.engine.request import Request
 from gpufleet.engine.stats import WorkerStats
-from gpufleet.errors import DeadlineExceeded, GpufleetError
+from gpufleet.errors import DeadlineExceeded, GpufleetError, WorkerDied
 
 __all__ = ["BaseWorker"]
 
@@ -127,6 +127,41 @@ class BaseWorker:
         if late:
             self.fail(late, DeadlineExceeded(f"deadline passed after {now - late[0].t_submit:.3f}s in queue"))
         return keep
+
+    # -- workers that can die (a process, an actor) -------------------------------------------------------
+    @staticmethod
+    def groups(batch: list[Request]) -> list[list[Request]]:
+        """How a batch is sent: items that already crashed a worker go alone, so a poison input cannot take its
+        neighbours' retries with it; the rest in one batch, or two when some were preprocessed elsewhere (the
+        worker skips preprocess for a preprocessed batch)."""
+        suspects = [[r] for r in batch if r.attempts]
+        rest = [r for r in batch if not r.attempts] if suspects else batch
+        pre = [r for r in rest if r.preprocessed]
+        raw = [r for r in rest if not r.preprocessed] if pre else rest
+        return suspects + [g for g in (pre, raw) if g]
+
+    def after_death(self, sent: list[list[Request]], reason: str, *, first_was_running: bool = True) -> None:
+        """The worker died (``reason``) with ``sent`` batches unanswered, oldest first. It served batches in
+        order, so only the oldest was running (if ``first_was_running``): its items count an attempt and fail
+        with ``WorkerDied`` past ``max_retries``; the others never started and move without counting. Every
+        other item goes to other healthy workers (the pool's ``requeue``), or waits here for the restart."""
+        retry: list[Request] = []
+        for k, reqs in enumerate(sent):
+            for r in reqs:
+                if r.future.done():
+                    continue
+                if k == 0 and first_was_running:
+                    r.attempts += 1
+                    if r.attempts > self.config.max_retries:
+                        self.fail([r], WorkerDied(
+                            f"{self.name}: the worker {reason} while serving this item; gave up after {r.attempts} "
+                            f"attempt(s) (max_retries={self.config.max_retries})"))
+                        continue
+                retry.append(r)
+        retry += self.batcher.drain()
+        left = self.hooks.requeue(self, retry) if retry else []
+        if left:
+            self.batcher.put_many(left)  # nowhere else to go: they wait for the restart
 
     # -- bookkeeping --------------------------------------------------------------------------------------
     def record_batch(self, n: int, timings: dict[str, float], media_s: float = 0.0) -> None:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 from gpufleet.config import PoolConfig
-from gpufleet.devices.device import Device
+from gpufleet.devices import select
 from gpufleet.engine.backend import Fleet, WorkerHooks
 from gpufleet.engine.process.child import report_progress
 from gpufleet.errors import ConfigError
@@ -25,7 +24,7 @@ from gpufleet.models.resolve import model_factory
 __all__ = ["make_fleet", "report_progress"]
 
 
-def make_fleet(model: Any, config: PoolConfig, devices: Sequence[Device], hooks: WorkerHooks) -> Fleet:
+def make_fleet(model: Any, config: PoolConfig, hooks: WorkerHooks) -> Fleet:
     """``backend="process"``: one spawned child per worker (``workers_per_device`` per device)."""
     from gpufleet.devices.mps import pool_mps_status
     from gpufleet.engine.process.placement import model_blob
@@ -38,6 +37,7 @@ def make_fleet(model: Any, config: PoolConfig, devices: Sequence[Device], hooks:
                           "worker: create the Pool under `if __name__ == \"__main__\":`")
     if config.max_batch_size == 0:
         raise ConfigError("max_batch_size=0 (probe) is not supported with backend='process'; give a size")
+    devices = select(config.devices, cpu_devices=config.cpu_devices)
     make_model = model_factory(model)
     blob = model_blob(model)
     mps = pool_mps_status(config.mps, devices)
@@ -50,4 +50,4 @@ def make_fleet(model: Any, config: PoolConfig, devices: Sequence[Device], hooks:
             workers.append(ProcessWorker(index=len(workers), device=dev, config=config, hooks=hooks,
                                          model_blob=blob, make_model=make_model,
                                          prefix=f"{prefix}w{len(workers)}_", threads_per_child=threads))
-    return Fleet(workers, mps=mps)
+    return Fleet(devices, workers, mps=mps)

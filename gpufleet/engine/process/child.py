@@ -267,17 +267,13 @@ class _Child:
         assert step is not None
         items = batch.items if batch.stacked is None else StackedBatch(batch.stacked)
         timings: dict[str, float] = {}
-        errors: dict[int, GpufleetError] = {}
-        if step.pre is not None and not batch.preprocessed:
-            t0 = time.monotonic()
-            errors = step.preprocess(items)
-            timings["preprocess"] = (time.monotonic() - t0) / max(1, len(items))
-        alive = [i for i in range(len(items)) if i not in errors]
+        alive, errors = step.begin(items, batch.preprocessed, timings)
         work = _Work(batch, items, alive, errors, timings)
         if step.pipelined and alive:
             self._progress_to(batch.id, alive)
             try:
-                work.handle = step.launch(work.live_items())  # None when it ran out of memory: finish predicts
+                # None when it ran out of memory: complete() predicts in parts
+                work.handle = step.launch(step.alive_items(items, alive))
             except GpufleetError as err:
                 self._failed(batch, err)
                 return None
@@ -290,30 +286,14 @@ class _Child:
         step = self.step
         assert step is not None
         batch, items, alive, errors, timings = work.batch, work.items, work.alive, work.errors, work.timings
-        outputs: list[Any] = [None] * len(items)
-        media = 0.0
-        step.oom_batch = 0
-        if alive:
-            self._progress_to(batch.id, alive)
-            try:
-                got, failed = step.finish(work.live_items(), work.handle)
-            except GpufleetError as err:
-                self._failed(batch, err)
-                return
-            finally:
-                _progress.send = None
-            timings["predict"] = time.monotonic() - work.t0
-            timings.update(step.model_timings())
-            media = step.media_seconds(got, failed)
-            t0 = time.monotonic()
-            step.postprocess(got, failed)
-            if step.post is not None:
-                timings["postprocess"] = (time.monotonic() - t0) / len(alive)
-            for j, i in enumerate(alive):
-                if j in failed:
-                    errors[i] = failed[j]
-                else:
-                    outputs[i] = got[j]
+        self._progress_to(batch.id, alive)
+        try:
+            outputs, media = step.complete(items, alive, errors, work.handle, work.t0, timings)
+        except GpufleetError as err:
+            self._failed(batch, err)
+            return
+        finally:
+            _progress.send = None
         del items, work.items, batch.items, batch.stacked  # drop views into the parent's segment before answering
         prepared, need = self.codec.prepare(outputs)
         seg = self.pool.acquire(need) if need else None
@@ -350,10 +330,6 @@ class _Work:
         self.batch, self.items, self.alive, self.errors, self.timings = batch, items, alive, errors, timings
         self.handle: Any = None
         self.t0 = time.monotonic()
-
-    def live_items(self) -> list:
-        """The items that passed preprocess (all of them: the list itself, a StackedBatch keeps its block)."""
-        return self.items if len(self.alive) == len(self.items) else [self.items[i] for i in self.alive]
 
 
 def main(conn: Any, spec: ChildSpec) -> None:

@@ -26,14 +26,9 @@ from gpufleet.engine.request import Request
 from gpufleet.engine.worker import BaseWorker
 from gpufleet.errors import InputError
 
-__all__ = ["ChildLink", "ChildOwner", "Sent", "attempts"]
+__all__ = ["ChildLink", "ChildOwner", "Sent"]
 
 log = logging.getLogger(__name__)
-
-
-def attempts(req: Request) -> int:
-    """How many children died while serving this item."""
-    return getattr(req.future, "_gf_attempts", 0)
 
 
 class Sent:
@@ -259,12 +254,7 @@ class ChildLink:
             if batch is None:
                 return
             batch = w.admit(batch)
-            # Items that already crashed a child go alone, so a poison input cannot take its neighbours' retries.
-            suspects = [r for r in batch if attempts(r)]
-            rest = [r for r in batch if not attempts(r)]
-            pre = [r for r in rest if r.preprocessed]  # the child skips preprocess for a preprocessed batch
-            raw = [r for r in rest if not r.preprocessed] if pre else rest
-            for group in [*([r] for r in suspects), *(g for g in (pre, raw) if g)]:
+            for group in w.groups(batch):
                 self._send_batch(group)
 
     def _send_batch(self, reqs: list[Request]) -> None:

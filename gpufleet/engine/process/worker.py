@@ -31,11 +31,11 @@ from gpufleet.engine.backend import WorkerHooks
 from gpufleet.engine.breaker import CircuitBreaker
 from gpufleet.engine.process.child import STICKY_EXIT, ChildSpec, child_device
 from gpufleet.engine.process.child import main as child_main
-from gpufleet.engine.process.link import ChildLink, Sent, attempts
+from gpufleet.engine.process.link import ChildLink, Sent
 from gpufleet.engine.process.placement import pin_env, verify_placement
 from gpufleet.engine.request import Request
 from gpufleet.engine.worker import BaseWorker
-from gpufleet.errors import DeadlineExceeded, DeviceError, PoolClosed, WorkerDied, WorkerError
+from gpufleet.errors import DeadlineExceeded, DeviceError, PoolClosed, WorkerError
 
 __all__ = ["ProcessWorker"]
 
@@ -269,27 +269,9 @@ class ProcessWorker(BaseWorker):
             return
         self.breaker.failure(reason)
         log.warning("%s: process %s %s", self.name, proc.pid, reason)
-        retry: list[Request] = []
-        # The child serves batches in order: only the oldest one sent was running when it died. Batches
-        # behind it never started, so their items are moved without counting an attempt.
-        culprit = next((sent for sent in inflight if sent.sent), None)
-        for sent in inflight:
-            for r in sent.reqs:
-                if r.future.done():
-                    continue
-                if sent is culprit:
-                    n = attempts(r) + 1
-                    r.future._gf_attempts = n  # type: ignore[attr-defined]
-                    if n > self.config.max_retries:
-                        self.fail([r], WorkerDied(
-                            f"{self.name}: the worker process {reason} while serving this item; gave up after {n} "
-                            f"attempt(s) (max_retries={self.config.max_retries})"))
-                        continue
-                retry.append(r)
-        retry += self.batcher.drain()
-        left = self.hooks.requeue(self, retry) if retry else []
-        if left:
-            self.batcher.put_many(left)  # nowhere else to go: they wait for the restart
+        # Batches go out in id order: when the oldest was sent, the child was running it.
+        self.after_death([sent.reqs for sent in inflight], f"process {reason}",
+                         first_was_running=bool(inflight) and inflight[0].sent)
 
     def _fail_sent(self, inflight: list[Sent], err: PoolClosed) -> None:
         for sent in inflight:
