@@ -49,6 +49,8 @@ def stats_report(workers: Sequence[Worker], devices: Sequence[Device], *, balanc
             "total_requests": sum(s["total_requests"] for _, s in mine), "total_batches": batches,
             "avg_batch_size": round(items / batches, 3) if batches else 0.0,
             "errors": sum(s["errors"] for _, s in mine), "workers": len(mine),
+            # where the device is, for backends whose workers run elsewhere (a Ray actor's node and host)
+            **{k: v for w, _ in mine[:1] for k, v in w.placement().items() if k in ("node", "hostname")},
         })
     total_req = sum(s["total_requests"] for _, s in snaps)
     total_batches = sum(s["total_batches"] for _, s in snaps)

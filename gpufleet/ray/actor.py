@@ -31,13 +31,21 @@ class GpuActor:
 
     def __init__(self, name: str, model_blob: bytes, batch_buckets: tuple[int, ...] | None,
                  max_batch_size: int, use_gpu: bool) -> None:
+        self.name = name
+        self.where: dict[str, Any] = {}
+        try:
+            self._setup(model_blob, batch_buckets, max_batch_size, use_gpu)
+        except BaseException as exc:  # noqa: BLE001 - reported by placement(), so the pool sees the model's error
+            self.where = {"error": wire.error_info(exc, with_traceback=True)}
+
+    def _setup(self, model_blob: bytes, batch_buckets: tuple[int, ...] | None, max_batch_size: int,
+               use_gpu: bool) -> None:
         import ray
 
         from gpufleet.engine.process.placement import load_model_blob
         from gpufleet.models.base import apply_pool_settings
         from gpufleet.models.resolve import model_factory
 
-        self.name = name
         gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         cuda = False
         if use_gpu and gpu_ids:
@@ -54,13 +62,14 @@ class GpuActor:
         model = model_factory(load_model_blob(model_blob))()
         apply_pool_settings(model, batch_buckets=batch_buckets, max_batch_size=max_batch_size)
         model.setup(self.device)
-        self.step = BatchStep(model, self.device, name)
+        self.step = BatchStep(model, self.device, self.name)
         ctx = ray.get_runtime_context()
         self.where = {"node": ctx.get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid(),
                       "ray_gpu_ids": ",".join(gpu_ids), "context_on": f"cuda:0 {gpu_name}" if cuda else "cpu"}
 
     def placement(self) -> dict[str, Any]:
-        """Where this copy runs: node id, hostname, pid, Ray's GPU ids and the CUDA device."""
+        """Where this copy runs: node id, hostname, pid, Ray's GPU ids and the CUDA device; or ``error``: why its
+        setup failed."""
         return self.where
 
     def run(self, items: list, stacked: Any, preprocessed: bool) -> wire.BatchDone:

@@ -1,0 +1,364 @@
+"""``backend="ray"``: one :class:`~gpufleet.ray.actor.GpuActor` per GPU of a Ray cluster, as pool workers.
+
+Each :class:`RayWorker` has the pool's usual batcher; its *feeder* thread sends each batch to its actor in one
+remote call (arrays of one shape and dtype as one ``[n, *shape]`` array: one buffer in Ray's object store, read
+without a copy by the actor) and keeps up to ``pipeline_depth + 1`` calls in flight, so the actor always has
+the next batch queued; its *collector* thread answers the items as calls finish. An actor that dies (killed,
+crashed, its node lost) is recreated by the worker's *supervisor* after the same backoff as a process worker,
+on its node while that node lives, elsewhere in the cluster otherwise; its unanswered items are requeued
+(:meth:`~gpufleet.engine.worker.BaseWorker.after_death`), none lost, none answered twice.
+
+The pool's front ends, batchers and balancer stay in this process: Ray only places and runs the model copies.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from gpufleet.config import PoolConfig
+from gpufleet.devices.device import Device
+from gpufleet.engine import wire
+from gpufleet.engine.backend import Fleet, WorkerHooks
+from gpufleet.engine.breaker import CircuitBreaker
+from gpufleet.engine.process.placement import model_blob
+from gpufleet.engine.request import Request
+from gpufleet.engine.worker import BaseWorker
+from gpufleet.errors import ConfigError, DeviceError, PoolClosed, WorkerError
+from gpufleet.models.resolve import model_factory
+from gpufleet.ray.actor import GpuActor
+from gpufleet.ray.cluster import RayNode, connect, gpu_nodes
+
+__all__ = ["RayWorker", "make_fleet"]
+
+log = logging.getLogger(__name__)
+
+
+def make_fleet(model: Any, config: PoolConfig, hooks: WorkerHooks) -> Fleet:
+    """Connect to the cluster and make ``workers_per_device`` actors per GPU on every chosen node (or, on a
+    cluster without GPUs, ``cpu_devices`` CPU actors)."""
+    if config.max_batch_size == 0:
+        raise ConfigError("max_batch_size=0 (probe) is not supported with backend='ray'; give a size")
+    ray = connect(config.ray_address)
+    blob = model_blob(model)
+    nodes = gpu_nodes(ray, config.ray_nodes)
+    slots: list[tuple[RayNode | None, int]] = [(n, g) for n in nodes for g in range(int(n.gpus))]
+    use_gpu = bool(slots)
+    if not slots:
+        if not config.cpu_devices:
+            raise DeviceError("the Ray cluster has no GPU (ray status lists its resources); start nodes with GPUs, "
+                              "or give cpu_devices=N to run N CPU actors")
+        slots = [(None, i) for i in range(config.cpu_devices)]
+    devices = [Device(index=i, kind="ray", name=_device_name(node, gpu)) for i, (node, gpu) in enumerate(slots)]
+    actor_cls = ray.remote(GpuActor)
+    make_model = model_factory(model)
+    workers: list[Any] = []
+    for _ in range(config.workers_per_device):
+        for dev, (node, _gpu) in zip(devices, slots):
+            workers.append(RayWorker(index=len(workers), device=dev, config=config, hooks=hooks, ray=ray,
+                                     actor_cls=actor_cls, blob=blob, make_model=make_model,
+                                     node=node, use_gpu=use_gpu))
+    return Fleet(devices, workers, info={"ray_nodes": [n.node_id for n in nodes]})
+
+
+def _device_name(node: RayNode | None, gpu: int) -> str:
+    if node is None:
+        return "CPU actor"
+    return f"{node.gpu_type or 'GPU'} #{gpu} on {node.hostname or node.address}"
+
+
+class RayWorker(BaseWorker):
+    """One worker whose model copy is a Ray actor. Created by :func:`make_fleet`, driven by the pool."""
+
+    backend = "ray"
+
+    def __init__(self, *, index: int, device: Device, config: PoolConfig, hooks: WorkerHooks, ray: Any,
+                 actor_cls: Any, blob: bytes, make_model: Any, node: RayNode | None, use_gpu: bool) -> None:
+        super().__init__(index=index, device=device, config=config, hooks=hooks)
+        self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown_s)
+        self._ray = ray
+        self._actor_cls = actor_cls
+        self._blob = blob
+        self._make_model = make_model
+        self._model: Any = None
+        self._node = node
+        self._use_gpu = use_gpu
+        self._actor: Any = None
+        self._where: dict[str, Any] = {}
+        self._cv = threading.Condition()
+        self._up = False
+        self._stopping = False
+        self._inflight: dict[Any, list[Request]] = {}  # call ref -> its items, in the order sent
+        self._dead: BaseException | None = None  # set by the collector when the actor died
+        self._stop = threading.Event()
+        self._supervisor = threading.Thread(target=self._supervise, name=f"gpufleet-{self.name}-sup", daemon=True)
+        self._feeder = threading.Thread(target=self._feed, name=f"gpufleet-{self.name}-feed", daemon=True)
+        self._collector = threading.Thread(target=self._collect, name=f"gpufleet-{self.name}-collect", daemon=True)
+
+    # -- what the pool reads ------------------------------------------------------------------------------
+    @property
+    def healthy(self) -> bool:
+        return self._up and self.breaker.allows_traffic
+
+    @property
+    def model(self) -> Any:
+        """A local, not set-up instance for metadata (the served copy lives in the actor)."""
+        if self._model is None and self.error is None:
+            try:
+                self._model = self._make_model()
+            except Exception:  # noqa: BLE001 - metadata only
+                return None
+        return self._model
+
+    def placement(self) -> dict[str, Any]:
+        return dict(self._where)
+
+    def describe(self) -> dict:
+        return {**super().describe(), **self.breaker.describe()}
+
+    def health_extra(self) -> dict:
+        b = self.breaker.describe()
+        return {"node": self._where.get("node"), "hostname": self._where.get("hostname"),
+                "pid": self._where.get("pid"), "state": b["state"], "restarts": self.stats.restarts,
+                "worker_failures": b["worker_failures"], "breaker_trips": b["breaker_trips"],
+                "last_failure": b["last_failure"]}
+
+    # -- life cycle ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._supervisor.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Stop once the batcher is drained and every call answered; then the actor goes."""
+        end = None if timeout is None else time.monotonic() + timeout
+        self.batcher.close()
+        for t in (self._feeder, self._collector):
+            if t.is_alive():
+                t.join(None if end is None else max(0.1, end - time.monotonic()))
+        self._stop.set()
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if self._supervisor.is_alive():
+            self._supervisor.join(None if end is None else max(0.1, end - time.monotonic()))
+        self._kill_actor()
+        with self._cv:
+            left, self._inflight = list(self._inflight.values()), {}
+        for reqs in left:
+            self.fail(reqs, PoolClosed("the pool closed before the item was served"))
+
+    def _kill_actor(self) -> None:
+        actor, self._actor = self._actor, None
+        if actor is not None:
+            try:
+                self._ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+    # -- supervisor ---------------------------------------------------------------------------------------
+    def _supervise(self) -> None:
+        first = True
+        while not self._stop.is_set():
+            ok = self._launch()
+            if first:
+                first = False
+                self.ready.set()
+                if not ok:
+                    return  # a setup failure at start-up: the pool raises or starts degraded
+                self._feeder.start()
+                self._collector.start()
+            if ok:
+                with self._cv:  # serve until the collector sees the actor die, or the pool closes
+                    while self._dead is None and not self._stopping:
+                        self._cv.wait(0.5)
+                        if self.breaker.poll():
+                            log.info("%s: circuit half-open, probing", self.name)
+                            self.hooks.state()
+                    dead, self._dead = self._dead, None
+                if dead is None:
+                    break
+                self._on_death(dead)
+            else:
+                self.breaker.failure(f"restart failed: {self.error}")
+            if self._stop.is_set():
+                break
+            k = max(1, self.breaker.failures)
+            delay = min(self.config.restart_backoff_max_s, self.config.restart_backoff_s * 2 ** (k - 1))
+            delay *= random.uniform(0.75, 1.25)
+            log.warning("%s: recreating the actor in %.2fs (failure %d in a row)", self.name, delay, k)
+            if self._stop.wait(delay):
+                break
+            with self.stats.lock:
+                self.stats.restarts += 1
+
+    def _launch(self) -> bool:
+        """Create the actor (on its node while that node lives) and wait for its setup; False with ``error``."""
+        ray = self._ray
+        options: dict[str, Any] = {"num_cpus": 0, "max_restarts": 0}
+        if self._use_gpu:
+            options["num_gpus"] = 1.0 / self.config.workers_per_device
+        node = self._node
+        if node is not None and node.node_id in {n.node_id for n in gpu_nodes(ray)}:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            # soft: if the node cannot take it now, the actor goes wherever a GPU is free
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node.node_id, soft=True)
+        actor = None
+        try:
+            actor = self._actor_cls.options(**options).remote(
+                self.name, self._blob, self.config.batch_buckets, self.config.max_batch_size, self._use_gpu)
+            where = ray.get(actor.placement.remote(), timeout=self.config.start_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - no resources, or Ray failed: the pool decides
+            self.error = WorkerError(f"cannot create the actor: {_ray_error_text(exc)}")
+            self.error.__cause__ = exc
+            where = {}
+        if "error" in where:  # the model's setup raised: its own error, with the actor's traceback
+            self.error = wire.error_from(where["error"])
+        if self.error is not None and not where.get("node"):
+            log.error("%s failed in setup: %s", self.name, self.error)
+            if actor is not None:  # e.g. still waiting for a GPU after start_timeout_s
+                self._actor = actor
+                self._kill_actor()
+            return False
+        self._actor, self._where, self.error = actor, where, None
+        with self._cv:
+            self._up = True
+            self._cv.notify_all()
+        self.hooks.state()
+        log.info("%s: actor ready on node %s (%s, pid %s, %s)", self.name, where.get("node", "?")[:12],
+                 where.get("hostname"), where.get("pid"), where.get("context_on"))
+        return True
+
+    def _on_death(self, exc: BaseException) -> None:
+        with self._cv:
+            self._up = False
+            inflight, self._inflight = list(self._inflight.values()), {}
+            self._cv.notify_all()
+        self.hooks.state()
+        self._kill_actor()
+        reason = f"actor died ({_ray_error_text(exc)})"
+        self.breaker.failure(reason)
+        log.warning("%s: %s", self.name, reason)
+        self.after_death(inflight, reason)
+
+    # -- feeder and collector -----------------------------------------------------------------------------
+    def _feed(self) -> None:
+        depth = max(1, self.config.pipeline_depth) + 1  # one call more than the actor runs: it never waits
+        while True:
+            with self._cv:
+                while not self._stopping and not (self._up and len(self._inflight) < depth):
+                    if self.batcher.closed and not len(self.batcher):
+                        return
+                    self._cv.wait(0.2)
+                if self._stopping:
+                    return
+            batch = self.batcher.take(self.max_batch, idle_timeout=0.2)
+            if batch is None:
+                return
+            for group in self.groups(self.admit(batch)):
+                self._send(group)
+
+    def _send(self, reqs: list[Request]) -> None:
+        items = [r.item for r in reqs]
+        stacked = _stack(items)
+        with self._cv:
+            actor = self._actor
+            if not self._up or actor is None:
+                self.batcher.put_many(reqs)  # the actor died meanwhile; the next one serves them
+                return
+            try:
+                ref = actor.run.remote(None if stacked is not None else items, stacked, reqs[0].preprocessed)
+            except Exception as exc:  # noqa: BLE001 - an item Ray cannot serialize
+                if len(reqs) > 1:
+                    for r in reqs:
+                        self._send([r])
+                    return
+                self.fail(reqs, _call_error(exc))
+                return
+            self._inflight[ref] = reqs
+            self._cv.notify_all()
+
+    def _collect(self) -> None:
+        ray = self._ray
+        while True:
+            with self._cv:
+                while not self._inflight or self._dead is not None:
+                    if self._stopping or (self.batcher.closed and not len(self.batcher)
+                                          and not self._feeder.is_alive() and not self._inflight):
+                        return
+                    self._cv.wait(0.2)
+                refs = list(self._inflight)
+            done, _ = ray.wait(refs, num_returns=1, timeout=0.5)
+            for ref in done:
+                try:
+                    result = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - the actor died (or the call could not run)
+                    if _actor_died(exc):
+                        with self._cv:
+                            if ref in self._inflight and self._dead is None:
+                                self._dead = exc  # the supervisor requeues every unanswered batch
+                                self._up = False
+                            self._cv.notify_all()
+                        break
+                    with self._cv:
+                        reqs = self._inflight.pop(ref, None)
+                    if reqs is not None:
+                        self.fail(reqs, _call_error(exc))
+                    continue
+                with self._cv:
+                    reqs = self._inflight.pop(ref, None)
+                    self._cv.notify_all()
+                if reqs is not None:
+                    self._answer(reqs, result)
+
+    def _answer(self, reqs: list[Request], msg: wire.BatchDone) -> None:
+        now = time.monotonic()
+        if self.breaker.success():
+            log.info("%s: circuit closed", self.name)
+            self.hooks.state()
+        if msg.oom_batch:
+            self.lower_max_batch(msg.oom_batch, log)
+        if msg.error is not None:
+            self.fail(reqs, wire.error_from(msg.error))
+            return
+        self.record_batch(len(reqs), dict(msg.timings), msg.media_s)
+        ok = []
+        for i, r in enumerate(reqs):
+            if i in msg.errors:
+                self.fail([r], wire.error_from(msg.errors[i]))
+            else:
+                ok.append((r, msg.outputs[i]))
+        self.resolve(ok, now)
+
+
+def _stack(items: Sequence[Any]) -> np.ndarray | None:
+    """Arrays of one shape and dtype as one ``[n, *shape]`` array (one object-store buffer), else None."""
+    if len(items) < 2 or type(items[0]) is not np.ndarray:
+        return None
+    a0 = items[0]
+    if a0.dtype.kind in "OV" or any(type(a) is not np.ndarray or a.shape != a0.shape or a.dtype != a0.dtype
+                                    for a in items):
+        return None
+    return np.stack(items)
+
+
+def _actor_died(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    return name in ("RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError",
+                    "NodeDiedError", "OwnerDiedError", "ActorUnschedulableError")
+
+
+def _ray_error_text(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _call_error(exc: BaseException) -> WorkerError:
+    err = WorkerError(f"the Ray call failed: {_ray_error_text(exc)}")
+    err.__cause__ = exc
+    return err
