@@ -35,10 +35,16 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at IN
 def gpus(
     json_output: bool = typer.Option(False, "--json", help="Machine-readable JSON instead of a table."),
     cpu_devices: Optional[int] = typer.Option(None, "--cpu-devices", help="Simulate N CPU devices."),  # noqa: UP045
+    ray: bool = typer.Option(False, "--ray", help="List the GPUs of a Ray cluster, node by node."),
+    ray_address: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--ray-address", envvar="GPUFLEET_RAY_ADDRESS", help='With --ray: "auto" or ray://head:10001.'),
 ) -> None:
-    """List the devices gpufleet would use: architecture, precision, utilisation, MPS."""
+    """List the devices gpufleet would use: architecture, precision, utilisation, MPS (or a Ray cluster's GPUs)."""
     from gpufleet.cli.gpus import gpus as show
+    from gpufleet.cli.gpus import ray_gpus
 
+    if ray:
+        raise typer.Exit(ray_gpus(json_output=json_output, address=ray_address or "auto"))
     raise typer.Exit(show(json_output=json_output, cpu_devices=cpu_devices))
 
 
@@ -92,7 +98,8 @@ def bench(
     raw: bool = typer.Option(True, "--raw/--no-raw", help="Measure the model's own ceiling."),
     pool: bool = typer.Option(True, "--pool/--no-pool", help="Measure the same model through Pool.map."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Pool: replay CUDA graphs per batch bucket."),
-    backend: str = typer.Option("thread", "--backend", help="Pool workers: thread | process."),
+    backend: str = typer.Option("thread", "--backend", help="Pool workers: thread | process | ray (the GPUs of "
+                                "the Ray cluster RAY_ADDRESS points at, or a local one)."),
     scale: bool = typer.Option(False, "--scale", help="Pool on the first 1, 2, 4 ... selected devices, side by "
                                                       "side, with the speedup over one device."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the module (raw and pool)."),

@@ -13,7 +13,7 @@ from gpufleet.devices.device import Device
 from gpufleet.devices.discovery import discover
 from gpufleet.errors import GpufleetError
 
-__all__ = ["gpus"]
+__all__ = ["gpus", "ray_gpus"]
 
 log = logging.getLogger(__name__)
 
@@ -117,4 +117,26 @@ def gpus(json_output: bool = False, cpu_devices: int | None = None) -> int:
         print(json.dumps(doc, indent=2))
         return 0
     _print_table(devices, utils, _remap_note(devices, visible), mps)
+    return 0
+
+
+def ray_gpus(json_output: bool = False, address: str | None = "auto") -> int:
+    """Print the GPUs of the Ray cluster at ``address``, node by node (``gpufleet gpus --ray``)."""
+    from gpufleet.ray.cluster import connect, gpu_nodes
+
+    try:
+        ray = connect(address)
+        nodes = gpu_nodes(ray)
+    except GpufleetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if json_output:
+        print(json.dumps({"nodes": [dataclasses.asdict(n) for n in nodes],
+                          "gpus": sum(n.gpus for n in nodes)}, indent=2))
+        return 0
+    print(f"{'node':14} {'address':16} {'hostname':20} {'GPUs':>5} {'type':10} {'CPUs':>5}")
+    for n in nodes:
+        print(f"{n.node_id[:12]:14} {n.address:16} {n.hostname[:20]:20} {n.gpus:>5g} {n.gpu_type or '-':10} "
+              f"{n.cpus:>5g}")
+    print(f"{len(nodes)} node(s), {sum(n.gpus for n in nodes):g} GPU(s): Pool(backend='ray') puts one worker on each")
     return 0

@@ -35,7 +35,11 @@ def register(app: typer.Typer) -> None:
         cpu_devices: Optional[int] = typer.Option(None, "--cpu-devices", help="Use N CPU devices (no GPU)."),  # noqa: UP045
         workers_per_device: Optional[int] = typer.Option(None, "--workers-per-device"),  # noqa: UP045
         backend: Optional[str] = typer.Option(  # noqa: UP045
-            None, "--backend", help="thread (default) | process: one process per worker, restarted when it dies"),
+            None, "--backend", help="thread (default) | process: one process per worker, restarted when it dies | "
+                                    "ray: one Ray actor per GPU of a Ray cluster (front ends stay here)"),
+        ray_address: Optional[str] = typer.Option(  # noqa: UP045
+            None, "--ray-address", help='--backend ray: the cluster ("auto", ray://head:10001; default: '
+                                        'GPUFLEET_RAY_ADDRESS, RAY_ADDRESS, else a local Ray).'),
         max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size", help="0 = probe the best size."),  # noqa: UP045
         max_wait_ms: Optional[float] = typer.Option(None, "--max-wait-ms"),  # noqa: UP045
         balancer: Optional[str] = typer.Option(None, "--balancer", help="round-robin | queue-depth | speed"),  # noqa: UP045
@@ -59,7 +63,7 @@ def register(app: typer.Typer) -> None:
         if gpus is not None and cpu_devices is not None:
             _fail("--gpus and --cpu-devices exclude each other")
         pool = {"devices": gpus, "cpu_devices": cpu_devices, "workers_per_device": workers_per_device,
-                "backend": backend,
+                "backend": backend, "ray_address": ray_address,
                 "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms, "balancer": balancer,
                 "max_queue": max_queue, "timeout_s": timeout_s}
         try:

@@ -64,9 +64,22 @@ def register(app: typer.Typer) -> None:
             help="One worker process per device, inputs dealt out between them (default: with 2+ GPUs and "
                  "2+ inputs)."),
         json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+        backend: str = typer.Option("local", "--backend", help="local: this machine's GPUs (NVDEC decodes into "
+                                    "their memory). ray is not supported: run gpufleet video on each node."),
     ) -> None:
         """Detect (or classify) on every frame of one or more videos across all devices, in frame order."""
         from gpufleet.video import VideoConfig, run
+
+        problem = None
+        if backend == "ray":
+            problem = ("gpufleet video does not run on --backend ray: frames are decoded by NVDEC straight into "
+                       "this machine's GPU memory and served there; sending every decoded frame to another node would "
+                       "cost more than it gains. Run gpufleet video on each node (one input list per node) instead.")
+        elif backend != "local":
+            problem = f"--backend must be local (or ray, which video does not support), got {backend!r}"
+        if problem is not None:
+            typer.echo(f"error: {problem}", err=True)
+            raise typer.Exit(2)
 
         try:
             cfg = VideoConfig(model=model, runtime=runtime, devices=gpus, cpu_devices=cpu_devices, decoder=decoder,
