@@ -112,6 +112,9 @@ class Fleet:
     workers: list[Worker]
     mps: dict[str, Any] | None = None  # MPS status, for backends that run one process per worker
     info: dict[str, Any] = field(default_factory=dict)
+    grow: Callable[[int], tuple[list[Device], list[Worker]]] | None = None
+    """For backends whose devices can appear later (Ray nodes that join): the devices found since, and their
+    workers (not started), numbered from the given worker count; ``None``: the devices never change."""
 
 
 class Backend(Protocol):

@@ -73,6 +73,7 @@ class Pool:
         self.devices: list[Device] = fleet.devices
         self.workers: list[Worker] = fleet.workers
         self.mps = fleet.mps
+        self._grow = fleet.grow
         self._start()
 
     # -- start-up -----------------------------------------------------------------------------------------
@@ -300,6 +301,25 @@ class Pool:
                 f.cancel()
 
     # -- operations ---------------------------------------------------------------------------------------
+    def rescale(self) -> list[int]:
+        """Add workers for devices that appeared since the pool started (GPUs of Ray nodes that joined the
+        cluster) and start routing to them once set up; the new workers' indices (empty when none appeared,
+        or the backend's devices never change). Workers that fail to set up are kept out of the routes."""
+        if self._grow is None or self._closing:
+            return []
+        devices, workers = self._grow(len(self.workers))
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.ready.wait()
+        with self._lock:
+            self.devices = self.devices + devices
+            self.workers = self.workers + workers
+            self._refresh_routes()
+        if workers:
+            log.info("pool rescaled: %d new worker(s) on %s", len(workers), ", ".join(d.label for d in devices))
+        return [w.index for w in workers]
+
     def set_enabled(self, device_label: str, enabled: bool) -> list[int]:
         """Stop (or resume) routing new items to a device's workers; queued items still finish."""
         hit = [w for w in self.workers if w.device.label == device_label or str(w.device.index) == device_label]

@@ -47,24 +47,42 @@ def make_fleet(model: Any, config: PoolConfig, hooks: WorkerHooks) -> Fleet:
         raise ConfigError("max_batch_size=0 (probe) is not supported with backend='ray'; give a size")
     ray = connect(config.ray_address)
     blob = model_blob(model)
-    nodes = gpu_nodes(ray, config.ray_nodes)
-    slots: list[tuple[RayNode | None, int]] = [(n, g) for n in nodes for g in range(int(n.gpus))]
-    use_gpu = bool(slots)
-    if not slots:
-        if not config.cpu_devices:
-            raise DeviceError("the Ray cluster has no GPU (ray status lists its resources); start nodes with GPUs, "
-                              "or give cpu_devices=N to run N CPU actors")
-        slots = [(None, i) for i in range(config.cpu_devices)]
-    devices = [Device(index=i, kind="ray", name=_device_name(node, gpu)) for i, (node, gpu) in enumerate(slots)]
-    actor_cls = ray.remote(GpuActor)
     make_model = model_factory(model)
-    workers: list[Any] = []
-    for _ in range(config.workers_per_device):
-        for dev, (node, _gpu) in zip(devices, slots):
-            workers.append(RayWorker(index=len(workers), device=dev, config=config, hooks=hooks, ray=ray,
-                                     actor_cls=actor_cls, blob=blob, make_model=make_model,
-                                     node=node, use_gpu=use_gpu))
-    return Fleet(devices, workers, info={"ray_nodes": [n.node_id for n in nodes]})
+    actor_cls = ray.remote(GpuActor)
+    placed: dict[str, int] = {}  # node id -> GPUs given a worker so far
+
+    def build(first_index: int, first_device: int) -> tuple[list[Device], list[Any]]:
+        """Devices (and workers) for the GPUs not yet placed on the chosen nodes."""
+        slots: list[tuple[RayNode | None, int]] = []
+        for n in gpu_nodes(ray, config.ray_nodes):
+            have = placed.get(n.node_id, 0)
+            slots += [(n, g) for g in range(have, int(n.gpus))]
+            placed[n.node_id] = max(have, int(n.gpus))
+        use_gpu = bool(slots) or any(placed.values())
+        if not slots and not use_gpu and first_index == 0:
+            if not config.cpu_devices:
+                raise DeviceError("the Ray cluster has no GPU (ray status lists its resources); start nodes with "
+                                  "GPUs, or give cpu_devices=N to run N CPU actors")
+            slots = [(None, i) for i in range(config.cpu_devices)]
+        devices = [Device(index=first_device + i, kind="ray", name=_device_name(node, gpu))
+                   for i, (node, gpu) in enumerate(slots)]
+        workers: list[Any] = []
+        for _ in range(config.workers_per_device):
+            for dev, (node, _gpu) in zip(devices, slots):
+                workers.append(RayWorker(index=first_index + len(workers), device=dev, config=config, hooks=hooks,
+                                         ray=ray, actor_cls=actor_cls, blob=blob, make_model=make_model,
+                                         node=node, use_gpu=node is not None))
+        return devices, workers
+
+    devices, workers = build(0, 0)
+    counted = [len(devices)]
+
+    def grow(n_workers: int) -> tuple[list[Device], list[Any]]:
+        new_devices, new_workers = build(n_workers, counted[0])
+        counted[0] += len(new_devices)
+        return new_devices, new_workers
+
+    return Fleet(devices, workers, grow=grow)
 
 
 def _device_name(node: RayNode | None, gpu: int) -> str:

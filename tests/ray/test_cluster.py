@@ -56,3 +56,16 @@ def test_a_lost_node_moves_its_actors_and_loses_no_item(cluster) -> None:
         assert results == list(range(2000))  # none lost, none twice, in order
         assert wait_until(lambda: all(w.healthy for w in pool.workers), 120)
         assert {w.placement()["node"] for w in pool.workers} == {b.node_id}
+
+
+def test_rescale_adds_workers_for_a_node_that_joined(cluster) -> None:
+    c, _, _ = cluster
+    with Pool(Doubler, backend="ray", max_batch_size=8, max_wait_ms=2) as pool:
+        before = len(pool.workers)
+        assert pool.rescale() == []  # nothing new
+        node = c.add_node(num_cpus=1, num_gpus=1)
+        c.wait_for_nodes()
+        assert pool.rescale() == [before]
+        assert pool.workers[-1].healthy and pool.workers[-1].placement()["node"] == node.node_id
+        assert list(pool.map(range(300))) == [2 * i for i in range(300)]
+        assert pool.stats()["per_gpu_stats"][-1]["total_requests"] > 0
