@@ -15,6 +15,10 @@ $OUT/summary.txt (a few lines per workload) and $OUT/results.tgz (every raw JSON
   video  gpufleet video --model resnet18 on the 1080p H.264 file (1 input, 8 inputs, 8 inputs at
          --batch-size 128) beside the NVDEC decode-only ceiling (benchmarks/video_ceiling.py).
   tests  pytest -m gpu on the test files that have GPU tests (not run unless named in STEPS).
+  ray    the Ray backend beside the process backend (not run unless named in STEPS; needs ray importable,
+         e.g. its wheel and jsonschema, referencing, rpds-py, jsonschema-specifications, attrs in WHEELS):
+         gpufleet bench --backend process|ray, benchmarks/backend_overhead.py (per-call cost), and
+         gpufleet serve resnet50 --backend ray|process with the tuned flags under the same load.
 
 A/B: when .old/gpufleet.tar.xz is present (an older commit's package:
   mkdir -p .old && git archive <commit> gpufleet | xz -9 > .old/gpufleet.tar.xz),
@@ -150,6 +154,23 @@ for step in ${STEPS:-pool serve video}; do
       pkg new timeout 120 "${Vm[@]}" "${eight[@]}" --batch-size 128 --jsonl "$V/eight.{stream}.jsonl" \
         > "$W/video_8_bs128.json" 2> "$W/video_8_bs128.err"
       rm -f "$V"/*.jsonl
+      summary ;;
+    ray)
+      for b in process ray; do
+        stamp "pool overhead [backend $b]"
+        # shellcheck disable=SC2086
+        pkg new timeout 300 python3 -m gpufleet bench ${BENCH_ARGS:---model resnet50 --precision fp16 \
+          --cuda-graphs --batch-sizes 64,128} --backend $b --seconds "${SECS:-3}" --json \
+          > "$W/pool_$b.json" 2> "$W/pool_$b.err"
+      done
+      stamp "backend overhead (a model that does nothing)"
+      pkg new timeout 240 python3 benchmarks/backend_overhead.py --seconds 3 > "$W/backend_overhead.txt" \
+        2> "$W/backend_overhead.err"
+      cat "$W/backend_overhead.txt" >> "$W/steps.txt"
+      for b in ray process; do
+        stamp "JPEG serving [backend $b, tuned]"
+        serve_one new "$b" "--backend $b ${TUNED_ARGS:---http-workers 8 --max-batch-size 128 --max-wait-ms 2}"
+      done
       summary ;;
     tests)
       stamp "pytest -m gpu"
