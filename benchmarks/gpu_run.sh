@@ -167,7 +167,7 @@ for step in ${STEPS:-pool serve video}; do
       pkg new timeout 240 python3 benchmarks/backend_overhead.py --seconds 3 > "$W/backend_overhead.txt" \
         2> "$W/backend_overhead.err"
       cat "$W/backend_overhead.txt" >> "$W/steps.txt"
-      for b in ray process; do
+      for b in ${RAY_SERVE:-ray process}; do
         stamp "JPEG serving [backend $b, tuned]"
         serve_one new "$b" "--backend $b ${TUNED_ARGS:---http-workers 8 --max-batch-size 128 --max-wait-ms 2}"
       done

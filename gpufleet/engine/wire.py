@@ -31,6 +31,7 @@ import pickle
 import struct
 import sys
 import traceback
+import warnings
 from typing import Any, Union
 
 import msgspec
@@ -42,7 +43,7 @@ from gpufleet.errors import GpufleetError, WorkerError
 __all__ = [
     "Batch", "BatchDone", "Call", "Cancel", "ChildMessage", "Codec", "ErrorInfo", "Free", "FrontMessage",
     "Heartbeat", "Hello", "INLINE_MAX", "Progress", "Ready", "RemoteTraceback", "Reply", "SetupFailed", "Shutdown",
-    "State", "Submit", "error_from", "error_info", "error_reply",
+    "State", "Submit", "as_tensor", "error_from", "error_info", "error_reply", "stackable",
 ]
 
 INLINE_MAX = 4096  # arrays up to this many bytes travel inside the message on the pipe hop
@@ -276,6 +277,48 @@ def tensor_to_numpy(t: Any) -> tuple[np.ndarray, str]:
         return t.contiguous().view(raw).numpy(), name
 
 
+def stackable(items: list) -> tuple[list[np.ndarray], str] | None:
+    """The rows of a batch that can travel as one block: all numpy arrays, or all CPU tensors, of one shape and
+    numpy dtype, larger than what travels inline; with the torch dtype name ("" for arrays). ``None`` otherwise."""
+    if len(items) < 2:
+        return None
+    first = items[0]
+    kind = type(first)
+    torch = sys.modules.get("torch")
+    if kind is np.ndarray:
+        name = ""
+        if first.dtype.kind in "OV":
+            return None
+        arrs = items
+    elif torch is not None and kind is torch.Tensor and first.device.type == "cpu" and not first.requires_grad:
+        try:
+            arrs = [t.numpy() for t in items if type(t) is kind]
+        except (TypeError, RuntimeError):  # bfloat16 and the like, a GPU tensor or one that needs grad
+            return None
+        name = str(first.dtype).replace("torch.", "")
+    else:
+        return None
+    a0 = arrs[0]
+    if len(arrs) != len(items) or a0.nbytes <= INLINE_MAX:
+        return None
+    shape, dtype = a0.shape, a0.dtype
+    for a in arrs:
+        if type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype:
+            return None
+    return arrs, name
+
+
+def as_tensor(arr: np.ndarray, name: str) -> Any:
+    """``arr`` as the torch tensor of dtype ``name`` it was sent as (sharing its memory)."""
+    import torch
+
+    with warnings.catch_warnings():  # a read-only buffer (shared memory, Ray's object store) is only read
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.from_numpy(arr)
+    dtype = getattr(torch, name)
+    return t if t.dtype == dtype else t.view(dtype)
+
+
 class Codec:
     """Encodes one direction's messages and decodes the other's (``decode_type``: ``ChildMessage`` or
     ``FrontMessage``).
@@ -333,35 +376,12 @@ class Codec:
         return walk(value), need
 
     def stack(self, items: list) -> tuple[Any, int]:
-        """``items`` as one block when they are all arrays (or all CPU tensors) of one shape and numpy dtype
-        and larger than what travels inline: the receiver reads them as one ``[n, *shape]`` array or tensor,
-        and copies it to a device in one go. ``(None, 0)`` otherwise (send the items one by one)."""
-        if len(items) < 2:
+        """``items`` as one block when :func:`stackable`: the receiver reads them as one ``[n, *shape]`` array or
+        tensor, and copies it to a device in one go. ``(None, 0)`` otherwise (send the items one by one)."""
+        rows = stackable(items)
+        if rows is None:
             return None, 0
-        first = items[0]
-        kind = type(first)
-        torch = sys.modules.get("torch")
-        if kind is np.ndarray:
-            name = ""
-            if first.dtype.kind in "OV":
-                return None, 0
-            arrs = items
-        elif torch is not None and kind is torch.Tensor and first.device.type == "cpu" and not first.requires_grad:
-            try:
-                arrs = [t.numpy() for t in items if type(t) is kind]
-            except (TypeError, RuntimeError):  # bfloat16 and the like, a GPU tensor or one that needs grad
-                return None, 0
-            name = str(first.dtype).replace("torch.", "")
-        else:
-            return None, 0
-        a0 = arrs[0]
-        if len(arrs) != len(items) or a0.nbytes <= INLINE_MAX:
-            return None, 0
-        shape, dtype = a0.shape, a0.dtype
-        for a in arrs:
-            if type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype:
-                return None, 0
-        block = _Stack(arrs, name)
+        block = _Stack(*rows)
         return block, block.nbytes + _ALIGN
 
     def encode(self, msg: Any, seg: Any = None) -> bytes:
@@ -483,11 +503,11 @@ class Codec:
             arr = np.ndarray(ref.shape, np.dtype(ref.dtype), buffer=seg.buf, offset=ref.offset)
             if self.copy:
                 arr = arr.copy()
-            return _as_tensor(arr, ref.torch) if ref.torch else arr
+            return as_tensor(arr, ref.torch) if ref.torch else arr
         if code == EXT_INLINE:
             a = self._inline_dec.decode(data)
             arr = np.frombuffer(a.data, dtype=np.dtype(a.dtype)).reshape(a.shape).copy()
-            return _as_tensor(arr, a.torch) if a.torch else arr
+            return as_tensor(arr, a.torch) if a.torch else arr
         if code == EXT_SCALAR:
             return self._ext(EXT_INLINE, data)[()]
         if code == EXT_OBJECTS:
@@ -506,9 +526,3 @@ class Codec:
         raise ValueError(f"unknown wire extension {code}")
 
 
-def _as_tensor(arr: np.ndarray, name: str) -> Any:
-    import torch
-
-    t = torch.from_numpy(arr)
-    dtype = getattr(torch, name)
-    return t if t.dtype == dtype else t.view(dtype)

@@ -17,6 +17,7 @@ from typing import Any
 from gpufleet.devices.device import Device
 from gpufleet.engine import wire
 from gpufleet.engine.process.child import STICKY_EXIT, is_sticky_cuda_error
+from gpufleet.engine.process.placement import GPU_CHILD_THREADS
 from gpufleet.engine.step import BatchStep
 from gpufleet.errors import GpufleetError
 from gpufleet.models.base import StackedBatch
@@ -59,6 +60,9 @@ class GpuActor:
 
             torch.cuda.set_device(0)
             gpu_name = torch.cuda.get_device_name(0)
+            # Ray gives an actor with num_cpus=0 one OpenMP thread; a GPU worker's host work wants a few, as a
+            # process worker gets (GPU_CHILD_THREADS)
+            torch.set_num_threads(GPU_CHILD_THREADS)
         model = model_factory(load_model_blob(model_blob))()
         apply_pool_settings(model, batch_buckets=batch_buckets, max_batch_size=max_batch_size)
         model.setup(self.device)
@@ -72,10 +76,15 @@ class GpuActor:
         setup failed."""
         return self.where
 
-    def run(self, items: list, stacked: Any, preprocessed: bool) -> wire.BatchDone:
-        """Serve one batch (``items``, or the rows of ``stacked``) and answer it as a whole."""
+    def run(self, items: list, stacked: tuple[Any, str] | None, preprocessed: bool) -> wire.BatchDone:
+        """Serve one batch (``items``, or the rows of ``stacked``: an array and the torch dtype name its rows
+        were sent as) and answer it as a whole."""
         step = self.step
-        batch = items if stacked is None else StackedBatch(stacked)
+        if stacked is None:
+            batch = items
+        else:
+            block, torch_name = stacked
+            batch = StackedBatch(wire.as_tensor(block, torch_name) if torch_name else block)
         timings: dict[str, float] = {}
         alive, errors = step.begin(batch, preprocessed, timings)
         t0 = time.monotonic()

@@ -17,7 +17,6 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -291,6 +290,7 @@ class RayWorker(BaseWorker):
                 return
             try:
                 ref = actor.run.remote(None if stacked is not None else items, stacked, reqs[0].preprocessed)
+                # (a batch of tensors goes as one array: pickling each tensor cost ~4x the throughput on one H200)
             except Exception as exc:  # noqa: BLE001 - an item Ray cannot serialize
                 if len(reqs) > 1:
                     for r in reqs:
@@ -354,15 +354,11 @@ class RayWorker(BaseWorker):
         self.resolve(ok, now)
 
 
-def _stack(items: Sequence[Any]) -> np.ndarray | None:
-    """Arrays of one shape and dtype as one ``[n, *shape]`` array (one object-store buffer), else None."""
-    if len(items) < 2 or type(items[0]) is not np.ndarray:
-        return None
-    a0 = items[0]
-    if a0.dtype.kind in "OV" or any(type(a) is not np.ndarray or a.shape != a0.shape or a.dtype != a0.dtype
-                                    for a in items):
-        return None
-    return np.stack(items)
+def _stack(items: list) -> tuple[np.ndarray, str] | None:
+    """Arrays (or CPU tensors) of one shape and dtype as one ``[n, *shape]`` array, one buffer in Ray's object
+    store that the actor reads in place, and the torch dtype name to view it back as ("" for arrays)."""
+    rows = wire.stackable(items)
+    return None if rows is None else (np.stack(rows[0]), rows[1])
 
 
 def _actor_died(exc: BaseException) -> bool:
