@@ -31,6 +31,7 @@ from gpufleet.logs import REQUEST_ID
 from gpufleet.server import ops, v2
 from gpufleet.server.base import ServerState, gather, json_response, read_body, submit_all
 from gpufleet.server.errors import HTTPError, error_response
+from gpufleet.server.failures import FailureLog
 from gpufleet.server.metrics import CONTENT_TYPE, Metrics
 
 __all__ = ["create_app"]
@@ -87,6 +88,8 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
                         request_timeout_s=request_timeout_s, drain_timeout_s=drain_timeout_s, metrics=metrics,
                         frontend_id=frontend_id)
 
+    failures = FailureLog()
+
     def wrap(name: str, fn: Handler, *, open_: bool = False, work: bool = False) -> Handler:
         """Auth, admission, in-flight accounting, error mapping and metrics around one handler."""
         async def endpoint(request: Request) -> Response:
@@ -96,6 +99,7 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
             if not rid or len(rid) > 128 or not rid.isprintable():
                 rid = uuid.uuid4().hex[:16]
             token = REQUEST_ID.set(rid)
+            error: Exception | None = None
             try:
                 if not open_ and state.token is not None and not state.authorized(request.headers.get("authorization")):
                     raise HTTPError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
@@ -105,19 +109,24 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
                     entered = True
                 response = await fn(request)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error, mapped in one place
-                response = error_response(exc)
+                error = exc
+                response = error_response(exc, log_unexpected=False)  # failures.failed logs it, with the request id
             finally:
                 if entered:
                     state.leave()
-                REQUEST_ID.reset(token)
-            seconds = time.perf_counter() - t0
-            metrics.observe(name, response.status_code, seconds)
-            response.headers["X-Request-Id"] = rid
-            if frontend_id is not None:
-                response.headers["X-Gpufleet-Frontend"] = frontend_id
-            if response.status_code >= 500 or log.isEnabledFor(logging.DEBUG):
-                log.log(logging.WARNING if response.status_code >= 500 else logging.DEBUG, "%s %s -> %d in %.1f ms "
-                        "(request %s)", request.method, request.url.path, response.status_code, seconds * 1e3, rid)
+            try:
+                seconds = time.perf_counter() - t0
+                metrics.observe(name, response.status_code, seconds)
+                response.headers["X-Request-Id"] = rid
+                if frontend_id is not None:
+                    response.headers["X-Gpufleet-Frontend"] = frontend_id
+                if response.status_code >= 500:
+                    failures.failed(request.method, request.url.path, response.status_code, seconds, rid, error)
+                elif log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s %s -> %d in %.1f ms (request %s)", request.method, request.url.path,
+                              response.status_code, seconds * 1e3, rid)
+            finally:
+                REQUEST_ID.reset(token)  # after logging: the records above carry the request id
             return response
 
         return endpoint
