@@ -26,10 +26,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gpufleet.engine import Pool
-from gpufleet.errors import WorkerError
 from gpufleet.logs import REQUEST_ID
 from gpufleet.server import ops, v2
-from gpufleet.server.base import ServerState, gather, json_response, read_body, submit_all
+from gpufleet.server.base import ServerState, gather, json_response, not_json_able, read_body, submit_all
 from gpufleet.server.errors import HTTPError, error_response
 from gpufleet.server.failures import FailureLog
 from gpufleet.server.metrics import CONTENT_TYPE, Metrics
@@ -63,7 +62,7 @@ def _result_response(obj: Any) -> Response:
     try:
         return json_response(obj)
     except TypeError as exc:
-        raise WorkerError(f"the model's result is not JSON-serializable: {exc}") from exc
+        raise not_json_able(exc) from exc
 
 
 def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None = None, max_body_mb: float = 16.0,
@@ -194,11 +193,15 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
         Route("/v2", wrap("v2_server", k["server_meta"]), methods=["GET"]),
         Route("/v2/health/live", wrap("v2_live", k["live"], open_=True), methods=["GET"]),
         Route("/v2/health/ready", wrap("v2_ready", k["ready"]), methods=["GET"]),
+        Route("/v2/models/stats", wrap("v2_stats", k["model_stats"]), methods=["GET"]),  # before /v2/models/{name}
+        Route("/v2/repository/index", wrap("v2_repository", k["repository_index"]), methods=["POST"]),
     ]
     for prefix in (model, version):
         routes += [
             Route(prefix, wrap("v2_model", k["model_meta"]), methods=["GET"]),
             Route(prefix + "/ready", wrap("v2_model_ready", k["model_ready"]), methods=["GET"]),
+            Route(prefix + "/config", wrap("v2_config", k["model_config"]), methods=["GET"]),
+            Route(prefix + "/stats", wrap("v2_stats", k["model_stats"]), methods=["GET"]),
             Route(prefix + "/infer", wrap("v2_infer", k["infer"], work=True), methods=["POST"]),
         ]
 
