@@ -1,7 +1,8 @@
 """``create_app(pool)``: the ASGI app (Starlette) that serves a :class:`gpufleet.Pool` over HTTP.
 
 Own API: ``POST /predict`` (JSON or raw image bytes), ``POST /predict/batch``, ``GET /health`` (seed shape),
-``GET /stats`` (seed shape), ``GET /metrics`` (Prometheus). KServe v2 REST under ``/v2`` (see ``v2.py``).
+``GET /stats`` (seed shape), ``GET /metrics`` (Prometheus), ``GET /openapi.json`` and ``GET /docs`` (the API's
+description, ``openapi.py``). KServe v2 REST under ``/v2`` (see ``v2.py``).
 The app is a thin layer: it decodes, submits items to the pool, and maps errors in one place.
 
 >>> from gpufleet import Pool
@@ -22,13 +23,13 @@ import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from gpufleet.engine import Pool
 from gpufleet.logs import REQUEST_ID
-from gpufleet.server import ops, v2
-from gpufleet.server.base import ServerState, gather, json_response, not_json_able, read_body, submit_all
+from gpufleet.server import openapi, ops, v2
+from gpufleet.server.base import ServerState, dumps, gather, json_response, not_json_able, read_body, submit_all
 from gpufleet.server.errors import HTTPError, error_response
 from gpufleet.server.failures import FailureLog
 from gpufleet.server.metrics import CONTENT_TYPE, Metrics
@@ -177,6 +178,14 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.render(await state.pool.stats_async()), media_type=CONTENT_TYPE)
 
+    api_doc = dumps(openapi.spec())  # built once: the routes do not change while the app lives
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(api_doc, media_type="application/json")
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(openapi.DOCS_HTML)
+
     k = v2.routes(state)
     model = "/v2/models/{name}"
     version = model + "/versions/{version}"
@@ -190,6 +199,8 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
         Route("/dashboard", wrap("dashboard", o["dashboard"], open_=True), methods=["GET"]),
         Route("/monitor", wrap("monitor", o["monitor"]), methods=["GET"]),
         Route("/admin/devices/{device}/{action}", wrap("admin", o["admin"]), methods=["POST"]),
+        Route("/openapi.json", wrap("openapi", openapi_json, open_=True), methods=["GET"]),
+        Route("/docs", wrap("docs", docs, open_=True), methods=["GET"]),
         Route("/v2", wrap("v2_server", k["server_meta"]), methods=["GET"]),
         Route("/v2/health/live", wrap("v2_live", k["live"], open_=True), methods=["GET"]),
         Route("/v2/health/ready", wrap("v2_ready", k["ready"]), methods=["GET"]),
