@@ -120,7 +120,7 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
                 response.headers["X-Request-Id"] = rid
                 if frontend_id is not None:
                     response.headers["X-Gpufleet-Frontend"] = frontend_id
-                if response.status_code >= 500:
+                if response.status_code >= 500 and error is not None:  # not a probe answering "not ready" (503)
                     failures.failed(request.method, request.url.path, response.status_code, seconds, rid, error)
                 elif log.isEnabledFor(logging.DEBUG):
                     log.debug("%s %s -> %d in %.1f ms (request %s)", request.method, request.url.path,

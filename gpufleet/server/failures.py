@@ -7,7 +7,9 @@ of the same kind within ``window_s`` are only counted, and one line says "N more
 when the window closes. Records carry ``request_id``, ``error`` and ``status`` attributes, which the JSON log
 format writes as fields.
 
-Only failures pay for this: the success path does not call it.
+Only failures pay for this: the success path does not call it. Probes that answer "not ready" (503 from
+``/health`` or ``/v2/health/ready`` while starting or draining) are answers, not failures: the app does not
+log them here.
 """
 
 from __future__ import annotations

@@ -10,11 +10,13 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from tests.e2e.serving import ROOT, free_port, start_server, wait_ready
 
 
-def test_port_in_use_fails_before_the_model_loads() -> None:
+@pytest.mark.parametrize("http_workers", ["1", "2"])
+def test_port_in_use_fails_before_the_model_loads(http_workers: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -22,8 +24,8 @@ def test_port_in_use_fails_before_the_model_loads() -> None:
         t0 = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "-m", "gpufleet", "serve", "tests/server/slow_model.py:SlowSetup", "--port", str(port),
-             "--cpu-devices", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-            env={**os.environ, "SLOW_SETUP_S": "60"})
+             "--cpu-devices", "1", "--http-workers", http_workers], cwd=ROOT, capture_output=True, text=True,
+            timeout=120, env={**os.environ, "SLOW_SETUP_S": "60"})
         took = time.monotonic() - t0
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -32,9 +34,11 @@ def test_port_in_use_fails_before_the_model_loads() -> None:
     assert took < 30, f"took {took:.1f}s: the 60 s setup ran before the port check"
 
 
-def test_process_worker_failure_is_logged_as_json_with_the_child_traceback() -> None:
+@pytest.mark.parametrize("layout", [("--backend", "process"), ("--http-workers", "2")])
+def test_model_failure_is_logged_as_json_with_the_model_traceback(layout: tuple[str, str]) -> None:
+    """A process worker's child traceback, or the engine's traceback seen from an HTTP front end."""
     port = free_port()
-    proc = start_server("tests/server/slow_model.py:Failing", port, "--backend", "process", "--log-format", "json",
+    proc = start_server("tests/server/slow_model.py:Failing", port, *layout, "--log-format", "json",
                         "--max-batch-size", "1")
     base = f"http://127.0.0.1:{port}"
     try:
@@ -48,7 +52,9 @@ def test_process_worker_failure_is_logged_as_json_with_the_child_traceback() -> 
         out = proc.communicate(timeout=60)[0]
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     failed = [d for d in lines if d.get("status") == 500]
-    assert len(failed) == 1, out  # the other two are counted, not printed
+    processes = int(layout[1]) if layout[0] == "--http-workers" else 1  # each front end logs its first in full
+    assert 1 <= len(failed) <= processes, out  # the others are counted, not printed
+    assert not [d for d in lines if "ready" in d["message"] and "503" in d["message"]], out  # probes are no failures
     d = failed[0]
     assert d["request_id"] == "child-0" and "boom" in d["error"] and d["level"] == "error"
     assert "RemoteTraceback" in d["exc"] and "slow_model.py" in d["exc"] and 'raise RuntimeError("boom")' in d["exc"]
