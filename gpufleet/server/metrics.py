@@ -54,11 +54,11 @@ class _PoolCollector(Collector):
                                      labels=labels)
         for h in stats.get("histograms", ()):
             lv = [str(h["device"]), str(h["gpu_id"])]
-            for family, key in ((sizes, "batch_size"), (wait, "queue_wait_seconds")):
+            for hist, key in ((sizes, "batch_size"), (wait, "queue_wait_seconds")):
                 one = h[key]
                 cum = one["cumulative"]
                 buckets = [(_le(b), c) for b, c in zip(one["le"], cum)] + [("+Inf", cum[-1])]
-                family.add_metric(lv, buckets, one["sum"])
+                hist.add_metric(lv, buckets, one["sum"])
         yield from (sizes, wait)
         yield GaugeMetricFamily("gpufleet_pool_outstanding", "Items admitted and not yet answered",
                                 value=stats["queue_depth"])
