@@ -223,4 +223,5 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: http_error})
     app.state.gpufleet = state
+    app.state.failures = failures  # DrainingServer flushes its counts when it stops
     return app

@@ -104,6 +104,11 @@ class FailureLog:
                 exc_info=exc if exc is not None and _wants_traceback(exc) else None,
                 extra={"request_id": request_id, "error": message, "status": status})
 
+    def flush(self) -> None:
+        """Log the counts not yet reported (the server calls it when it stops)."""
+        for key, kind in list(self._kinds.items()):
+            self._summary(key, kind)
+
     def _summary(self, key: tuple[str, str, str], kind: _Kind) -> None:
         if kind.flush is not None:
             kind.flush.cancel()

@@ -57,4 +57,6 @@ def test_model_failure_is_logged_as_json_with_the_model_traceback(layout: tuple[
     assert not [d for d in lines if "ready" in d["message"] and "503" in d["message"]], out  # probes are no failures
     d = failed[0]
     assert d["request_id"] == "child-0" and "boom" in d["error"] and d["level"] == "error"
+    counted = sum(x["repeats"] for x in lines if "more like it" in x["message"])
+    assert counted + len(failed) == 3, out  # the counts still pending come out when the server stops
     assert "RemoteTraceback" in d["exc"] and "slow_model.py" in d["exc"] and 'raise RuntimeError("boom")' in d["exc"]
