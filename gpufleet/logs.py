@@ -21,12 +21,14 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("gpufleet_request_id", default=N
 
 class _RequestId(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = REQUEST_ID.get()
+        if getattr(record, "request_id", None) is None:  # a record may name its request itself (extra=...)
+            record.request_id = REQUEST_ID.get()
         return True
 
 
 class JsonFormatter(logging.Formatter):
-    """``{"ts", "level", "logger", "message", "pid", "request_id"?, "exc"?}`` on one line."""
+    """``{"ts", "level", "logger", "message", "pid", "request_id"?, "status"?, "error"?, "repeats"?, "exc"?}`` on
+    one line."""
 
     def format(self, record: logging.LogRecord) -> str:
         out = {
@@ -39,6 +41,10 @@ class JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None)
         if rid:
             out["request_id"] = rid
+        for key in ("status", "error", "repeats"):  # set by the server's failure log (gpufleet.server.failures)
+            value = getattr(record, key, None)
+            if value is not None:
+                out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)

@@ -11,7 +11,7 @@ import numpy as np
 
 from gpufleet.devices.device import Device
 from gpufleet.engine.backend import Worker
-from gpufleet.engine.stats import STAGES, percentiles
+from gpufleet.engine.stats import BATCH_BUCKETS, LATENCY_BUCKETS, STAGES, percentiles
 
 __all__ = ["health_report", "stats_report"]
 
@@ -66,7 +66,34 @@ def stats_report(workers: Sequence[Worker], devices: Sequence[Device], *, balanc
         "per_gpu_stats": per_gpu,
         "per_worker_stats": [{**w.describe(), **{k: v for k, v in s.items() if k != "stages"}} for w, s in snaps],
         "stages": _stages(workers, preprocess_samples),
+        "histograms": _histograms(workers, devices),
     }
+
+
+def _histograms(workers: Sequence[Worker], devices: Sequence[Device]) -> list[dict]:
+    """Per device: cumulative batch-size and queue-wait histograms (``le`` bounds, counts, sum, count), the
+    shape of a Prometheus histogram (``/metrics`` exposes them)."""
+    out = []
+    for dev in devices:
+        mine = [w for w in workers if w.device == dev]
+        sizes = np.zeros(len(BATCH_BUCKETS) + 1)
+        wait = np.zeros(len(LATENCY_BUCKETS) + 1)
+        items = 0
+        wait_sum = 0.0
+        for w in mine:
+            with w.stats.lock:
+                sizes += w.stats.batch_sizes
+                items += w.stats.items_in_batches
+            window = w.stats.stages.get("queue_wait")
+            if window is not None:
+                wait += window.histogram()
+                wait_sum += window.total
+        out.append({"device": dev.label, "gpu_id": dev.index,
+                    "batch_size": {"le": list(BATCH_BUCKETS), "cumulative": np.cumsum(sizes).tolist(),
+                                   "sum": items},
+                    "queue_wait_seconds": {"le": list(LATENCY_BUCKETS), "cumulative": np.cumsum(wait).tolist(),
+                                           "sum": wait_sum}})
+    return out
 
 
 def _stages(workers: Sequence[Worker], preprocess_samples: np.ndarray | None) -> dict[str, dict]:

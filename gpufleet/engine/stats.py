@@ -7,22 +7,28 @@ import time
 
 import numpy as np
 
-__all__ = ["STAGES", "LatencyWindow", "WorkerStats", "percentiles"]
+__all__ = ["BATCH_BUCKETS", "LATENCY_BUCKETS", "STAGES", "LatencyWindow", "WorkerStats", "percentiles"]
 
 # Per-stage latencies recorded by the engine (seconds). Models may add their own (h2d, compute, d2h).
 STAGES = ("queue_wait", "preprocess", "predict", "postprocess", "e2e")
+# Upper bounds of the cumulative histograms in stats()["histograms"] (Prometheus' "le"); +Inf is implied.
+LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = tuple(2 ** i for i in range(13))  # 1, 2, 4, ... 4096 items
 
 
 class LatencyWindow:
     """The last ``size`` samples of one latency, plus running count and sum; percentiles on demand."""
 
-    __slots__ = ("_buf", "_i", "count", "total")
+    __slots__ = ("_buf", "_fold_lock", "_folded", "_hist", "_i", "count", "total")
 
     def __init__(self, size: int = 4096) -> None:
         self._buf = np.zeros(size, dtype=np.float64)
         self._i = 0
         self.count = 0
         self.total = 0.0
+        self._fold_lock = threading.Lock()
+        self._folded = 0  # samples already counted into _hist
+        self._hist = np.zeros(len(LATENCY_BUCKETS) + 1, dtype=np.float64)
 
     def add(self, value: float) -> None:
         self._buf[self._i] = value
@@ -33,6 +39,24 @@ class LatencyWindow:
     def samples(self) -> np.ndarray:
         n = min(self.count, self._buf.shape[0])
         return self._buf[:n].copy()
+
+    def histogram(self) -> np.ndarray:
+        """Counts per ``LATENCY_BUCKETS`` bucket (+Inf last, not cumulative) of every sample since the start.
+
+        Built when read, not when recorded (``add`` stays a store and two additions): the samples added since
+        the last read are counted from the ring buffer. If more than the buffer holds arrived in between, the
+        buffer's samples stand for all of them, in proportion (counts may then be fractional)."""
+        with self._fold_lock:
+            count, i, size = self.count, self._i, self._buf.shape[0]
+            new = count - self._folded
+            if new > 0:
+                k = min(new, size)
+                recent = self._buf[np.arange(i - k, i) % size]
+                counts = np.bincount(np.searchsorted(LATENCY_BUCKETS, recent, side="left"),
+                                     minlength=self._hist.shape[0])
+                self._hist += counts * (new / k)
+                self._folded = count
+            return self._hist.copy()
 
     def summary(self) -> dict[str, float]:
         """Count, mean and p50/p90/p99 in milliseconds."""
@@ -65,6 +89,7 @@ class WorkerStats:
         self.media_s = 0.0  # seconds of audio/video produced, for models that declare output_seconds()
         self.started = time.monotonic()
         self.stages: dict[str, LatencyWindow] = {}
+        self.batch_sizes = [0] * (len(BATCH_BUCKETS) + 1)  # batches per BATCH_BUCKETS bucket, +Inf last
 
     def stage(self, name: str) -> LatencyWindow:
         w = self.stages.get(name)
@@ -77,6 +102,7 @@ class WorkerStats:
         with self.lock:
             self.total_batches += 1
             self.items_in_batches += n
+            self.batch_sizes[min((n - 1).bit_length(), len(BATCH_BUCKETS))] += 1  # bucket le 2**k (per batch)
             self.busy_s += busy_s
 
     def snapshot(self) -> dict:

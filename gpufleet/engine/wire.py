@@ -207,7 +207,10 @@ FrontMessage = Union[Submit, Cancel, Call, Reply, State]  # noqa: UP007
 
 
 def error_reply(rid: int, exc: BaseException) -> Reply:
-    return Reply(rid, None, error_info(exc))
+    """An item's error for the front end; a model's failure (an error with a cause) carries its traceback, so
+    the front end's log shows where the model raised. (Not cached per batch: holding the exception would keep
+    its frames, and the batch they reference, alive.)"""
+    return Reply(rid, None, error_info(exc, with_traceback=exc.__cause__ is not None))
 
 
 # -- the codec ----------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """``create_app(pool)``: the ASGI app (Starlette) that serves a :class:`gpufleet.Pool` over HTTP.
 
 Own API: ``POST /predict`` (JSON or raw image bytes), ``POST /predict/batch``, ``GET /health`` (seed shape),
-``GET /stats`` (seed shape), ``GET /metrics`` (Prometheus). KServe v2 REST under ``/v2`` (see ``v2.py``).
+``GET /stats`` (seed shape), ``GET /metrics`` (Prometheus), ``GET /openapi.json`` and ``GET /docs`` (the API's
+description, ``openapi.py``). KServe v2 REST under ``/v2`` (see ``v2.py``).
 The app is a thin layer: it decodes, submits items to the pool, and maps errors in one place.
 
 >>> from gpufleet import Pool
@@ -22,15 +23,15 @@ import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from gpufleet.engine import Pool
-from gpufleet.errors import WorkerError
 from gpufleet.logs import REQUEST_ID
-from gpufleet.server import ops, v2
-from gpufleet.server.base import ServerState, gather, json_response, read_body, submit_all
+from gpufleet.server import openapi, ops, v2
+from gpufleet.server.base import ServerState, dumps, gather, json_response, not_json_able, read_body, submit_all
 from gpufleet.server.errors import HTTPError, error_response
+from gpufleet.server.failures import FailureLog
 from gpufleet.server.metrics import CONTENT_TYPE, Metrics
 
 __all__ = ["create_app"]
@@ -62,7 +63,7 @@ def _result_response(obj: Any) -> Response:
     try:
         return json_response(obj)
     except TypeError as exc:
-        raise WorkerError(f"the model's result is not JSON-serializable: {exc}") from exc
+        raise not_json_able(exc) from exc
 
 
 def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None = None, max_body_mb: float = 16.0,
@@ -87,6 +88,8 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
                         request_timeout_s=request_timeout_s, drain_timeout_s=drain_timeout_s, metrics=metrics,
                         frontend_id=frontend_id)
 
+    failures = FailureLog()
+
     def wrap(name: str, fn: Handler, *, open_: bool = False, work: bool = False) -> Handler:
         """Auth, admission, in-flight accounting, error mapping and metrics around one handler."""
         async def endpoint(request: Request) -> Response:
@@ -96,6 +99,7 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
             if not rid or len(rid) > 128 or not rid.isprintable():
                 rid = uuid.uuid4().hex[:16]
             token = REQUEST_ID.set(rid)
+            error: Exception | None = None
             try:
                 if not open_ and state.token is not None and not state.authorized(request.headers.get("authorization")):
                     raise HTTPError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
@@ -105,19 +109,24 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
                     entered = True
                 response = await fn(request)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error, mapped in one place
-                response = error_response(exc)
+                error = exc
+                response = error_response(exc, log_unexpected=False)  # failures.failed logs it, with the request id
             finally:
                 if entered:
                     state.leave()
-                REQUEST_ID.reset(token)
-            seconds = time.perf_counter() - t0
-            metrics.observe(name, response.status_code, seconds)
-            response.headers["X-Request-Id"] = rid
-            if frontend_id is not None:
-                response.headers["X-Gpufleet-Frontend"] = frontend_id
-            if response.status_code >= 500 or log.isEnabledFor(logging.DEBUG):
-                log.log(logging.WARNING if response.status_code >= 500 else logging.DEBUG, "%s %s -> %d in %.1f ms "
-                        "(request %s)", request.method, request.url.path, response.status_code, seconds * 1e3, rid)
+            try:
+                seconds = time.perf_counter() - t0
+                metrics.observe(name, response.status_code, seconds)
+                response.headers["X-Request-Id"] = rid
+                if frontend_id is not None:
+                    response.headers["X-Gpufleet-Frontend"] = frontend_id
+                if response.status_code >= 500 and error is not None:  # not a probe answering "not ready" (503)
+                    failures.failed(request.method, request.url.path, response.status_code, seconds, rid, error)
+                elif log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s %s -> %d in %.1f ms (request %s)", request.method, request.url.path,
+                              response.status_code, seconds * 1e3, rid)
+            finally:
+                REQUEST_ID.reset(token)  # after logging: the records above carry the request id
             return response
 
         return endpoint
@@ -169,6 +178,14 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.render(await state.pool.stats_async()), media_type=CONTENT_TYPE)
 
+    api_doc = dumps(openapi.spec())  # built once: the routes do not change while the app lives
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(api_doc, media_type="application/json")
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(openapi.DOCS_HTML)
+
     k = v2.routes(state)
     model = "/v2/models/{name}"
     version = model + "/versions/{version}"
@@ -182,14 +199,20 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
         Route("/dashboard", wrap("dashboard", o["dashboard"], open_=True), methods=["GET"]),
         Route("/monitor", wrap("monitor", o["monitor"]), methods=["GET"]),
         Route("/admin/devices/{device}/{action}", wrap("admin", o["admin"]), methods=["POST"]),
+        Route("/openapi.json", wrap("openapi", openapi_json, open_=True), methods=["GET"]),
+        Route("/docs", wrap("docs", docs, open_=True), methods=["GET"]),
         Route("/v2", wrap("v2_server", k["server_meta"]), methods=["GET"]),
         Route("/v2/health/live", wrap("v2_live", k["live"], open_=True), methods=["GET"]),
         Route("/v2/health/ready", wrap("v2_ready", k["ready"]), methods=["GET"]),
+        Route("/v2/models/stats", wrap("v2_stats", k["model_stats"]), methods=["GET"]),  # before /v2/models/{name}
+        Route("/v2/repository/index", wrap("v2_repository", k["repository_index"]), methods=["POST"]),
     ]
     for prefix in (model, version):
         routes += [
             Route(prefix, wrap("v2_model", k["model_meta"]), methods=["GET"]),
             Route(prefix + "/ready", wrap("v2_model_ready", k["model_ready"]), methods=["GET"]),
+            Route(prefix + "/config", wrap("v2_config", k["model_config"]), methods=["GET"]),
+            Route(prefix + "/stats", wrap("v2_stats", k["model_stats"]), methods=["GET"]),
             Route(prefix + "/infer", wrap("v2_infer", k["infer"], work=True), methods=["POST"]),
         ]
 
@@ -200,4 +223,5 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: http_error})
     app.state.gpufleet = state
+    app.state.failures = failures  # DrainingServer flushes its counts when it stops
     return app

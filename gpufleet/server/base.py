@@ -14,14 +14,14 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gpufleet.errors import PoolClosed
+from gpufleet.errors import PoolClosed, WorkerError
 from gpufleet.server.errors import HTTPError
 
 if TYPE_CHECKING:
     from gpufleet.engine import Pool
     from gpufleet.server.metrics import Metrics
 
-__all__ = ["ServerState", "dumps", "gather", "json_response", "read_body", "submit_all"]
+__all__ = ["ServerState", "dumps", "gather", "json_response", "not_json_able", "read_body", "submit_all"]
 
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
@@ -37,6 +37,11 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)
     raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
+
+
+def not_json_able(detail: object) -> WorkerError:
+    """The one error (500) for a model result that cannot be encoded, on every route (own API and KServe)."""
+    return WorkerError(f"the model's result is not JSON-serializable: {detail}")
 
 
 def dumps(obj: Any) -> bytes:

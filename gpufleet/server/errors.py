@@ -68,15 +68,18 @@ def status_for(exc: BaseException) -> int:
     return 500
 
 
-def error_response(exc: BaseException) -> Response:
-    """``{"error": ...}`` with the status of :func:`status_for` (and ``Retry-After`` on 429)."""
+def error_response(exc: BaseException, *, log_unexpected: bool = True) -> Response:
+    """``{"error": ...}`` with the status of :func:`status_for` (and ``Retry-After`` on 429).
+
+    ``log_unexpected`` logs a 5xx that is not a ``GpufleetError`` with its traceback; the HTTP app passes False
+    because it logs every 5xx itself, with the request id (``gpufleet.server.failures``)."""
     status = status_for(exc)
     headers: dict[str, str] = {}
     if isinstance(exc, HTTPError):
         headers.update(exc.headers)
     if status == 429 or isinstance(exc, WorkerDied):
         headers.setdefault("Retry-After", RETRY_AFTER_S)
-    if status >= 500 and not isinstance(exc, (GpufleetError, HTTPError)):
+    if log_unexpected and status >= 500 and not isinstance(exc, (GpufleetError, HTTPError)):
         log.error("unexpected error serving a request", exc_info=exc)
     message = str(exc) or type(exc).__name__
     if status == 500 and not isinstance(exc, (GpufleetError, HTTPError)):

@@ -33,15 +33,18 @@ log = logging.getLogger(__name__)
 ModelLoader = Callable[[str], tuple[Any, str]]  # serve's MODEL spec -> (model for Pool, name): run.load_model
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` with ``SO_REUSEPORT`` (not listening yet)."""
-    if not hasattr(socket, "SO_REUSEPORT"):
+def bind_socket(host: str, port: int, *, reuse_port: bool = True) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (not listening yet: connections are refused, not queued, until
+    uvicorn listens), with ``SO_REUSEPORT`` for the front ends' group when ``reuse_port``. A port in use or
+    an address that cannot be bound raises :class:`ConfigError` (``gpufleet serve``: one ``error:`` line)."""
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
         raise ConfigError("--http-workers > 1 needs SO_REUSEPORT (Linux); use --http-workers 1 here")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's own bind
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError as exc:
         sock.close()

@@ -36,10 +36,14 @@ def _bad(message: str) -> HTTPError:
 
 @dataclass
 class Tensor:
+    """One decoded input; ``json`` is True when its elements came as JSON ``data`` (BYTES elements were then
+    strings, stored UTF-8 encoded), False when they came as binary tensor data."""
+
     name: str
     datatype: str
     shape: list[int]
     data: np.ndarray
+    json: bool = False
 
 
 @dataclass
@@ -189,7 +193,7 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
             flat = _from_json(name, datatype, spec["data"], count)
         else:
             raise _bad(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
-        tensors.append(Tensor(name, datatype, shape, flat.reshape(shape)))
+        tensors.append(Tensor(name, datatype, shape, flat.reshape(shape), json=size is None))
     if offset != len(tail):
         raise _bad(f"{len(tail) - offset} bytes of binary data are not claimed by any input")
     params = req.get("parameters") or {}

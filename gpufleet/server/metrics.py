@@ -1,7 +1,8 @@
 """Prometheus metrics of one app, in its own ``CollectorRegistry`` (several apps per process never clash).
 
 Request counters and latency histograms are updated per request; the engine's figures (stage latencies,
-queue depth, batch sizes per device) and NVML's GPU memory/utilisation are read at scrape time.
+queue depth, batch-size and queue-wait histograms per device), the process's (``process_*``) and NVML's GPU
+memory/utilisation are read at scrape time.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gpufleet.devices.nvml import gpu_utilization
@@ -48,6 +49,17 @@ class _PoolCollector(Collector):
             batches.add_metric(lv, d["total_batches"])
             errors.add_metric(lv, d["errors"])
         yield from (depth, outstanding, avg, reqs, batches, errors)
+        sizes = HistogramMetricFamily("gpufleet_batch_size", "Items per batch run on the device", labels=labels)
+        wait = HistogramMetricFamily("gpufleet_queue_wait_seconds", "Time an item waited for its batch",
+                                     labels=labels)
+        for h in stats.get("histograms", ()):
+            lv = [str(h["device"]), str(h["gpu_id"])]
+            for hist, key in ((sizes, "batch_size"), (wait, "queue_wait_seconds")):
+                one = h[key]
+                cum = one["cumulative"]
+                buckets = [(_le(b), c) for b, c in zip(one["le"], cum)] + [("+Inf", cum[-1])]
+                hist.add_metric(lv, buckets, one["sum"])
+        yield from (sizes, wait)
         yield GaugeMetricFamily("gpufleet_pool_outstanding", "Items admitted and not yet answered",
                                 value=stats["queue_depth"])
         yield GaugeMetricFamily("gpufleet_pool_ready", "1 when the pool takes work", value=int(self.pool.ready))
@@ -95,6 +107,10 @@ _GPU_SERIES = {
 }
 
 
+def _le(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() and bound >= 1 else repr(float(bound))
+
+
 class Metrics:
     """Request counters/histograms plus the pool collector, all in one private registry."""
 
@@ -106,6 +122,9 @@ class Metrics:
                                  ["endpoint"], buckets=_BUCKETS, registry=self.registry)
         self._pool_collector = _PoolCollector(pool)
         self.registry.register(self._pool_collector)
+        # process_* (CPU seconds, resident memory, open fds, start time) of the process that renders /metrics:
+        # the engine process, or with --http-workers N the front end that answered the scrape. Read at scrape.
+        ProcessCollector(registry=self.registry)
         self._counters: dict[tuple[str, int], Counter] = {}
         self._hists: dict[str, Histogram] = {}
 

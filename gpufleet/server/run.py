@@ -21,6 +21,7 @@ from gpufleet.errors import ConfigError
 from gpufleet.logs import configure as configure_logs
 from gpufleet.server.app import create_app
 from gpufleet.server.config import ServerConfig, server_config
+from gpufleet.server.frontend import bind_socket
 from gpufleet.server.supervisor import serve_multi
 from gpufleet.server.uvicorn_server import DrainingServer
 
@@ -66,17 +67,24 @@ def serve(model: str = "orientation", server: ServerConfig | None = None, **opti
         cfg = replace(server, **{k: v for k, v in given.items() if v is not None})
     configure_logs(cfg.log_level, cfg.log_format)
     config = pool_config(options)
-    target, default_name = load_model(model)
-    cfg = replace(cfg, model_name=cfg.model_name or default_name)
-    pool = Pool(target, config=config)
+    # Bind before the model loads (minutes for a large one): a port in use is a ConfigError now, not uvicorn's
+    # exit 3 after the load. Bound, not listening: clients are refused, not queued, until uvicorn listens.
+    sock = bind_socket(cfg.host, cfg.port, reuse_port=cfg.http_workers > 1)
     try:
-        if cfg.http_workers > 1:
-            return serve_multi(pool, cfg, model, load_model)
-        app = create_app(pool, **cfg.app_options())
-        uv = DrainingServer(app, cfg)
-        uv.run()
-        if not uv.started:
-            return 1
+        cfg = replace(cfg, port=sock.getsockname()[1])
+        target, default_name = load_model(model)
+        cfg = replace(cfg, model_name=cfg.model_name or default_name)
+        pool = Pool(target, config=config)
+        try:
+            if cfg.http_workers > 1:
+                return serve_multi(pool, cfg, model, load_model, reserve=sock)
+            app = create_app(pool, **cfg.app_options())
+            uv = DrainingServer(app, cfg)
+            uv.run(sockets=[sock])
+            if not uv.started:
+                return 1
+        finally:
+            pool.close(drain=True, timeout=cfg.drain_timeout_s)
     finally:
-        pool.close(drain=True, timeout=cfg.drain_timeout_s)
+        sock.close()
     return 0

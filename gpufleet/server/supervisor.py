@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from dataclasses import replace
@@ -124,14 +125,17 @@ class _Frontends:
                 p.join(5)
 
 
-def serve_multi(pool: Any, cfg: ServerConfig, model: str, load_model: ModelLoader) -> int:
+def serve_multi(pool: Any, cfg: ServerConfig, model: str, load_model: ModelLoader,
+                reserve: socket.socket | None = None) -> int:
     """Serve ``pool`` with ``cfg.http_workers`` HTTP front-end processes until SIGTERM/SIGINT; returns the exit
     code. ``cfg.model_name`` must be set; front ends load ``model`` (serve's MODEL spec) with ``load_model``
     to run its preprocess. The caller owns the pool and closes it afterwards (that drains the items still
-    queued)."""
+    queued). ``reserve`` is the port's socket when the caller bound it already (``serve`` does, before the
+    model loads); it is closed on return."""
     log.setLevel(getattr(logging, cfg.log_level.upper(), logging.INFO))  # our lines follow --log-level, as uvicorn's
     # Bound, never listening: reserves the port (and resolves port 0) for the front ends' SO_REUSEPORT group.
-    reserve = bind_socket(cfg.host, cfg.port)
+    if reserve is None:
+        reserve = bind_socket(cfg.host, cfg.port)
     tmp = tempfile.mkdtemp(prefix="gpufleet-")
     path = os.path.join(tmp, "engine.sock")
     cfg = replace(cfg, port=reserve.getsockname()[1])

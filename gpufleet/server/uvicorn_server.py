@@ -44,6 +44,7 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, app: Starlette, cfg: ServerConfig) -> None:
         super().__init__(uvicorn_config(app, cfg))
         self.state = app.state.gpufleet
+        self.failures = getattr(app.state, "failures", None)
         self.drain_timeout_s = cfg.drain_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task | None = None
@@ -51,7 +52,11 @@ class DrainingServer(uvicorn.Server):
 
     async def serve(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
+        try:
+            await super().serve(sockets)
+        finally:
+            if self.failures is not None:
+                self.failures.flush()  # "N more like it" still counted: say it before the process ends
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not uvicorn's handler: it would also re-raise the signal after shutdown (exit status -15).

@@ -3,6 +3,14 @@
 An input tensor ``[N, ...]`` is split along dim 0 into N items submitted to the pool (so requests from
 many clients batch together); results are gathered back into output tensors. Several inputs give each
 item a ``{name: row}`` dict.
+
+What an item is (the same rule as ``/predict``, docs/serving.md): a model that declares its ``inputs`` (tensor
+specs) gets numpy rows of the declared datatype; a model that declares nothing (a plain function, say) gets
+plain Python values, as ``/predict`` gives for JSON: ``int``/``float``/``bool``, ``str`` for BYTES sent as
+JSON strings, ``bytes`` for BYTES sent binary, nested lists for rows of more than one dimension.
+
+Besides the core protocol, the Triton extensions ``tritonclient.http`` calls: model configuration
+(``/config``), inference statistics (``/stats``) and the repository index (``POST /v2/repository/index``).
 """
 
 from __future__ import annotations
@@ -10,14 +18,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 import gpufleet
 from gpufleet.errors import WorkerError
-from gpufleet.server.base import ServerState, gather, json_response, read_body, submit_all
+from gpufleet.server.base import ServerState, gather, json_response, not_json_able, read_body, submit_all
 from gpufleet.server.errors import HTTPError
-from gpufleet.server.kserve import DTYPES, Tensor, TensorSpec, decode_request, encode_response
+from gpufleet.server.kserve import DTYPES, Tensor, TensorSpec, datatype_of, decode_request, encode_response
 
 __all__ = ["ModelSpec", "model_spec", "routes"]
 
@@ -73,7 +82,8 @@ def model_spec(pool: Any) -> ModelSpec:
                         [("BYTES", [-1]), ("BYTES", [-1, 1]), ("UINT8", [-1, -1, -1, 3])])],
             [TensorSpec("class", "INT64", [-1]), TensorSpec("score", "FP32", [-1]), TensorSpec("angle", "INT64", [-1])],
             True)
-    return ModelSpec([TensorSpec("input", "FP32", [-1])], [TensorSpec("output", "FP32", [-1])], False)
+    # Nothing declared: any input is taken; outputs are unknown until a first call (routes() learns them).
+    return ModelSpec([TensorSpec("input", "FP32", [-1])], [], False)
 
 
 def _items(spec: ModelSpec, tensors: list[Tensor]) -> list[Any]:
@@ -94,20 +104,43 @@ def _items(spec: ModelSpec, tensors: list[Tensor]) -> list[Any]:
     if n == 0:
         raise HTTPError(400, "empty batch: dim 0 of the inputs is 0")
 
-    def row(t: Tensor, i: int) -> Any:
-        x = t.data[i]
-        if t.datatype == "BYTES" and isinstance(x, np.ndarray) and x.size == 1:
-            x = x.reshape(()).item()
-        return x
+    if spec.validate:  # declared tensors: numpy rows
+        def row(t: Tensor, i: int) -> Any:
+            x = t.data[i]
+            if t.datatype == "BYTES" and isinstance(x, np.ndarray) and x.size == 1:
+                x = x.reshape(()).item()
+            return x
 
+        columns = [[row(t, i) for i in range(n)] for t in tensors]
+    else:  # nothing declared: Python values, as /predict gives for JSON
+        columns = [_plain(t) for t in tensors]
     if len(tensors) == 1:
-        t = tensors[0]
-        return [row(t, i) for i in range(n)]
-    return [{t.name: row(t, i) for t in tensors} for i in range(n)]
+        return columns[0]
+    return [{t.name: col[i] for t, col in zip(tensors, columns)} for i in range(n)]
+
+
+def _plain(t: Tensor) -> list[Any]:
+    rows = t.data.tolist()
+    if t.datatype != "BYTES":
+        return rows
+
+    def text(x: Any) -> Any:
+        if isinstance(x, list):
+            return [text(v) for v in x]
+        return x.decode() if t.json else x  # JSON strings were stored UTF-8 encoded: give the str back
+
+    out = []
+    for r in rows:
+        v = text(r)
+        while isinstance(v, list) and len(v) == 1:  # [N, 1] BYTES (tritonclient's habit): one element per item
+            v = v[0]
+        out.append(v)
+    return out
 
 
 def _outputs(spec: ModelSpec, results: list[Any]) -> dict[str, np.ndarray]:
     declared = {s.name: s for s in spec.outputs}
+    out: dict[str, np.ndarray]
     try:
         if all(isinstance(r, dict) for r in results):
             names = [n for n in declared if n in results[0]] or list(results[0])
@@ -116,22 +149,36 @@ def _outputs(spec: ModelSpec, results: list[Any]) -> dict[str, np.ndarray]:
                 s = declared.get(name)
                 col = [r[name] for r in results]
                 out[name] = np.asarray(col, dtype=DTYPES[s.datatype] if s else None)
-            return out
-        name = spec.outputs[0].name if spec.outputs else "output"
-        arrs = [np.asarray(r.detach().cpu() if hasattr(r, "detach") else r) for r in results]
-        return {name: np.stack(arrs)}
+        else:
+            name = spec.outputs[0].name if spec.outputs else "output"
+            arrs = [np.asarray(r.detach().cpu() if hasattr(r, "detach") else r) for r in results]
+            out = {name: np.stack(arrs)}
     except (KeyError, ValueError, TypeError) as exc:
         raise WorkerError(f"model results cannot form output tensors: {exc}") from exc
+    for a in out.values():
+        if a.dtype == object:  # only text and bytes become BYTES; anything else is /predict's 500, not str(obj)
+            for v in a.reshape(-1):
+                if not isinstance(v, (bytes, str)):
+                    raise not_json_able(f"cannot encode {type(v).__name__} as a tensor element")
+    return out
 
 
 def routes(state: ServerState) -> dict[str, Any]:
     """The KServe handlers, keyed by route name; the app wraps them (auth, metrics, errors)."""
     spec_cache: list[ModelSpec] = []
 
+    learned: list[TensorSpec] = []  # outputs of a model that declares none, from its first answered request
+
     def spec() -> ModelSpec:
         if not spec_cache:
             spec_cache.append(model_spec(state.pool))
         return spec_cache[0]
+
+    def outputs() -> list[TensorSpec]:
+        return spec().outputs or learned
+
+    def learn(arrays: dict[str, np.ndarray]) -> None:
+        learned.extend(TensorSpec(n, datatype_of(a), [-1] * a.ndim) for n, a in arrays.items())  # sizes may vary
 
     def check_name(request: Request) -> None:
         name = request.path_params["name"]
@@ -143,7 +190,7 @@ def routes(state: ServerState) -> dict[str, Any]:
 
     async def server_meta(request: Request) -> Response:
         return json_response({"name": "gpufleet", "version": gpufleet.__version__,
-                              "extensions": ["binary_tensor_data"]})
+                              "extensions": ["binary_tensor_data", "model_configuration", "statistics"]})
 
     async def live(request: Request) -> Response:
         return json_response({"live": True})
@@ -157,7 +204,7 @@ def routes(state: ServerState) -> dict[str, Any]:
         s = spec()
         return json_response({"name": state.model_name, "versions": [VERSION], "platform": "gpufleet",
                               "inputs": [t.metadata() for t in s.inputs],
-                              "outputs": [t.metadata() for t in s.outputs]})
+                              "outputs": [t.metadata() for t in outputs()]})
 
     async def model_ready(request: Request) -> Response:
         check_name(request)
@@ -177,6 +224,8 @@ def routes(state: ServerState) -> dict[str, Any]:
         items = _items(s, req.inputs)
         results = await gather(request, submit_all(state, items, req.timeout_s))
         arrays = _outputs(s, results)
+        if not s.outputs and not learned:
+            learn(arrays)
         chosen: list[tuple[str, np.ndarray, bool]] = []
         if req.outputs is None:
             chosen = [(n, a, req.binary_output) for n, a in arrays.items()]
@@ -191,5 +240,60 @@ def routes(state: ServerState) -> dict[str, Any]:
         return Response(payload, media_type="application/octet-stream",
                         headers={"Inference-Header-Content-Length": str(header_len)})
 
+    async def model_config(request: Request) -> Response:
+        check_name(request)
+        s = spec()
+        stats = await state.pool.stats_async()
+        workers = stats.get("per_worker_stats", [])
+        batch = max((w.get("max_batch_size", 0) for w in workers), default=0)
+        cpu = all(str(w.get("device", "")).startswith("cpu") for w in workers)
+
+        def tensor(t: TensorSpec) -> dict[str, Any]:  # Triton's config: dims without the batch dimension
+            return {"name": t.name, "data_type": "TYPE_STRING" if t.datatype == "BYTES" else "TYPE_" + t.datatype,
+                    "dims": list(t.shape[1:]) if batch else list(t.shape)}
+
+        return json_response({"name": state.model_name, "platform": "gpufleet", "backend": "gpufleet",
+                              "version_policy": {"latest": {"num_versions": 1}}, "max_batch_size": batch,
+                              "input": [tensor(t) for t in s.inputs], "output": [tensor(t) for t in outputs()],
+                              "dynamic_batching": {},
+                              "instance_group": [{"name": state.model_name, "count": len(workers),
+                                                  "kind": "KIND_CPU" if cpu else "KIND_GPU"}]})
+
+    async def model_stats(request: Request) -> Response:
+        if "name" in request.path_params:
+            check_name(request)
+        stats = await state.pool.stats_async()
+        stages = stats.get("stages", {})
+
+        def duration(stage: str, count: int | None = None) -> dict[str, int]:
+            st = stages.get(stage, {})
+            n = int(st.get("count", 0))
+            return {"count": n if count is None else count, "ns": int(n * st.get("mean_ms", 0.0) * 1e6)}
+
+        total, errors = int(stats.get("total_requests", 0)), int(stats.get("errors", 0))
+        success = duration("e2e", max(0, total - errors))
+        one = {"name": state.model_name, "version": VERSION, "last_inference": 0,
+               "inference_count": total, "execution_count": int(stats.get("total_batches", 0)),
+               "inference_stats": {"success": success, "fail": {"count": errors, "ns": 0},
+                                   "queue": duration("queue_wait"), "compute_input": duration("preprocess"),
+                                   "compute_infer": duration("predict"), "compute_output": duration("postprocess"),
+                                   "cache_hit": {"count": 0, "ns": 0}, "cache_miss": {"count": 0, "ns": 0}},
+               "batch_stats": []}
+        return json_response({"model_stats": [one]})
+
+    async def repository_index(request: Request) -> Response:
+        body = await read_body(request, state.max_body_bytes)
+        try:
+            only_ready = bool(orjson.loads(body).get("ready", False)) if body.strip() else False
+        except (orjson.JSONDecodeError, AttributeError):
+            raise HTTPError(400, "the repository index request body must be a JSON object, e.g. {\"ready\": true}") \
+                from None
+        ok = state.ready
+        if only_ready and not ok:
+            return json_response([])
+        return json_response([{"name": state.model_name, "version": VERSION, "state": "READY" if ok else "UNAVAILABLE",
+                               "reason": "" if ok else "not ready (starting or draining)"}])
+
     return {"server_meta": server_meta, "live": live, "ready": ready, "model_meta": model_meta,
-            "model_ready": model_ready, "infer": infer}
+            "model_ready": model_ready, "infer": infer, "model_config": model_config, "model_stats": model_stats,
+            "repository_index": repository_index}

@@ -32,3 +32,14 @@ class Failing(Model):
         if "boom" in batch:
             raise RuntimeError("boom")
         return list(batch)
+
+
+class SlowSetup(Model):
+    """A model whose ``setup`` sleeps ``SLOW_SETUP_S`` (default 30 s): checks that must come before the model
+    loads (a port in use) are timed against it."""
+
+    def setup(self, device) -> None:
+        time.sleep(float(os.environ.get("SLOW_SETUP_S", "30")))
+
+    def predict(self, batch: list) -> list:
+        return list(batch)

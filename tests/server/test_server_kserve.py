@@ -101,7 +101,7 @@ def test_triton_health_and_metadata(triton: tc.InferenceServerClient) -> None:
     meta = triton.get_model_metadata("orientation")
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 224, 224]}]
     assert [o["name"] for o in meta["outputs"]] == ["class", "score", "angle"]
-    assert triton.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+    assert triton.get_server_metadata()["extensions"] == ["binary_tensor_data", "model_configuration", "statistics"]
     with pytest.raises(InferenceServerException):
         triton.get_model_metadata("other")
 
