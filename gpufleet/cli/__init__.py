@@ -6,15 +6,50 @@ import json
 import logging
 import sys
 from importlib import import_module
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.25 vendors click as typer._click and re-exports only a few of its exceptions
+    from typer._click import exceptions as _click
+except ImportError:  # pragma: no cover - typer on the real click
+    from click import exceptions as _click  # type: ignore[no-redef]
 
 from gpufleet.errors import GpufleetError
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class _Group(TyperGroup):
+    """The ``gpufleet`` group: every mistake, click's own parse errors included, is one ``error:`` line on
+    stderr and exit 2 (typer would draw a boxed panel for those and print plain lines for ours)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
+        except _click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+            code = 2
+        except _click.ClickException as exc:
+            typer.echo(f"error: {exc.format_message()}", err=True)
+            code = exc.exit_code
+        except _click.Abort:
+            typer.echo("interrupted", err=True)
+            code = 130
+        except GpufleetError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            code = 2
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=False, invoke_without_command=True,
+                  pretty_exceptions_enable=False,
                   help="Run any model on every GPU of a machine as if it were one fast device.")
 
 
@@ -23,8 +58,24 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from gpufleet import __version__
+
+        typer.echo(f"gpufleet {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level.")) -> None:
+def _root(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    if ctx.invoked_subcommand is None:  # bare ``gpufleet``: the help, and success (it is what was asked)
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
     from gpufleet.logs import StderrHandler
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[StderrHandler()],
@@ -142,12 +193,8 @@ for _name in ("serve", "top", "video", "mps"):
 
 
 def main() -> None:
-    """Console entry point."""
-    try:
-        app()
-    except GpufleetError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    """Console entry point (errors become one ``error:`` line and exit 2 in :class:`_Group`)."""
+    app(prog_name="gpufleet")  # also under ``python -m gpufleet``: the name users type in the hints
 
 
 if __name__ == "__main__":
