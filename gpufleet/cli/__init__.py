@@ -155,6 +155,8 @@ def bench(
     http_workers: int = typer.Option(1, "--http-workers", min=1, help="HTTP front-end processes for --http."),
     http_clients: int = typer.Option(1, "--http-clients", min=1,
                                      help="Load-generator processes for --http (one core caps ~8k req/s)."),
+    progress: Optional[bool] = typer.Option(  # noqa: UP045
+        None, "--progress/--no-progress", help="Say what is being measured (default: when a TTY; never with --json)."),
     json_output: bool = typer.Option(False, "--json", help="JSON records instead of a table."),
 ) -> None:
     """The model's own ceiling beside the same model through Pool.map, and served over HTTP with --http, in one run."""
@@ -177,14 +179,52 @@ def bench(
         if switch_interval_ms <= 0:
             _fail("--switch-interval-ms must be > 0")
         sys.setswitchinterval(switch_interval_ms / 1000.0)
+    show = not json_output and (progress if progress is not None else sys.stderr.isatty())
     try:
-        report = run_bench(spec)
+        with _Steps(show) as on_step:
+            report = run_bench(spec, on_step=on_step)
     except GpufleetError as exc:
         _fail(str(exc))
     if json_output:
         typer.echo(json.dumps(report, indent=2))
     else:
         print_report(report)
+
+
+class _Steps:
+    """Progress of a long measurement on stderr: a spinner with the current step and the time so far on a
+    TTY, one line per step otherwise; nothing when off."""
+
+    def __init__(self, show: bool) -> None:
+        self.show = show
+        self.status: Any = None
+        self.t0 = 0.0
+
+    def __enter__(self) -> Any:
+        import time
+
+        self.t0 = time.perf_counter()
+        if self.show and sys.stderr.isatty():
+            from rich.console import Console
+
+            self.status = Console(stderr=True).status("starting")
+            self.status.start()
+        return self.step
+
+    def step(self, what: str) -> None:
+        import time
+
+        if not self.show:
+            return
+        line = f"bench [{time.perf_counter() - self.t0:5.1f}s] {what}"
+        if self.status is not None:
+            self.status.update(line)
+        else:
+            typer.echo(line, err=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.stop()
 
 
 # Commands that live in their own modules, each with a ``register(app)``: serve and load, top, video, mps.
