@@ -66,6 +66,12 @@ def register(app: typer.Typer) -> None:
         json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Detect (or classify) on every frame of one or more videos across all devices, in frame order."""
+        import os
+
+        missing = [i for i in inputs if "://" not in i and not os.path.exists(i.removeprefix("file:"))]
+        if len(missing) == len(inputs):  # nothing could run: say so now, not after loading the model
+            typer.echo(f"error: {', '.join(missing)}: no such file", err=True)
+            raise typer.Exit(2)
         from gpufleet.video import VideoConfig, run
 
         try:
@@ -84,8 +90,8 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"{r['stream']}: encoder {r['encoder']}{note}", err=True)
         if json_output:
             typer.echo(json.dumps(summary, indent=2))
-        else:
-            print_summary(summary)
+        elif summary["failed"] < len(summary["inputs"]) or summary["interrupted"]:
+            print_summary(summary)  # (when every input failed, their error lines above are the whole story)
         if summary["interrupted"]:
             typer.echo("interrupted: outputs closed and playable", err=True)
         raise typer.Exit(summary["exit_code"])
