@@ -16,6 +16,7 @@ try:  # typer >= 0.25 vendors click as typer._click and re-exports only a few of
 except ImportError:  # pragma: no cover - typer on the real click
     from click import exceptions as _click  # type: ignore[no-redef]
 
+from gpufleet.cli.errors import describe
 from gpufleet.errors import GpufleetError
 
 __all__ = ["app", "main"]
@@ -41,7 +42,7 @@ class _Group(TyperGroup):
             typer.echo("interrupted", err=True)
             code = 130
         except GpufleetError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {describe(exc)}", err=True)
             code = 2
         if standalone_mode:
             sys.exit(code)
@@ -112,7 +113,7 @@ def demo(
         summary = run_demo(out, frames=frames, devices=gpus, cpu_devices=cpu_devices, runtime=runtime,
                            max_batch_size=max_batch_size, decoder=decoder)
     except GpufleetError as exc:
-        _fail(str(exc))
+        _fail(describe(exc))
     if json_output:
         typer.echo(json.dumps(summary, indent=2))
         raise typer.Exit(summary["exit_code"])
@@ -184,7 +185,7 @@ def bench(
         with _Steps(show) as on_step:
             report = run_bench(spec, on_step=on_step)
     except GpufleetError as exc:
-        _fail(str(exc))
+        _fail(describe(exc))
     if json_output:
         typer.echo(json.dumps(report, indent=2))
     else:

@@ -69,7 +69,9 @@ def register(app: typer.Typer) -> None:
                                     "log_format": log_format})
             code = run_server(model, server, **pool)
         except GpufleetError as exc:
-            _fail(str(exc))
+            from gpufleet.cli.errors import describe
+
+            _fail(describe(exc))
         raise typer.Exit(code)
 
     @app.command()

@@ -82,7 +82,9 @@ def register(app: typer.Typer) -> None:
                               progress=False if json_output else progress, process_per_gpu=process_per_gpu)
             summary = run(inputs, config=cfg, on_stream_end=_report_end)
         except GpufleetError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            from gpufleet.cli.errors import describe
+
+            typer.echo(f"error: {describe(exc)}", err=True)
             raise typer.Exit(2) from None
         for r in summary["inputs"]:
             if r["encoder"]:

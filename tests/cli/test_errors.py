@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,39 @@ def test_real_entry_point_uses_the_same_style():
     assert p.returncode == 2
     assert p.stderr.startswith("error: Invalid value for '--max-batch-size'"), p.stderr
     assert "(see 'gpufleet serve --help')" in p.stderr
+
+
+def _line_of(text: str) -> int:
+    path = ROOT / "tests" / "tools" / "failing_model.py"
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+def test_setup_failure_points_at_the_users_file_and_line():
+    r = run("serve", "tests/tools/failing_model.py:BadSetup", "--cpu-devices", "1", "--port", "1")
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()[-2:]
+    assert lines[0] == "error: worker-0@cpu:0 failed in setup: KeyError: 'weights'"
+    line = _line_of('return {}["weights"]')
+    assert lines[1] == f'  at tests/tools/failing_model.py:{line} in load_weights: return {{}}["weights"]'
+
+
+def test_describe_reads_a_worker_process_traceback():
+    """With --backend process the model's traceback arrives as text (engine.wire.RemoteTraceback)."""
+    from gpufleet.cli.errors import describe
+    from gpufleet.engine.wire import RemoteTraceback
+    from gpufleet.errors import WorkerError
+
+    remote = RemoteTraceback(
+        'Traceback (most recent call last):\n'
+        f'  File "{Path(sysconfig.get_paths()["purelib"]) / "pkg" / "x.py"}", line 3, in run\n    model.setup(device)\n'
+        '  File "/home/me/mymodel.py", line 12, in setup\n    self.w = load("w.bin")\n'
+        '  File "/home/me/mymodel.py", line 29, in load\n    return {}["weights"]\n'
+        "KeyError: 'weights'\n")
+    err = WorkerError("worker-0@cuda:0 failed in setup: KeyError: 'weights'")
+    err.__cause__ = remote
+    assert describe(err).splitlines()[1] == '  at /home/me/mymodel.py:29 in load: return {}["weights"]'
+    assert describe(WorkerError("plain")) == "plain"
+    library_only = WorkerError("failed")
+    library_only.__cause__ = RemoteTraceback(
+        f'  File "{Path(sysconfig.get_paths()["purelib"]) / "pkg" / "x.py"}", line 3, in run\n    f()\n')
+    assert describe(library_only) == "failed"  # no frame of the user's: nothing to point at
