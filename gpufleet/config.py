@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from gpufleet.errors import ConfigError
 
-__all__ = ["BACKENDS", "BALANCERS", "MPS_MODES", "PoolConfig", "env_overrides", "with_options"]
+__all__ = ["BACKENDS", "BALANCERS", "MPS_MODES", "EnvValue", "PoolConfig", "env_overrides", "with_options"]
 
 BALANCERS = ("round-robin", "queue-depth", "speed")
 BACKENDS = ("thread", "process", "ray")
@@ -152,14 +152,32 @@ def _number(name: str, value: str, kind: type) -> Any:
         raise ConfigError(f"{name}={value!r} is not a valid {kind.__name__}") from None
 
 
+class EnvValue(str):
+    """A string read from an environment variable, carrying the variable's name (``env``), so that the code
+    that finally rejects it (``devices.select`` for ``GPU_IDS``) can name the variable in its error."""
+
+    env: str
+
+    def __new__(cls, env: str, value: str) -> EnvValue:
+        self = super().__new__(cls, value)
+        self.env = env
+        return self
+
+    def __reduce__(self) -> Any:  # pickled into process workers' children with its name
+        return (EnvValue, (self.env, str(self)))
+
+
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """PoolConfig fields set by the environment: ``GPUFLEET_*`` first, then the seeds' aliases.
 
     ``GPU_IDS``/``GPUFLEET_GPUS`` → devices, ``MAX_BATCH_SIZE``, ``MAX_BATCH_WAIT_TIME`` (seconds) →
     max_wait_ms, ``GPU_LOAD_BALANCE_STRATEGY`` → balancer, ``ENABLE_BATCHING=false`` → max_batch_size 1.
+    A value the config rejects raises a ``ConfigError`` that names the variable
+    (``GPU_LOAD_BALANCE_STRATEGY=fastest: unknown balancer ...``).
     """
     env = os.environ if environ is None else environ
     out: dict[str, Any] = {}
+    source: dict[str, tuple[str, str]] = {}
 
     def first(*names: str) -> tuple[str, str] | None:
         for n in names:
@@ -168,7 +186,7 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         return None
 
     if hit := first("GPUFLEET_GPUS", "GPU_IDS"):
-        out["devices"] = hit[1]
+        out["devices"] = EnvValue(*hit)
     if hit := first("GPUFLEET_CPU_DEVICES"):
         out["cpu_devices"] = _number(*hit, int)
     if hit := first("GPUFLEET_WORKERS_PER_DEVICE"):
@@ -191,4 +209,25 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         out["timeout_s"] = _number(*hit, float)
     if (hit := first("GPUFLEET_ENABLE_BATCHING", "ENABLE_BATCHING")) and not _bool(*hit):
         out["max_batch_size"] = 1
+    for key, names in _ENV_NAMES.items():
+        if key in out and key != "devices" and (hit := first(*names)):
+            source[key] = hit
+    for key, (name, raw) in source.items():  # each value alone, so the error names its own variable
+        try:
+            PoolConfig(**{key: out[key]})
+        except ConfigError as exc:
+            raise ConfigError(f"{name}={raw}: {exc}") from None
     return out
+
+
+# Which variables may have set each field (the first one set is the one named in an error).
+_ENV_NAMES = {
+    "cpu_devices": ("GPUFLEET_CPU_DEVICES",),
+    "workers_per_device": ("GPUFLEET_WORKERS_PER_DEVICE",),
+    "backend": ("GPUFLEET_BACKEND",),
+    "max_batch_size": ("GPUFLEET_MAX_BATCH_SIZE", "MAX_BATCH_SIZE", "GPUFLEET_ENABLE_BATCHING", "ENABLE_BATCHING"),
+    "max_wait_ms": ("GPUFLEET_MAX_WAIT_MS", "MAX_BATCH_WAIT_TIME"),
+    "balancer": ("GPUFLEET_BALANCER", "GPU_LOAD_BALANCE_STRATEGY"),
+    "max_queue": ("GPUFLEET_MAX_QUEUE",),
+    "timeout_s": ("GPUFLEET_TIMEOUT_S",),
+}

@@ -6,15 +6,51 @@ import json
 import logging
 import sys
 from importlib import import_module
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
+try:  # typer >= 0.25 vendors click as typer._click and re-exports only a few of its exceptions
+    from typer._click import exceptions as _click
+except ImportError:  # pragma: no cover - typer on the real click
+    from click import exceptions as _click  # type: ignore[no-redef]
+
+from gpufleet.cli.errors import describe
 from gpufleet.errors import GpufleetError
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class _Group(TyperGroup):
+    """The ``gpufleet`` group: every mistake, click's own parse errors included, is one ``error:`` line on
+    stderr and exit 2 (typer would draw a boxed panel for those and print plain lines for ours)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
+        except _click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+            code = 2
+        except _click.ClickException as exc:
+            typer.echo(f"error: {exc.format_message()}", err=True)
+            code = exc.exit_code
+        except _click.Abort:
+            typer.echo("interrupted", err=True)
+            code = 130
+        except GpufleetError as exc:
+            typer.echo(f"error: {describe(exc)}", err=True)
+            code = 2
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=False, invoke_without_command=True,
+                  pretty_exceptions_enable=False,
                   help="Run any model on every GPU of a machine as if it were one fast device.")
 
 
@@ -23,8 +59,24 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from gpufleet import __version__
+
+        typer.echo(f"gpufleet {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level.")) -> None:
+def _root(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    if ctx.invoked_subcommand is None:  # bare ``gpufleet``: the help, and success (it is what was asked)
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
     from gpufleet.logs import StderrHandler
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[StderrHandler()],
@@ -67,7 +119,7 @@ def demo(
         summary = run_demo(out, frames=frames, devices=gpus, cpu_devices=cpu_devices, runtime=runtime,
                            max_batch_size=max_batch_size, decoder=decoder)
     except GpufleetError as exc:
-        _fail(str(exc))
+        _fail(describe(exc))
     if json_output:
         typer.echo(json.dumps(summary, indent=2))
         raise typer.Exit(summary["exit_code"])
@@ -111,6 +163,8 @@ def bench(
     http_workers: int = typer.Option(1, "--http-workers", min=1, help="HTTP front-end processes for --http."),
     http_clients: int = typer.Option(1, "--http-clients", min=1,
                                      help="Load-generator processes for --http (one core caps ~8k req/s)."),
+    progress: Optional[bool] = typer.Option(  # noqa: UP045
+        None, "--progress/--no-progress", help="Say what is being measured (default: when a TTY; never with --json)."),
     json_output: bool = typer.Option(False, "--json", help="JSON records instead of a table."),
 ) -> None:
     """The model's own ceiling beside the same model through Pool.map, and served over HTTP with --http, in one run."""
@@ -133,14 +187,52 @@ def bench(
         if switch_interval_ms <= 0:
             _fail("--switch-interval-ms must be > 0")
         sys.setswitchinterval(switch_interval_ms / 1000.0)
+    show = not json_output and (progress if progress is not None else sys.stderr.isatty())
     try:
-        report = run_bench(spec)
+        with _Steps(show) as on_step:
+            report = run_bench(spec, on_step=on_step)
     except GpufleetError as exc:
-        _fail(str(exc))
+        _fail(describe(exc))
     if json_output:
         typer.echo(json.dumps(report, indent=2))
     else:
         print_report(report)
+
+
+class _Steps:
+    """Progress of a long measurement on stderr: a spinner with the current step and the time so far on a
+    TTY, one line per step otherwise; nothing when off."""
+
+    def __init__(self, show: bool) -> None:
+        self.show = show
+        self.status: Any = None
+        self.t0 = 0.0
+
+    def __enter__(self) -> Any:
+        import time
+
+        self.t0 = time.perf_counter()
+        if self.show and sys.stderr.isatty():
+            from rich.console import Console
+
+            self.status = Console(stderr=True).status("starting")
+            self.status.start()
+        return self.step
+
+    def step(self, what: str) -> None:
+        import time
+
+        if not self.show:
+            return
+        line = f"bench [{time.perf_counter() - self.t0:5.1f}s] {what}"
+        if self.status is not None:
+            self.status.update(line)
+        else:
+            typer.echo(line, err=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.stop()
 
 
 # Commands that live in their own modules, each with a ``register(app)``: serve and load, top, video, mps.
@@ -149,12 +241,8 @@ for _name in ("serve", "top", "video", "mps"):
 
 
 def main() -> None:
-    """Console entry point."""
-    try:
-        app()
-    except GpufleetError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    """Console entry point (errors become one ``error:`` line and exit 2 in :class:`_Group`)."""
+    app(prog_name="gpufleet")  # also under ``python -m gpufleet``: the name users type in the hints
 
 
 if __name__ == "__main__":

@@ -95,6 +95,24 @@ def _print_table(
     console.print(f"MPS daemon: {'running' if mps else 'not running'}", markup=False, highlight=False)
 
 
+def _simulated_note(devices: list[Device]) -> str | None:
+    """Why the table shows CPUs: no GPU was found (or none is used), so these devices are simulated."""
+    if any(d.is_cuda for d in devices):
+        return None
+    why = "no GPU found" if _gpu_count() == 0 else "GPUs not used (--cpu-devices)"
+    return (f"{why}: these {len(devices)} devices are simulated on the CPU (everything runs, slower); "
+            f"--cpu-devices N sets how many")
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # a broken torch/CUDA install: no usable GPU
+        return 0
+
+
 def gpus(json_output: bool = False, cpu_devices: int | None = None) -> int:
     """Print the devices gpufleet sees (table, or JSON with ``json_output``); returns the exit code."""
     try:
@@ -109,6 +127,7 @@ def gpus(json_output: bool = False, cpu_devices: int | None = None) -> int:
         torch_version, cuda_version = _versions()
         doc = {
             "devices": [_device_json(d, u) for d, u in zip(devices, utils, strict=True)],
+            "simulated": not any(d.is_cuda for d in devices),
             "cuda_visible_devices": visible,
             "mps_running": mps,
             "torch": torch_version,
@@ -116,7 +135,8 @@ def gpus(json_output: bool = False, cpu_devices: int | None = None) -> int:
         }
         print(json.dumps(doc, indent=2))
         return 0
-    _print_table(devices, utils, _remap_note(devices, visible), mps)
+    notes = [n for n in (_remap_note(devices, visible), _simulated_note(devices)) if n]
+    _print_table(devices, utils, "\n".join(notes) or None, mps)
     return 0
 
 

@@ -73,7 +73,9 @@ def register(app: typer.Typer) -> None:
                                     "log_format": log_format})
             code = run_server(model, server, **pool)
         except GpufleetError as exc:
-            _fail(str(exc))
+            from gpufleet.cli.errors import describe
+
+            _fail(describe(exc))
         raise typer.Exit(code)
 
     @app.command()
@@ -86,10 +88,18 @@ def register(app: typer.Typer) -> None:
         burst: Optional[int] = typer.Option(None, "--burst", help="Send N requests at once instead."),  # noqa: UP045
         token: Optional[str] = typer.Option(None, "--token", envvar="GPUFLEET_TOKEN"),  # noqa: UP045
         processes: int = typer.Option(1, "--processes", help="Client processes sharing the concurrency."),
+        max_error_rate: float = typer.Option(
+            0.0, "--max-error-rate", help="Exit 1 when more than this share of requests failed (0 = any failure)."),
+        progress: Optional[bool] = typer.Option(  # noqa: UP045
+            None, "--progress/--no-progress", help="A live line: req/s, errors, p99 (default: when a TTY)."),
         json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     ) -> None:
-        """Load-test a gpufleet server: closed-loop req/s and latency percentiles, or a --burst."""
-        from gpufleet.tools.load import format_report, run_burst, run_load
+        """Load-test a gpufleet server: closed-loop req/s and latency percentiles, or a --burst.
+
+        Exits 1 when requests failed (above --max-error-rate) or the server cannot be reached."""
+        import sys
+
+        from gpufleet.tools.load import LoadError, Progress, format_report, run_burst, run_load
 
         if concurrency < 1:
             _fail(f"--concurrency must be >= 1, got {concurrency}")
@@ -99,14 +109,28 @@ def register(app: typer.Typer) -> None:
             _fail(f"--processes must be between 1 and --concurrency ({concurrency}), got {processes}")
         if burst is not None and burst < 1:
             _fail(f"--burst must be >= 1, got {burst}")
+        if not 0.0 <= max_error_rate <= 1.0:
+            _fail(f"--max-error-rate must be between 0 and 1, got {max_error_rate}")
         if not url.startswith(("http://", "https://")):
             _fail(f"URL must start with http:// or https://, got {url!r}")
+        show = not json_output and (progress if progress is not None else sys.stderr.isatty())
         try:
             if burst is not None:
                 report = run_burst(url, burst, payload=payload, token=token)
             else:
                 report = run_load(url, concurrency=concurrency, duration=duration, warmup=warmup, payload=payload,
-                                  token=token, processes=processes)
+                                  token=token, processes=processes, progress=Progress() if show else None)
         except ValueError as exc:
             _fail(str(exc))
+        except LoadError as exc:
+            _fail(str(exc), code=1)
         typer.echo(json.dumps(report, indent=2) if json_output else format_report(report))
+        requests = report["burst"] if report["mode"] == "burst" else report["requests"]
+        failed = requests - (report["successful"] if report["mode"] == "burst" else report["ok"])
+        if failed and report["error_rate"] > max_error_rate:
+            typer.echo(f"error: {failed:,} of {requests:,} requests failed ({report['error_rate']:.2%}, "
+                       f"above --max-error-rate {max_error_rate:.2%})", err=True)
+            raise typer.Exit(1)
+        if not requests:
+            typer.echo("error: no request completed in the measured window", err=True)
+            raise typer.Exit(1)

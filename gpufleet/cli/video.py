@@ -68,6 +68,12 @@ def register(app: typer.Typer) -> None:
                                     "their memory). ray is not supported: run gpufleet video on each node."),
     ) -> None:
         """Detect (or classify) on every frame of one or more videos across all devices, in frame order."""
+        import os
+
+        missing = [i for i in inputs if "://" not in i and not os.path.exists(i.removeprefix("file:"))]
+        if len(missing) == len(inputs):  # nothing could run: say so now, not after loading the model
+            typer.echo(f"error: {', '.join(missing)}: no such file", err=True)
+            raise typer.Exit(2)
         from gpufleet.video import VideoConfig, run
 
         problem = None
@@ -89,7 +95,9 @@ def register(app: typer.Typer) -> None:
                               progress=False if json_output else progress, process_per_gpu=process_per_gpu)
             summary = run(inputs, config=cfg, on_stream_end=_report_end)
         except GpufleetError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            from gpufleet.cli.errors import describe
+
+            typer.echo(f"error: {describe(exc)}", err=True)
             raise typer.Exit(2) from None
         for r in summary["inputs"]:
             if r["encoder"]:
@@ -97,8 +105,8 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"{r['stream']}: encoder {r['encoder']}{note}", err=True)
         if json_output:
             typer.echo(json.dumps(summary, indent=2))
-        else:
-            print_summary(summary)
+        elif summary["failed"] < len(summary["inputs"]) or summary["interrupted"]:
+            print_summary(summary)  # (when every input failed, their error lines above are the whole story)
         if summary["interrupted"]:
             typer.echo("interrupted: outputs closed and playable", err=True)
         raise typer.Exit(summary["exit_code"])

@@ -222,10 +222,12 @@ def select(devices: str | int | Sequence[int] | None = None, *, cpu_devices: int
         for env in GPU_IDS_ENVS:
             value = os.environ.get(env, "").strip()
             if value:
-                devices, source = value, env
+                devices, source = value, f"{env}={value}"
                 break
         else:
             devices = "all"
+    elif isinstance(devices, str) and getattr(devices, "env", None):  # a config.EnvValue: name the variable
+        source = f"{devices.env}={devices}"  # type: ignore[attr-defined]
     if isinstance(devices, str):
         word = devices.strip().lower()
         if word in ("all", "auto"):

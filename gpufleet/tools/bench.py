@@ -149,21 +149,27 @@ def _scale_specs(spec: BenchSpec, devices: list[Device]) -> list[tuple[int, Benc
     return [(k, replace(spec, devices=",".join(str(d.index) for d in devices[:k]))) for k in counts]
 
 
-def run_bench(spec: BenchSpec) -> dict[str, Any]:
-    """Measure every batch size of ``spec``; returns a JSON-able report."""
+def run_bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure every batch size of ``spec``; returns a JSON-able report. ``on_step`` hears what is measured
+    next (``"batch 8 (2 of 6): the model alone, ~5 s"``), for a progress display."""
+    step = on_step or (lambda _what: None)
     devices = select(spec.devices, cpu_devices=spec.cpu_devices)
     dev0 = devices[0]
     dtype = resolve_dtype(spec.precision, dev0)
     dev = torch.device(dev0.torch)
     module = None
     if spec.raw:
+        step(f"loading {spec.model} on {dev0.label}")
         ref = resolve_model(spec.model, precision=spec.precision, compile=spec.compile, cuda_graphs=False,
                             image_size=spec.image_size)
         ref.setup(dev0)
         module = getattr(ref, "module", None)  # a torch module (classifiers); ONNX Runtime models have none
     rows = []
-    for bs in spec.batch_sizes:
+    for n, bs in enumerate(spec.batch_sizes, 1):
         row: dict[str, Any] = {"batch_size": bs}
+        at = f"batch {bs} ({n} of {len(spec.batch_sizes)})"
+        if spec.raw:
+            step(f"{at}: the model alone, ~{spec.seconds:g} s")
         if spec.raw and module is None:
             row["raw"] = _raw_predict(ref, dev, bs, spec.image_size, spec.seconds)
         if module is not None:
@@ -175,6 +181,7 @@ def run_bench(spec: BenchSpec) -> dict[str, Any]:
             per_raw = row["raw"]["items_s"] * spec.workers_per_device if "raw" in row else None
             row["scaling"] = []
             for k, sub in _scale_specs(spec, devices):
+                step(f"{at}: through the pool on {k} device(s)")
                 r = _pooled(sub, bs, per_raw * k if per_raw else None)
                 base = row["scaling"][0]["items_s"] if row["scaling"] else r["items_s"]
                 row["scaling"].append({"devices": k, **r, "speedup": round(r["items_s"] / base, 3)})
@@ -182,6 +189,7 @@ def run_bench(spec: BenchSpec) -> dict[str, Any]:
             if "raw" in row:  # the pool's overhead: one device against its own ceiling
                 row["pool_vs_raw"] = round(row["scaling"][0]["items_s"] / row["raw"]["items_s"], 4)
         elif spec.pool:
+            step(f"{at}: through the pool on {len(devices)} device(s), ~{spec.seconds:g} s")
             raw_rate = row["raw"]["items_s"] * len(devices) * spec.workers_per_device if "raw" in row else None
             row["pool"] = _pooled(spec, bs, raw_rate)
             if "raw" in row:
@@ -190,6 +198,7 @@ def run_bench(spec: BenchSpec) -> dict[str, Any]:
         if spec.http:
             from gpufleet.tools.bench_served import measure_served
 
+            step(f"{at}: served over HTTP (starting gpufleet serve)")
             row["served"] = measure_served(spec, bs)
         rows.append(row)
     return {

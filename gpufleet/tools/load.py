@@ -5,16 +5,25 @@
 by status. ``run_burst``: N requests at once (the seed's ``test_batching.py --burst N``): total duration,
 successes, throughput and the server's ``/stats`` batch statistics. One aiohttp session, connector
 limit = concurrency.
+
+Failures are reported, not hidden: a report counts errors by kind (HTTP status, ``connection``, ``timeout``),
+keeps the first few distinct error bodies (``error_samples``) and its ``error_rate``; the CLI exits 1 above
+``--max-error-rate``. A server that cannot be reached at all raises :class:`LoadError` before the run
+("cannot connect to 127.0.0.1:9: connection refused"). ``progress`` prints one live line a second (req/s,
+errors, p99 so far) from a timer, so the clients' loop does no extra work per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import gc
 import io
+import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,7 +31,16 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import orjson
 
-__all__ = ["Payload", "format_report", "make_payloads", "run_burst", "run_load"]
+__all__ = ["LoadError", "Payload", "Progress", "describe_error", "format_report", "make_payloads", "run_burst",
+           "run_load"]
+
+CONNECTION, TIMEOUT = -1, -2  # statuses of requests that got no HTTP answer
+MAX_SAMPLES = 5  # distinct error bodies kept per report
+SAMPLE_CHARS = 300
+
+
+class LoadError(Exception):
+    """The load cannot run at all (the server cannot be reached); the message is one readable line."""
 
 
 class Payload:
@@ -87,39 +105,121 @@ def _headers(payload: Payload, token: str | None) -> dict[str, str]:
     return h
 
 
-async def _send(session: Any, url: str, payload: Payload, token: str | None) -> int:
+def describe_error(exc: BaseException, url: str) -> str:
+    """A failed request's cause in a user's words: ``cannot connect to 127.0.0.1:9: connection refused``."""
+    import aiohttp
+
+    parts = urlsplit(url)
+    where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"timed out waiting for {where}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        code = getattr(os_error, "errno", None)
+        if code == errno.ECONNREFUSED:
+            why = "connection refused"
+        elif isinstance(exc, aiohttp.ClientConnectorDNSError):
+            why = "unknown host"
+        else:
+            why = (getattr(os_error, "strerror", None) or str(os_error) or type(os_error).__name__).lower()
+        return f"cannot connect to {where}: {why}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return f"{where} closed the connection without an answer"
+    return f"{where}: {type(exc).__name__}: {exc}"
+
+
+class _Errors:
+    """Error samples of one client process: the first few distinct ``status: body`` lines."""
+
+    __slots__ = ("samples",)
+
+    def __init__(self) -> None:
+        self.samples: list[str] = []
+
+    def add(self, line: str) -> None:
+        if len(self.samples) < MAX_SAMPLES and line not in self.samples:
+            self.samples.append(line)
+
+
+async def _send(session: Any, url: str, payload: Payload, token: str | None, errors: _Errors) -> int:
     import aiohttp
 
     try:
         async with session.post(url, data=payload.body, headers=_headers(payload, token)) as resp:
-            await resp.read()
+            body = await resp.read()
+            if resp.status != 200 and len(errors.samples) < MAX_SAMPLES:
+                text = body[:SAMPLE_CHARS].decode("utf-8", "replace").strip()
+                errors.add(f"{resp.status}: {text}" if text else f"{resp.status} (empty body)")
             return resp.status
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-        return -1 if not isinstance(exc, asyncio.TimeoutError) else -2
+        if len(errors.samples) < MAX_SAMPLES:
+            errors.add(describe_error(exc, url))
+        return TIMEOUT if isinstance(exc, asyncio.TimeoutError) else CONNECTION
+
+
+async def _reachable(session: Any, url: str, payload: Payload, token: str | None) -> None:
+    """One request before the run: a server that cannot be reached is an error now, not 30 s of -1s."""
+    errors = _Errors()
+    if await _send(session, url, payload, token, errors) == CONNECTION:
+        raise LoadError(errors.samples[0])
+
+
+def _label(status: int) -> str:
+    return {CONNECTION: "connection", TIMEOUT: "timeout"}.get(status, str(status))
+
+
+class Progress:
+    """The live line: ``12.0s  4,210 req/s  errors 0  p99 8.1 ms``, rewritten in place on a TTY."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.shown = False
+
+    def show(self, phase: str, elapsed: float, rps: float, errors: int, p99_ms: float | None) -> None:
+        p99 = f"{p99_ms:.1f} ms" if p99_ms is not None else "-"
+        line = f"{phase} {elapsed:5.1f}s  {rps:,.0f} req/s  errors {errors:,}  p99 {p99}"
+        self.stream.write(f"\r\x1b[2K{line}" if self.tty else line + "\n")
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 async def _load(url: str, concurrency: int, duration: float, warmup: float, payloads: list[Payload],
-                token: str | None, timeout_s: float) -> dict[str, Any]:
+                token: str | None, timeout_s: float, tick: Callable[[dict[str, Any]], None] | None = None,
+                check: bool = True) -> dict[str, Any]:
     import aiohttp
 
     predict, _ = _endpoint(url)
     lat: list[float] = []
     statuses: Counter[int] = Counter()
-    t_start = time.perf_counter()
-    t_measure = t_start + warmup
-    t_end = t_measure + duration
+    errors = _Errors()
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        if check:
+            await _reachable(session, predict, payloads[0], token)
+        t_start = time.perf_counter()
+        t_measure = t_start + warmup
+        t_end = t_measure + duration
+        done = [0, 0]  # requests answered and failed so far, warm-up included (for the progress line)
+
         async def client(k: int) -> None:
             i = k
             while True:
                 t0 = time.perf_counter()
                 if t0 >= t_end:
                     return
-                status = await _send(session, predict, payloads[i % len(payloads)], token)
+                status = await _send(session, predict, payloads[i % len(payloads)], token, errors)
                 i += concurrency
                 t1 = time.perf_counter()
+                done[0] += 1
+                if status != 200:
+                    done[1] += 1
                 if t0 >= t_measure:
                     statuses[status] += 1
                     if status == 200:
@@ -133,10 +233,26 @@ async def _load(url: str, concurrency: int, duration: float, warmup: float, payl
             await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
             cpu.append(time.process_time())
 
-        await asyncio.gather(cpu_window(), *(client(k) for k in range(concurrency)))
+        async def ticker() -> None:  # once a second, never per request: the clients' loop stays as it was
+            assert tick is not None
+            last_t, last_n = time.perf_counter(), 0
+            while (now := time.perf_counter()) < t_end:
+                warm = now < t_measure  # a tick lands on the end of the warm-up and on the end of the run
+                await asyncio.sleep(max(0.01, min(now + 1.0, t_measure if warm else t_end) - now))
+                now = time.perf_counter()
+                n = done[0]
+                tick({"phase": "warm-up" if warm else "measure", "elapsed": now - (t_start if warm else t_measure),
+                      "rps": (n - last_n) / max(1e-9, now - last_t), "done": n, "errors": done[1],
+                      "p99_ms": float(np.percentile(lat, 99)) * 1e3 if lat else None})
+                last_t, last_n = now, n
+
+        tasks = [cpu_window(), *(client(k) for k in range(concurrency))]
+        if tick is not None:
+            tasks.append(ticker())
+        await asyncio.gather(*tasks)
     elapsed = max(1e-9, min(time.perf_counter(), t_end) - t_measure) if duration > 0 else 1e-9
     cpu_s = cpu[1] - cpu[0] if len(cpu) == 2 else 0.0
-    return {"lat": lat, "statuses": dict(statuses), "elapsed": elapsed, "cpu_s": cpu_s}
+    return {"lat": lat, "statuses": dict(statuses), "elapsed": elapsed, "cpu_s": cpu_s, "samples": errors.samples}
 
 
 def _report(url: str, concurrency: int, warmup: float, parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -150,10 +266,16 @@ def _report(url: str, concurrency: int, warmup: float, parts: list[dict[str, Any
     ok = statuses.get(200, 0)
     requests = sum(statuses.values())
     cpu = [p.get("cpu_s", 0.0) for p in parts]
+    samples = _Errors()
+    for p in parts:
+        for line in p.get("samples", []):
+            samples.add(line)
     return {"mode": "closed-loop", "url": predict, "concurrency": concurrency, "processes": len(parts),
             "duration_s": round(elapsed, 3), "warmup_s": warmup, "requests": requests, "ok": ok,
             "rps": round(ok / elapsed, 2), "latency": _percentiles(lat),
-            "errors": {str(k): v for k, v in sorted(statuses.items()) if k != 200},
+            "errors": {_label(k): v for k, v in sorted(statuses.items()) if k != 200},
+            "error_rate": round((requests - ok) / requests, 6) if requests else 1.0,
+            "error_samples": samples.samples,
             # The client's own CPU over the measured window: a client process near 1.0 core is the limit.
             "client_cpu": {"cores": round(sum(cpu) / elapsed, 2),
                            "max_process_cores": round(max(cpu) / elapsed, 2) if cpu else 0.0,
@@ -172,11 +294,26 @@ def _run(coro: Any) -> Any:
         return runner.run(coro)
 
 
+_SHARED: Any = None  # in a client process: its progress slots (see _share_progress)
+
+
+def _share_progress(shared: Any) -> None:
+    global _SHARED
+    _SHARED = shared
+
+
 def _load_in_process(args: tuple) -> dict[str, Any]:
     url, concurrency, duration, warmup, payload, token, timeout_s, offset = args
     payloads = make_payloads(payload)
     payloads = payloads[offset % len(payloads):] + payloads[: offset % len(payloads)]
-    return _run(_load(url, concurrency, duration, warmup, payloads, token, timeout_s))
+    tick = None
+    if _SHARED is not None:
+        shared = _SHARED
+
+        def tick(t: dict[str, Any]) -> None:  # four slots per process: answered, failed, p99, measuring
+            shared[4 * offset: 4 * offset + 4] = [t["done"], t["errors"], t["p99_ms"] or 0.0,
+                                                  1.0 if t["phase"] == "measure" else 0.0]
+    return _run(_load(url, concurrency, duration, warmup, payloads, token, timeout_s, tick))
 
 
 async def _burst(url: str, n: int, payloads: list[Payload], token: str | None, timeout_s: float) -> dict[str, Any]:
@@ -185,9 +322,12 @@ async def _burst(url: str, n: int, payloads: list[Payload], token: str | None, t
     predict, stats_url = _endpoint(url)
     connector = aiohttp.TCPConnector(limit=n)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+        await _reachable(session, predict, payloads[0], token)
+        errors = _Errors()
+
         async def one(i: int) -> tuple[int, float]:
             t0 = time.perf_counter()
-            status = await _send(session, predict, payloads[i % len(payloads)], token)
+            status = await _send(session, predict, payloads[i % len(payloads)], token, errors)
             return status, time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -207,26 +347,66 @@ async def _burst(url: str, n: int, payloads: list[Payload], token: str | None, t
     return {"mode": "burst", "url": predict, "burst": n, "total_duration_s": round(total, 4), "successful": ok,
             "throughput_rps": round(ok / total, 2) if total > 0 else 0.0,
             "latency": _percentiles([t for s, t in results if s == 200]),
-            "errors": {str(k): v for k, v in sorted(statuses.items()) if k != 200}, "batch_statistics": stats}
+            "errors": {_label(k): v for k, v in sorted(statuses.items()) if k != 200},
+            "error_rate": round((n - ok) / n, 6), "error_samples": errors.samples, "batch_statistics": stats}
 
 
 def run_load(url: str, *, concurrency: int = 256, duration: float = 30.0, warmup: float = 5.0,
              payload: str = "orientation", token: str | None = None, timeout_s: float = 60.0,
-             processes: int = 1) -> dict[str, Any]:
+             processes: int = 1, progress: Progress | None = None) -> dict[str, Any]:
     """Closed-loop load against ``url`` (a server URL or its ``/predict``); returns the report dict.
 
     ``processes > 1`` splits the clients over that many processes, so one client core does not cap the
-    measurement of a fast server; latencies are merged before the percentiles are taken.
+    measurement of a fast server; latencies are merged before the percentiles are taken. ``progress`` gets
+    one line a second. Raises :class:`LoadError` when the server cannot be reached at all.
     """
     if processes <= 1:
-        raw = _run(_load(url, concurrency, duration, warmup, make_payloads(payload), token, timeout_s))
+        def tick(t: dict[str, Any]) -> None:
+            assert progress is not None
+            progress.show(t["phase"], t["elapsed"], t["rps"], t["errors"], t["p99_ms"])
+
+        try:
+            raw = _run(_load(url, concurrency, duration, warmup, make_payloads(payload), token, timeout_s,
+                             tick if progress is not None else None))
+        finally:
+            if progress is not None:
+                progress.close()
         return _report(url, concurrency, warmup, [raw])
     import multiprocessing as mp
+    import threading
 
+    ctx = mp.get_context("spawn")
     shares = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
     jobs = [(url, c, duration, warmup, payload, token, timeout_s, i) for i, c in enumerate(shares) if c > 0]
-    with mp.get_context("spawn").Pool(len(jobs)) as workers:
-        parts = workers.map(_load_in_process, jobs)
+    shared = ctx.Array("d", 4 * len(jobs), lock=False) if progress is not None else None
+    stop = threading.Event()
+
+    def watch() -> None:  # the parent sums its client processes' slots once a second
+        assert progress is not None and shared is not None
+        t0 = last_t = time.perf_counter()
+        last_n = 0.0
+        while not stop.wait(1.0):
+            vals = list(shared)
+            n, errs = sum(vals[0::4]), sum(vals[1::4])
+            now = time.perf_counter()
+            if n:
+                measuring = all(vals[3::4])
+                progress.show("measure" if measuring else "warm-up", now - t0, (n - last_n) / (now - last_t),
+                              int(errs), max(vals[2::4]) or None)
+            last_t, last_n = now, n
+
+    watcher = threading.Thread(target=watch, daemon=True) if progress is not None else None
+    try:
+        with ctx.Pool(len(jobs), initializer=_share_progress, initargs=(shared,)) as workers:
+            if watcher is not None:
+                watcher.start()
+            parts = workers.map(_load_in_process, jobs)
+    finally:
+        stop.set()
+        if watcher is not None:
+            watcher.join()
+        if progress is not None:
+            progress.close()
     return _report(url, concurrency, warmup, parts)
 
 
@@ -240,6 +420,9 @@ def format_report(report: dict[str, Any]) -> str:
     """A short human-readable report, in the seed's ``test_batching.py`` style for bursts."""
     lat = report["latency"]
     errors = ", ".join(f"{k}: {v}" for k, v in report["errors"].items()) or "none"
+    samples = [f"  {line}" for line in report.get("error_samples", [])]
+    if samples:
+        samples.insert(0, "Error samples (first distinct):")
     if report["mode"] == "burst":
         lines = [f"Total Duration: {report['total_duration_s']:.2f}s",
                  f"Successful: {report['successful']}/{report['burst']}",
@@ -252,7 +435,7 @@ def format_report(report: dict[str, Any]) -> str:
         for g in s.get("per_gpu_stats") or []:
             lines.append(f"  gpu {g.get('gpu_id')} ({g.get('device')}): requests {g.get('total_requests')}, "
                          f"batches {g.get('total_batches')}, avg batch {g.get('avg_batch_size')}")
-        return "\n".join(lines)
+        return "\n".join(lines + samples)
     return "\n".join([
         f"{report['url']}  concurrency {report['concurrency']} ({report.get('processes', 1)} client process(es))  "
         f"measured {report['duration_s']:.1f}s "
@@ -263,4 +446,5 @@ def format_report(report: dict[str, Any]) -> str:
         f"Errors: {errors}",
         *([f"Client CPU: {c['cores']:.2f} cores ({c['max_process_cores']:.2f} in the busiest client process), "
            f"{c['ms_per_request']:.3f} ms per request"] if (c := report.get("client_cpu")) else []),
+        *samples,
     ])

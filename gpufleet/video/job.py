@@ -136,10 +136,12 @@ class VideoJob:
                 except SourceError as exc:
                     s.error = exc
         first = next((s.info for s in self.streams if s.info is not None), None)
-        model = resolve_model(cfg.model, runtime=cfg.runtime, size=(first.width, first.height) if first else None)
-        self.preparer = make_preparer(model)
+        self.preparer: Any = None
         self.pool: Pool | None = None
-        if any(s.error is None for s in self.streams):
+        if any(s.error is None for s in self.streams):  # no model is loaded when no input can be read
+            model = resolve_model(cfg.model, runtime=cfg.runtime,
+                                  size=(first.width, first.height) if first else None)
+            self.preparer = make_preparer(model)
             from gpufleet.devices import select
 
             devices = select(cfg.devices, cpu_devices=cfg.cpu_devices)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,6 +55,9 @@ def run_here(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, jsonl
     wall0, cpu0 = time.perf_counter(), time.process_time()
     job = VideoJob(list(specs), cfg, keep_images=bool(cfg.out), names=names)
     sinks: dict[str, _Sinks] = {}
+    # Frames written to the sinks, per stream: what the summary counts. The decode threads' own count runs
+    # ahead of it by the frames still queued for this thread when Ctrl-C came (169 counted, 81 written).
+    written: Counter[str] = Counter()
     ends: dict[str, StreamEnd] = {}
     interrupted = False
     pool_stats: dict[str, Any] = {}
@@ -81,6 +85,7 @@ def run_here(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, jsonl
                     sink = sinks[ev.stream] = _Sinks(jsonl_paths[ev.stream], out_paths[ev.stream],
                                                      fps_of[ev.stream] / cfg.every_nth, cfg.encoder)
                 sink.write(ev)
+                written[ev.stream] += 1
                 progress.advance(ev.stream)
                 if on_frame is not None:
                     on_frame(ev)
@@ -96,7 +101,8 @@ def run_here(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, jsonl
             pool_stats = job.pool.stats()
         job.close(drain=not interrupted)
     cpu_s, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    return _summary(cfg, job, ends, sinks, jsonl_paths, out_paths, pool_stats, elapsed, wall, cpu_s, interrupted)
+    return _summary(cfg, job, ends, sinks, written, jsonl_paths, out_paths, pool_stats, elapsed, wall, cpu_s,
+                    interrupted)
 
 
 def _stage_total(stats: dict[str, Any], name: str, count: int) -> float:
@@ -105,17 +111,18 @@ def _stage_total(stats: dict[str, Any], name: str, count: int) -> float:
 
 
 def _summary(cfg: VideoConfig, job: VideoJob, ends: dict[str, StreamEnd], sinks: dict[str, _Sinks],
-             jsonl_paths: dict[str, str | None], out_paths: dict[str, str | None], stats: dict[str, Any],
-             elapsed: float, wall: float, cpu_s: float, interrupted: bool) -> dict[str, Any]:
+             written: Counter[str], jsonl_paths: dict[str, str | None], out_paths: dict[str, str | None],
+             stats: dict[str, Any], elapsed: float, wall: float, cpu_s: float, interrupted: bool) -> dict[str, Any]:
     rows = []
     for s in job.streams:
         end = ends.get(s.name) or StreamEnd(stream=s.name, input=s.spec, status="interrupted", frames=s.frames,
                                             decoder=s.decoder, decoder_note=s.note, segments=s.segments)
         sink = sinks.get(s.name)
         video = sink.video if sink is not None else None
+        frames = written[s.name]
         rows.append({
-            "stream": s.name, "input": s.spec, "status": end.status, "error": end.error, "frames": end.frames,
-            "elapsed_s": round(end.elapsed_s, 3), "fps": round(end.frames / end.elapsed_s, 2) if end.elapsed_s else 0.0,
+            "stream": s.name, "input": s.spec, "status": end.status, "error": end.error, "frames": frames,
+            "elapsed_s": round(end.elapsed_s, 3), "fps": round(frames / end.elapsed_s, 2) if end.elapsed_s else 0.0,
             "decoder": end.decoder, "decoder_note": end.decoder_note, "segments": end.segments,
             "reconnects": end.reconnects,
             "jsonl": jsonl_paths[s.name] if sink is not None and sink.jsonl is not None else None,

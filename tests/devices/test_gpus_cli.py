@@ -58,11 +58,18 @@ def test_table_on_cpu_devices(capsys):
     assert "CUDA_VISIBLE_DEVICES" not in out
 
 
+def test_table_says_the_devices_are_simulated_without_a_gpu(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.gpus(cpu_devices=2) == 0
+    assert "no GPU found: these 2 devices are simulated on the CPU" in capsys.readouterr().out
+
+
 def test_json_on_cpu_devices(capsys, monkeypatch):
     monkeypatch.setattr(nvml, "mps_running", lambda: True)
     assert cli.gpus(json_output=True, cpu_devices=4) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert set(doc) == {"devices", "cuda_visible_devices", "mps_running", "torch", "cuda"}
+    assert set(doc) == {"devices", "cuda_visible_devices", "mps_running", "torch", "cuda", "simulated"}
+    assert doc["simulated"] is True
     assert [d["label"] for d in doc["devices"]] == ["cpu:0", "cpu:1", "cpu:2", "cpu:3"]
     assert doc["devices"][0]["precision"] == "fp32" and doc["devices"][0]["utilization"] is None
     assert doc["mps_running"] is True
@@ -102,6 +109,7 @@ def test_json_on_fake_gpus(capsys, monkeypatch):
     assert dev["compute_capability"] == [8, 6] and dev["arch"] == "Ampere" and dev["tf32"] is True
     assert dev["utilization"] == {"util_gpu": 5.0}
     assert doc["cuda_visible_devices"] == "2"
+    assert doc["simulated"] is False
 
 
 def test_bad_config_is_an_exit_code(capsys):

@@ -39,8 +39,19 @@ def test_cli_bench_json_and_bad_flags() -> None:
                              "--seconds", "0.1", "--cpu-devices", "1", "--no-raw", "--json"])
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout)["rows"][0]["pool"]["items_s"] > 0
+    assert "bench [" not in ok.stderr  # --json: only the JSON, no progress
     bad = runner.invoke(app, ["bench", "--batch-sizes", "8,x"])
     assert bad.exit_code != 0 and "--batch-sizes" in bad.output
+
+
+def test_cli_bench_progress_says_what_it_measures() -> None:
+    r = CliRunner().invoke(app, ["bench", "--model", "resnet18", "--batch-sizes", "2,4", "--image-size", "32",
+                                 "--seconds", "0.1", "--cpu-devices", "1", "--progress"])
+    assert r.exit_code == 0, r.output
+    steps = [line for line in r.stderr.splitlines() if line.startswith("bench [")]
+    assert "loading resnet18 on cpu:0" in steps[0]
+    assert any("batch 2 (1 of 2): the model alone" in s for s in steps)
+    assert any("batch 4 (2 of 2): through the pool on 1 device(s)" in s for s in steps)
 
 
 @pytest.mark.parametrize("flag", [["--backend", "fibers"], ["--precision", "fp8"]])

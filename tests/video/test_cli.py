@@ -40,6 +40,28 @@ def test_failed_input_exits_nonzero_with_one_line(clips, tmp_path) -> None:
     assert sum(1 for _ in open(tmp_path / "f.small.jsonl")) == 30
 
 
+SLOW_SETUP = str(Path(__file__).parents[1] / "tools" / "failing_model.py") + ":SlowSetup"
+
+
+def test_missing_file_fails_before_the_model_loads(tmp_path) -> None:
+    t0 = time.perf_counter()
+    res = CliRunner().invoke(app, ["video", str(tmp_path / "missing.mp4"), "--model", SLOW_SETUP,
+                                   "--cpu-devices", "1"])
+    assert time.perf_counter() - t0 < 2.0  # SlowSetup's setup sleeps 5 s
+    assert res.exit_code == 2
+    assert res.stderr == f"error: {tmp_path / 'missing.mp4'}: no such file\n"
+    assert res.stdout == ""  # no table of zeros
+
+
+def test_no_readable_input_loads_no_model_and_prints_no_table(clips) -> None:
+    t0 = time.perf_counter()
+    res = CliRunner().invoke(app, ["video", str(clips["bad"]), "--model", SLOW_SETUP, "--cpu-devices", "1"])
+    assert time.perf_counter() - t0 < 4.0
+    assert res.exit_code == 1
+    assert res.stderr.startswith(f"error: {clips['bad']}: not a video"), res.stderr
+    assert res.stdout == ""
+
+
 def test_sigint_leaves_a_playable_file(clips, tmp_path) -> None:
     out, jl = tmp_path / "cut.mp4", tmp_path / "cut.jsonl"
     cmd = [sys.executable, "-m", "gpufleet", "video", str(clips["text"]), "--model", SLOW, "--cpu-devices", "1",
@@ -61,6 +83,7 @@ def test_sigint_leaves_a_playable_file(clips, tmp_path) -> None:
     assert summary["interrupted"]
     n = sum(1 for _ in open(jl))
     assert 3 <= n < 40
+    assert summary["frames"] == n  # the summary counts the frames written, not those decoded and queued
     with av.open(str(out)) as c:
         assert sum(1 for _ in c.decode(video=0)) == n
 

@@ -97,6 +97,8 @@ def test_interrupt_from_a_callback_leaves_playable_files(clips, tmp_path) -> Non
     assert summary["interrupted"] and summary["exit_code"] == 130
     assert [r["frame"] for r in _lines(jl)] == [0, 1, 2, 3, 4]
     assert _count(out) == 5  # the mp4 was finished (moov written) and plays
+    # The summary counts what was written, not what was decoded and queued behind the interrupted frame.
+    assert summary["frames"] == 5 and summary["inputs"][0]["frames"] == 5
 
 
 def test_frames_iterator_and_every_nth(clips) -> None:

@@ -1,0 +1,99 @@
+"""``gpufleet load`` tells the truth: exit codes against a dead port and an all-500 server, error samples,
+the connection error named plainly, the live progress line, and nothing but JSON with --json."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gpufleet.tools.load import Progress, format_report, run_load
+from tests.e2e.serving import ROOT, free_port, wait_ready
+
+
+def gpufleet(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gpufleet", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_dead_port_fails_at_once_with_a_plain_message():
+    port = free_port()  # nothing listens there
+    p = gpufleet("load", f"http://127.0.0.1:{port}", "--duration", "30", "--warmup", "0")
+    assert p.returncode == 1, p
+    assert p.stderr.strip() == f"error: cannot connect to 127.0.0.1:{port}: connection refused"
+    assert p.stdout == ""
+
+
+@pytest.fixture(scope="module")
+def failing_server(tmp_path_factory):
+    """A real ``gpufleet serve`` of a model that always raises; its log goes to a file (one line per 500: a
+    pipe nobody reads would fill up and stall the server)."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "gpufleet", "serve", "tests/tools/failing_model.py:AlwaysFails",
+                             "--port", str(port), "--cpu-devices", "1", "--log-level", "error"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, base)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_all_500_server_exits_1_and_shows_the_error_body(failing_server):
+    p = gpufleet("load", failing_server, "-c", "4", "--duration", "1", "--warmup", "0", "--payload",
+                 "file:tests/tools/item.json")
+    assert p.returncode == 1, p
+    assert "Errors: 500: " in p.stdout and "Error samples (first distinct):" in p.stdout
+    assert "this model always fails (test)" in p.stdout  # the server's JSON error body, as sent
+    assert "requests failed (100.00%, above --max-error-rate 0.00%)" in p.stderr
+
+
+def test_all_500_json_mode_is_only_json(failing_server):
+    p = gpufleet("load", failing_server, "-c", "2", "--duration", "0.5", "--warmup", "0", "--json", "--progress",
+                 "--payload", "file:tests/tools/item.json")
+    assert p.returncode == 1
+    report = json.loads(p.stdout)
+    assert report["ok"] == 0 and report["error_rate"] == 1.0 and report["errors"]["500"] > 0
+    assert sum(report["errors"].values()) == report["requests"]
+    assert any("always fails" in s for s in report["error_samples"]) and len(report["error_samples"]) <= 5
+    assert "req/s" not in p.stderr  # --json wins over --progress
+
+
+def test_max_error_rate_lets_a_run_pass(failing_server):
+    p = gpufleet("load", failing_server, "-c", "2", "--duration", "0.5", "--warmup", "0",
+                 "--max-error-rate", "1", "--payload", "file:tests/tools/item.json")
+    assert p.returncode == 0, p
+
+
+def test_progress_line_while_it_runs(failing_server):
+    out = io.StringIO()
+    report = run_load(failing_server, concurrency=2, duration=1.6, warmup=0.6, payload="file:tests/tools/item.json",
+                      progress=Progress(out))
+    lines = out.getvalue().splitlines()  # not a TTY: one line per second instead of a line rewritten in place
+    assert len(lines) >= 2, lines
+    assert lines[0].startswith("warm-up") and lines[-1].startswith("measure"), lines
+    assert all("req/s" in line and "errors" in line and "p99" in line for line in lines)
+    assert report["requests"] > 0
+
+
+def test_progress_with_client_processes(failing_server):
+    out = io.StringIO()
+    report = run_load(failing_server, concurrency=2, duration=2.5, warmup=0, processes=2,
+                      payload="file:tests/tools/item.json", progress=Progress(out))
+    assert report["processes"] == 2 and report["error_rate"] == 1.0
+    assert "req/s" in out.getvalue()
+
+
+def test_report_format_without_errors():
+    report = {"mode": "closed-loop", "url": "u", "concurrency": 1, "processes": 1, "duration_s": 1.0,
+              "warmup_s": 0, "requests": 3, "ok": 3, "rps": 3.0, "errors": {}, "error_rate": 0.0,
+              "error_samples": [], "latency": {"p50_ms": 1, "p90_ms": 1, "p99_ms": 1, "max_ms": 1, "mean_ms": 1}}
+    text = format_report(report)
+    assert "Errors: none" in text and "samples" not in text
