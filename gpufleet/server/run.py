@@ -65,6 +65,10 @@ def serve(model: str = "orientation", server: ServerConfig | None = None, **opti
     else:
         cfg = replace(server, **{k: v for k, v in given.items() if v is not None})
     configure_logs(cfg.log_level, cfg.log_format)
+    if cfg.grpc_port is not None:
+        from gpufleet.server.grpc_service import require_grpc
+
+        require_grpc()  # before the pool loads the model: one line naming the extra
     config = pool_config(options)
     target, default_name = load_model(model)
     cfg = replace(cfg, model_name=cfg.model_name or default_name)

@@ -193,3 +193,8 @@ def routes(state: ServerState) -> dict[str, Any]:
 
     return {"server_meta": server_meta, "live": live, "ready": ready, "model_meta": model_meta,
             "model_ready": model_ready, "infer": infer}
+
+
+# The gRPC endpoint (grpc_service.py) shares REST's item conversion and output gathering.
+items_of = _items
+output_arrays = _outputs
