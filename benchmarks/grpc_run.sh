@@ -4,7 +4,7 @@
 #   run(command="bash benchmarks/grpc_run.sh", carry=[".whl"], timeout_s=600)
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>&1 | tail -2
+ls .whl/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>&1 | tail -2  # uvicorn, starlette, msgspec, httptools, orjson (benchmarks/fetch_wheels.sh); the H200 image has grpcio
 export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$OUT/grpc_bench.txt"; nproc >> "$OUT/grpc_bench.txt"
 for cfg in ${CONFIGS:-1 4}; do
