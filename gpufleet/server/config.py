@@ -28,7 +28,8 @@ class ServerConfig:
     ``max_body_mb`` bounds request bodies (413 beyond); ``drain_timeout_s`` bounds the drain at SIGTERM;
     ``request_timeout_s`` is the per-item deadline (default: the pool's ``timeout_s``); ``model_name`` is
     the name under ``/v2/models/`` (``None``: the model's own); ``http_workers > 1`` runs that many HTTP
-    front-end processes over the one engine process (docs/serving.md).
+    front-end processes over the one engine process (docs/serving.md); ``grpc_port`` also serves KServe v2 gRPC
+    there (``None``: off; needs the ``grpc`` extra).
 
     >>> ServerConfig(port=9000, http_workers=4).host
     '127.0.0.1'
@@ -42,6 +43,7 @@ class ServerConfig:
     request_timeout_s: float | None = None
     model_name: str | None = None
     http_workers: int = 1
+    grpc_port: int | None = None
     log_level: str = "info"
     log_format: str = "text"
 
@@ -54,6 +56,8 @@ class ServerConfig:
             raise ConfigError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
         if self.request_timeout_s is not None and self.request_timeout_s <= 0:
             raise ConfigError(f"request_timeout_s must be > 0 or None, got {self.request_timeout_s}")
+        if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
+            raise ConfigError(f"grpc_port must be 0..65535 or None, got {self.grpc_port}")
         if self.http_workers < 1:
             raise ConfigError(f"http_workers must be >= 1, got {self.http_workers}")
         level = self.log_level.lower()
@@ -77,7 +81,8 @@ class ServerConfig:
 
 
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """ServerConfig fields set by the environment: ``GPUFLEET_HTTP_WORKERS`` → http_workers.
+    """ServerConfig fields set by the environment: ``GPUFLEET_HTTP_WORKERS`` → http_workers,
+    ``GPUFLEET_GRPC_PORT`` → grpc_port.
 
     (``GPUFLEET_TOKEN`` is read by the CLI's ``--token`` flag only.)
     """
@@ -89,6 +94,12 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
             out["http_workers"] = int(raw)
         except ValueError:
             raise ConfigError(f"http_workers (GPUFLEET_HTTP_WORKERS) must be an integer >= 1, got {raw!r}") from None
+    raw = env.get("GPUFLEET_GRPC_PORT", "").strip()
+    if raw:
+        try:
+            out["grpc_port"] = int(raw)
+        except ValueError:
+            raise ConfigError(f"grpc_port (GPUFLEET_GRPC_PORT) must be a port number, got {raw!r}") from None
     return out
 
 

@@ -260,3 +260,8 @@ def encode_response(model_name: str, model_version: str | None, request_id: str 
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
+
+
+# The gRPC endpoint (grpc_tensors.py) carries BYTES tensors in the same 4-byte length-prefixed layout.
+parse_bytes = _parse_bytes
+bytes_payload = _bytes_payload

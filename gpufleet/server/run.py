@@ -66,6 +66,10 @@ def serve(model: str = "orientation", server: ServerConfig | None = None, **opti
     else:
         cfg = replace(server, **{k: v for k, v in given.items() if v is not None})
     configure_logs(cfg.log_level, cfg.log_format)
+    if cfg.grpc_port is not None:
+        from gpufleet.server.grpc_service import require_grpc
+
+        require_grpc()  # before the pool loads the model: one line naming the extra
     config = pool_config(options)
     # Bind before the model loads (minutes for a large one): a port in use is a ConfigError now, not uvicorn's
     # exit 3 after the load. Bound, not listening: clients are refused, not queued, until uvicorn listens.

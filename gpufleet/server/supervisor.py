@@ -139,6 +139,10 @@ def serve_multi(pool: Any, cfg: ServerConfig, model: str, load_model: ModelLoade
     tmp = tempfile.mkdtemp(prefix="gpufleet-")
     path = os.path.join(tmp, "engine.sock")
     cfg = replace(cfg, port=reserve.getsockname()[1])
+    grpc_reserve = None
+    if cfg.grpc_port is not None:  # every front end serves gRPC on one SO_REUSEPORT port too (grpc_service.py)
+        grpc_reserve = bind_socket(cfg.host, cfg.grpc_port)
+        cfg = replace(cfg, grpc_port=grpc_reserve.getsockname()[1])
     # Not ready until every front end listens: a load balancer then sees the whole layout at once.
     # Front ends run the model's preprocess themselves when the model says it is a pure function of the item:
     # the engine's workers (threads, or process workers' children) then skip it. With one GPU child process
@@ -174,4 +178,6 @@ def serve_multi(pool: Any, cfg: ServerConfig, model: str, load_model: ModelLoade
             signal.signal(s, h)
         server.close()
         reserve.close()
+        if grpc_reserve is not None:
+            grpc_reserve.close()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -46,15 +46,25 @@ class DrainingServer(uvicorn.Server):
         self.state = app.state.gpufleet
         self.failures = getattr(app.state, "failures", None)
         self.drain_timeout_s = cfg.drain_timeout_s
+        self.grpc_port = cfg.grpc_port
+        self.grpc_host = cfg.host
+        self.grpc_reuse_port = cfg.http_workers > 1  # the front ends of --http-workers N share the port
+        self.grpc: Any = None  # the grpc.aio server beside uvicorn, with --grpc-port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task | None = None
         self._signalled = False  # not state.draining: a front end may be told to drain before its signal comes
 
     async def serve(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.grpc_port is not None:  # KServe v2 gRPC on this loop, over the same state (grpc_service.py)
+            from gpufleet.server.grpc_service import start_grpc
+
+            self.grpc = await start_grpc(self.state, self.grpc_host, self.grpc_port, reuse_port=self.grpc_reuse_port)
         try:
             await super().serve(sockets)
         finally:
+            if self.grpc is not None:
+                await self.grpc.stop(1.0)  # the drain already waited for gRPC calls in flight (state.inflight)
             if self.failures is not None:
                 self.failures.flush()  # "N more like it" still counted: say it before the process ends
 

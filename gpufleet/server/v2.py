@@ -297,3 +297,8 @@ def routes(state: ServerState) -> dict[str, Any]:
     return {"server_meta": server_meta, "live": live, "ready": ready, "model_meta": model_meta,
             "model_ready": model_ready, "infer": infer, "model_config": model_config, "model_stats": model_stats,
             "repository_index": repository_index}
+
+
+# The gRPC endpoint (grpc_service.py) shares REST's item conversion and output gathering.
+items_of = _items
+output_arrays = _outputs

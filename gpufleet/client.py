@@ -1,0 +1,346 @@
+"""``gpufleet.Client`` / ``gpufleet.AsyncClient``: call a ``gpufleet serve`` over HTTP.
+
+One pooled ``httpx`` connection pool per client; ``predict`` posts to ``/predict`` (JSON, or raw bytes with a
+content type), ``infer`` speaks KServe v2 with binary tensors (numpy in, numpy out), ``health``/``stats``/
+``ready`` read the server's state. Calls that the server refuses for now (429 queue full, 503 not ready or
+draining) and connections that fail before a request is sent are retried with exponential backoff and full
+jitter, waiting at least the server's ``Retry-After``; attempts and total time are bounded by :class:`Retry`
+and by the call's deadline (``timeout_s``, which also becomes the server-side deadline of ``infer``).
+Errors come back as gpufleet's classes: 429 :class:`QueueFullError`, 503 :class:`PoolClosed`, 504
+:class:`DeadlineExceeded`, 400/413/415 :class:`InputError`, 500 :class:`WorkerError`, anything else (401, 404,
+transport) :class:`ClientError`; each carries ``status`` (``None`` for transport errors).
+
+>>> import gpufleet
+>>> with gpufleet.Client("http://127.0.0.1:8000") as c:  # doctest: +SKIP
+...     c.predict({"image": b64}), c.infer({"input": batch})["angle"]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gpufleet.client_kserve import InferResult, decode_response, encode_request
+from gpufleet.errors import (
+    DeadlineExceeded,
+    GpufleetError,
+    InputError,
+    PoolClosed,
+    QueueFullError,
+    WorkerError,
+)
+
+__all__ = ["AsyncClient", "Client", "ClientError", "InferResult", "Retry"]
+
+_RAW_TYPE = "application/octet-stream"
+
+
+class ClientError(GpufleetError):
+    """The server refused the call for a reason with no engine class (401, 404, ...), or could not be reached."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Retry:
+    """When to try a call again: on ``statuses`` and on connection failures (nothing was sent), up to
+    ``attempts`` tries and ``total_s`` seconds in all. Waits grow as ``backoff_s * 2**n`` up to ``max_backoff_s``
+    with full jitter, and are never shorter than the server's ``Retry-After``.
+
+    >>> Retry(attempts=1)  # no retries
+    Retry(attempts=1, backoff_s=0.05, max_backoff_s=2.0, total_s=30.0, statuses=(429, 503))
+    """
+
+    attempts: int = 5
+    backoff_s: float = 0.05
+    max_backoff_s: float = 2.0
+    total_s: float = 30.0
+    statuses: tuple[int, ...] = (429, 503)
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {self.attempts}")
+        if self.backoff_s < 0 or self.max_backoff_s < 0 or self.total_s <= 0:
+            raise ValueError("backoff_s and max_backoff_s must be >= 0 and total_s > 0")
+
+    def wait_s(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait before try ``attempt + 1`` (``attempt`` counts from 0)."""
+        jittered = random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2 ** attempt))
+        return max(jittered, retry_after or 0.0)
+
+
+_ERRORS: dict[int, type[GpufleetError]] = {400: InputError, 413: InputError, 415: InputError, 429: QueueFullError,
+                                           500: WorkerError, 503: PoolClosed, 504: DeadlineExceeded}
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error(status: int, body: bytes, path: str) -> GpufleetError:
+    """gpufleet's class for an error response; the server's ``{"error": ...}`` message, ``status`` attached."""
+    import json
+
+    try:
+        message = json.loads(body).get("error") or ""
+    except (ValueError, AttributeError):
+        message = body[:200].decode(errors="replace")
+    exc = _ERRORS.get(status, ClientError)(f"{path}: HTTP {status}: {message}")
+    exc.status = status  # type: ignore[attr-defined]
+    return exc
+
+
+def _transport_error(exc: Exception, url: str) -> ClientError:
+    err = ClientError(f"cannot reach {url}: {type(exc).__name__}: {exc}")
+    err.status = None  # type: ignore[attr-defined]
+    return err
+
+
+class _Call:
+    """One logical call's attempts: what to send, its deadline, and whether to try again."""
+
+    def __init__(self, retry: Retry, timeout_s: float | None) -> None:
+        now = time.monotonic()
+        self.retry = retry
+        self.stop_at = now + min(retry.total_s, timeout_s) if timeout_s is not None else now + retry.total_s
+        self.deadline = now + timeout_s if timeout_s is not None else None
+        self.attempt = 0
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def attempt_timeout(self, default: float) -> float:
+        left = self.remaining()
+        if left is not None and left <= 0:
+            raise DeadlineExceeded("the call's deadline passed before it was answered")
+        return default if left is None else min(default, left)
+
+    def next_wait(self, retry_after: float | None) -> float | None:
+        """Seconds to sleep before trying again, or ``None`` when out of attempts or time."""
+        self.attempt += 1
+        if self.attempt >= self.retry.attempts:
+            return None
+        wait = self.retry.wait_s(self.attempt - 1, retry_after)
+        return wait if time.monotonic() + wait < self.stop_at else None
+
+
+def _httpx() -> Any:
+    try:
+        import httpx
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError('gpufleet.Client needs httpx: pip install "gpufleet[client]"') from exc
+    return httpx
+
+
+class _Base:
+    def __init__(self, url: str, *, token: str | None, timeout_s: float, retry: Retry | None, model: str | None,
+                 max_connections: int) -> None:
+        self.url = url.rstrip("/")
+        self.model = model
+        self.timeout_s = timeout_s
+        self.retry = retry or Retry()
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.limits = _httpx().Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+
+    def _predict_request(self, x: Any, content_type: str | None) -> dict[str, Any]:
+        if isinstance(x, (bytes, bytearray, memoryview)):
+            return {"content": bytes(x), "headers": {"Content-Type": content_type or _RAW_TYPE}}
+        return {"json": x}
+
+    def _infer_request(self, inputs: Any, outputs: list[str] | None, timeout_s: float | None,
+                       request_id: str | None) -> dict[str, Any]:
+        if not isinstance(inputs, Mapping):
+            inputs = {"input": inputs}
+        body, hlen = encode_request(inputs, outputs, timeout_s, request_id)
+        return {"content": body, "headers": {"Content-Type": _RAW_TYPE, "Inference-Header-Content-Length": str(hlen)}}
+
+    def _model_path(self, model: str | None, suffix: str) -> str:
+        name = model or self.model
+        if not name:
+            raise ValueError("no model name: pass model=... here or to the client")
+        return f"/v2/models/{name}{suffix}"
+
+
+def _infer_result(response: Any) -> InferResult:
+    hlen = response.headers.get("inference-header-content-length")
+    return decode_response(response.content, int(hlen) if hlen is not None else None)
+
+
+class Client(_Base):
+    """Synchronous client; thread-safe (one ``httpx.Client`` pool). ``model`` names the KServe model for
+    ``infer`` (default: ask the server's ``/stats`` once); ``transport`` is an ``httpx`` transport (tests use
+    ``httpx.MockTransport``)."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", *, token: str | None = None, timeout_s: float = 60.0,
+                 retry: Retry | None = None, model: str | None = None, max_connections: int = 64,
+                 transport: Any = None) -> None:
+        super().__init__(url, token=token, timeout_s=timeout_s, retry=retry, model=model,
+                         max_connections=max_connections)
+        self._http = _httpx().Client(base_url=self.url, headers=self.headers, limits=self.limits, transport=transport)
+
+    def _send(self, method: str, path: str, timeout_s: float | None, ok: tuple[int, ...] = (200,),
+              **kwargs: Any) -> Any:
+        httpx = _httpx()
+        call = _Call(self.retry, timeout_s)
+        while True:
+            try:
+                r = self._http.request(method, path, timeout=call.attempt_timeout(self.timeout_s), **kwargs)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                wait = call.next_wait(None)
+                if wait is None:
+                    raise _transport_error(exc, self.url + path) from exc
+                time.sleep(wait)
+                continue
+            except httpx.TimeoutException as exc:
+                raise DeadlineExceeded(f"{path}: no answer within the call's deadline") from exc
+            except httpx.TransportError as exc:
+                raise _transport_error(exc, self.url + path) from exc
+            if r.status_code in ok:
+                return r
+            if r.status_code in self.retry.statuses:
+                wait = call.next_wait(_retry_after(r.headers.get("retry-after")))
+                if wait is not None:
+                    time.sleep(wait)
+                    continue
+            raise _error(r.status_code, r.content, path)
+
+    def predict(self, x: Any, *, content_type: str | None = None, timeout_s: float | None = None) -> Any:
+        """``POST /predict``: ``x`` as JSON, or bytes with ``content_type`` (default octet-stream); the result."""
+        return self._send("POST", "/predict", timeout_s, **self._predict_request(x, content_type)).json()
+
+    def predict_batch(self, xs: list[Any], *, timeout_s: float | None = None) -> list[Any]:
+        """``POST /predict/batch``: results in order (all or one error)."""
+        return self._send("POST", "/predict/batch", timeout_s, json=list(xs)).json()["outputs"]
+
+    def infer(self, inputs: Any, *, model: str | None = None, outputs: list[str] | None = None,
+              timeout_s: float | None = None, request_id: str | None = None) -> InferResult:
+        """KServe v2 inference: ``inputs`` maps names to arrays (``[N, ...]``, one item per row; a bare array is
+        the input ``"input"``); binary tensors both ways. ``timeout_s`` is also the items' deadline on the server."""
+        path = self._model_path(model or self._default_model(), "/infer")
+        r = self._send("POST", path, timeout_s, **self._infer_request(inputs, outputs, timeout_s, request_id))
+        return _infer_result(r)
+
+    def _default_model(self) -> str | None:
+        if self.model is None:
+            self.model = self.stats()["server"]["model"]
+        return self.model
+
+    def model_metadata(self, model: str | None = None) -> dict[str, Any]:
+        return self._send("GET", self._model_path(model or self._default_model(), ""), None).json()
+
+    def health(self) -> dict[str, Any]:
+        """``GET /health`` (seed shape), also when the server answers 503 (unhealthy): read ``["healthy"]``."""
+        return self._send("GET", "/health", None, ok=(200, 503)).json()
+
+    def ready(self) -> bool:
+        """``/v2/health/ready`` answers 200 (no retries)."""
+        try:
+            return self._http.get("/v2/health/ready", timeout=self.timeout_s).status_code == 200
+        except _httpx().TransportError:
+            return False
+
+    def stats(self) -> dict[str, Any]:
+        """``GET /stats``: per-GPU counters, stage latencies, ``server``."""
+        return self._send("GET", "/stats", None).json()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """The asyncio twin of :class:`Client` (``await c.predict(x)``), over one ``httpx.AsyncClient`` pool."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", *, token: str | None = None, timeout_s: float = 60.0,
+                 retry: Retry | None = None, model: str | None = None, max_connections: int = 256,
+                 transport: Any = None) -> None:
+        super().__init__(url, token=token, timeout_s=timeout_s, retry=retry, model=model,
+                         max_connections=max_connections)
+        self._http = _httpx().AsyncClient(base_url=self.url, headers=self.headers, limits=self.limits,
+                                          transport=transport)
+
+    async def _send(self, method: str, path: str, timeout_s: float | None, ok: tuple[int, ...] = (200,),
+                    **kwargs: Any) -> Any:
+        httpx = _httpx()
+        call = _Call(self.retry, timeout_s)
+        while True:
+            try:
+                r = await self._http.request(method, path, timeout=call.attempt_timeout(self.timeout_s), **kwargs)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                wait = call.next_wait(None)
+                if wait is None:
+                    raise _transport_error(exc, self.url + path) from exc
+                await asyncio.sleep(wait)
+                continue
+            except httpx.TimeoutException as exc:
+                raise DeadlineExceeded(f"{path}: no answer within the call's deadline") from exc
+            except httpx.TransportError as exc:
+                raise _transport_error(exc, self.url + path) from exc
+            if r.status_code in ok:
+                return r
+            if r.status_code in self.retry.statuses:
+                wait = call.next_wait(_retry_after(r.headers.get("retry-after")))
+                if wait is not None:
+                    await asyncio.sleep(wait)
+                    continue
+            raise _error(r.status_code, r.content, path)
+
+    async def predict(self, x: Any, *, content_type: str | None = None, timeout_s: float | None = None) -> Any:
+        r = await self._send("POST", "/predict", timeout_s, **self._predict_request(x, content_type))
+        return r.json()
+
+    async def predict_batch(self, xs: list[Any], *, timeout_s: float | None = None) -> list[Any]:
+        return (await self._send("POST", "/predict/batch", timeout_s, json=list(xs))).json()["outputs"]
+
+    async def infer(self, inputs: Any, *, model: str | None = None, outputs: list[str] | None = None,
+                    timeout_s: float | None = None, request_id: str | None = None) -> InferResult:
+        path = self._model_path(model or await self._default_model(), "/infer")
+        r = await self._send("POST", path, timeout_s, **self._infer_request(inputs, outputs, timeout_s, request_id))
+        return _infer_result(r)
+
+    async def _default_model(self) -> str | None:
+        if self.model is None:
+            self.model = (await self.stats())["server"]["model"]
+        return self.model
+
+    async def model_metadata(self, model: str | None = None) -> dict[str, Any]:
+        return (await self._send("GET", self._model_path(model or await self._default_model(), ""), None)).json()
+
+    async def health(self) -> dict[str, Any]:
+        return (await self._send("GET", "/health", None, ok=(200, 503))).json()
+
+    async def ready(self) -> bool:
+        try:
+            return (await self._http.get("/v2/health/ready", timeout=self.timeout_s)).status_code == 200
+        except _httpx().TransportError:
+            return False
+
+    async def stats(self) -> dict[str, Any]:
+        return (await self._send("GET", "/stats", None)).json()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
