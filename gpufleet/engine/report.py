@@ -61,6 +61,7 @@ def stats_report(workers: Sequence[Worker], devices: Sequence[Device], *, balanc
         "mps": mps, "total_requests": total_req, "total_batches": total_batches,
         "avg_batch_size": round(items / total_batches, 3) if total_batches else 0.0,
         "errors": sum(s["errors"] for _, s in snaps), "oom_events": sum(s["oom_events"] for _, s in snaps),
+        "isolated_batches": sum(s["isolated_batches"] for _, s in snaps),
         "restarts": sum(s["restarts"] for _, s in snaps), "queue_depth": outstanding, "rtf": _rtf(snaps),
         "uptime_s": round(uptime, 3), "throughput_rps": round(total_req / uptime, 3) if uptime > 0 else 0.0,
         "per_gpu_stats": per_gpu,

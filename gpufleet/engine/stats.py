@@ -84,6 +84,7 @@ class WorkerStats:
         self.items_in_batches = 0
         self.errors = 0
         self.oom_events = 0
+        self.isolated_batches = 0  # batches served again in halves to isolate an item the model failed on
         self.restarts = 0
         self.busy_s = 0.0
         self.media_s = 0.0  # seconds of audio/video produced, for models that declare output_seconds()
@@ -114,6 +115,7 @@ class WorkerStats:
                 "avg_batch_size": round(avg, 3),
                 "errors": self.errors,
                 "oom_events": self.oom_events,
+                "isolated_batches": self.isolated_batches,
                 "restarts": self.restarts,
                 "busy_s": round(self.busy_s, 4),
                 "media_s": round(self.media_s, 4),

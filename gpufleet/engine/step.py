@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gpufleet.engine.oom import empty_cache, is_oom
+from gpufleet.engine.oom import empty_cache, is_oom, is_sticky_cuda_error
 from gpufleet.errors import GpufleetError, InputError, WorkerError
 from gpufleet.models.base import optional_stage
 
@@ -34,7 +34,10 @@ class BatchStep:
     """The stages of one model copy (see the module docstring); ``name`` prefixes the errors it makes.
 
     ``oom_batch`` is the smallest batch size that ran out of memory since the worker last reset it (0: none),
-    from which the worker lowers its maximum batch size.
+    from which the worker lowers its maximum batch size. A model error on a batch of several items is not the
+    batch's fate: the batch is served again in halves until the failing item(s) are alone, so only they get
+    the error (at most ``2n - 1`` predict calls for ``n`` items); ``isolated`` counts those splits since the
+    worker last reset it. A sticky CUDA error is never retried.
     """
 
     def __init__(self, model: Any, device: Any, name: str) -> None:
@@ -46,6 +49,7 @@ class BatchStep:
         self.pipelined = callable(getattr(model, "launch", None)) and callable(getattr(model, "collect", None))
         self.ready: Callable[[Any], bool] | None = getattr(model, "ready", None) if self.pipelined else None
         self.oom_batch = 0
+        self.isolated = 0
 
     # -- errors -------------------------------------------------------------------------------------------
     def error(self, exc: BaseException) -> GpufleetError:
@@ -90,17 +94,24 @@ class BatchStep:
         try:
             return self.model.launch(items)
         except Exception as exc:
-            if not is_oom(exc):
-                raise self.error(exc) from exc
-            self._oom(len(items))
-            return None
+            if is_oom(exc):
+                self._oom(len(items))
+                return None
+            if len(items) > 1 and not is_sticky_cuda_error(exc):
+                return None  # finish() predicts it and isolates the failing item(s)
+            raise self.error(exc) from exc
 
     def finish(self, items: list, handle: Any = None) -> tuple[list, dict[int, GpufleetError]]:
         """The outputs of ``items``: collected from ``handle``, or predicted now. Out of memory: the cache is
         freed and the batch served in halves; an item that does not fit alone fails alone. Returns the outputs
         and the errors of items that failed alone (their output is ``None``); raises the batch's error."""
         if handle is not None:
-            out, _ = self._attempt(self.model.collect, handle, len(items))
+            try:
+                out, _ = self._attempt(self.model.collect, handle, len(items))
+            except GpufleetError as err:
+                if len(items) < 2 or self._sticky(err):
+                    raise
+                out = None  # predicted again below, in halves around the failing item(s)
             if out is not None:
                 return out, {}
         outputs: list[Any] = [None] * len(items)
@@ -121,8 +132,24 @@ class BatchStep:
             self._oom(n)
             return None, exc
 
+    @staticmethod
+    def _sticky(err: BaseException) -> bool:
+        return is_sticky_cuda_error(err.__cause__ if err.__cause__ is not None else err)
+
     def _predict(self, items: list, offset: int, outputs: list, errors: dict[int, GpufleetError]) -> None:
-        out, oom = self._attempt(self.model.predict, items, len(items))
+        try:
+            out, oom = self._attempt(self.model.predict, items, len(items))
+        except GpufleetError as err:
+            if self._sticky(err):
+                raise
+            if len(items) == 1:
+                errors[offset] = err  # the item that fails, alone
+                return
+            self.isolated += 1
+            half = len(items) // 2
+            self._predict(items[:half], offset, outputs, errors)
+            self._predict(items[half:], offset + half, outputs, errors)
+            return
         if out is not None:
             outputs[offset:offset + len(items)] = out
             return
@@ -176,7 +203,7 @@ class BatchStep:
         ``timings`` gains ``predict`` (since ``t0``), the model's own stages and ``postprocess``. Raises the
         batch's error."""
         outputs: list[Any] = [None] * len(items)
-        self.oom_batch = 0
+        self.oom_batch = self.isolated = 0
         if not alive:
             return outputs, 0.0
         got, failed = self.finish(self.alive_items(items, alive), handle)

@@ -179,7 +179,7 @@ class ThreadWorker(BaseWorker):
     def _finish(self, batch: list[Request], handle: Any, t0: float) -> None:
         step = self.step
         assert step is not None
-        step.oom_batch = 0
+        step.oom_batch = step.isolated = 0
         try:
             outputs, errors = step.finish([r.item for r in batch], handle)
         except GpufleetError as err:
@@ -190,7 +190,7 @@ class ThreadWorker(BaseWorker):
                 self.lower_max_batch(step.oom_batch, log)
         t1 = time.monotonic()
         self.record_batch(len(batch), {"predict": t1 - t0, **step.model_timings()},
-                          step.media_seconds(outputs, errors))
+                          step.media_seconds(outputs, errors), step.isolated)
         if step.post is None:
             self._answer(batch, outputs, errors)
         else:

@@ -160,6 +160,7 @@ class BatchDone(msgspec.Struct, tag=True, omit_defaults=True):
     timings: dict[str, float] = {}
     oom_batch: int = 0  # > 0: a batch of this size ran out of memory and was split
     media_s: float = 0.0  # seconds of media the batch produced (models with ``output_seconds``)
+    isolated: int = 0  # splits made to isolate items the model failed on
     segments: list[str] = []
     dropped: list[str] = []
 

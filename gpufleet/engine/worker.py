@@ -164,9 +164,10 @@ class BaseWorker:
             self.batcher.put_many(left)  # nowhere else to go: they wait for the restart
 
     # -- bookkeeping --------------------------------------------------------------------------------------
-    def record_batch(self, n: int, timings: dict[str, float], media_s: float = 0.0) -> None:
+    def record_batch(self, n: int, timings: dict[str, float], media_s: float = 0.0, isolated: int = 0) -> None:
         """Count a served batch of ``n`` items: ``timings["predict"]`` is its device time (seconds), the other
-        entries are stage times; ``media_s`` the seconds of media it produced."""
+        entries are stage times; ``media_s`` the seconds of media it produced; ``isolated`` the splits made to
+        isolate items the model failed on."""
         busy = timings.get("predict", 0.0)
         self.stats.record_batch(n, busy)
         with self.stats.lock:
@@ -174,6 +175,7 @@ class BaseWorker:
                 self.stats.stage(name).add(seconds)
             if media_s:
                 self.stats.media_s += media_s
+            self.stats.isolated_batches += isolated
         per_item = busy / n if n else 0.0
         self.item_time = per_item if not self.item_time else (1 - _EWMA) * self.item_time + _EWMA * per_item
 

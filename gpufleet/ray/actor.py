@@ -98,4 +98,4 @@ class GpuActor:
                 os._exit(STICKY_EXIT)  # the pool sees the actor die, requeues the batch and recreates it
             return wire.BatchDone(0, error=wire.error_info(err, with_traceback=True), oom_batch=step.oom_batch)
         infos = {i: wire.error_info(e, with_traceback=True) for i, e in errors.items()}
-        return wire.BatchDone(0, outputs, infos, None, timings, step.oom_batch, media)
+        return wire.BatchDone(0, outputs, infos, None, timings, step.oom_batch, media, step.isolated)

@@ -344,7 +344,7 @@ class RayWorker(BaseWorker):
         if msg.error is not None:
             self.fail(reqs, wire.error_from(msg.error))
             return
-        self.record_batch(len(reqs), dict(msg.timings), msg.media_s)
+        self.record_batch(len(reqs), dict(msg.timings), msg.media_s, msg.isolated)
         ok = []
         for i, r in enumerate(reqs):
             if i in msg.errors:

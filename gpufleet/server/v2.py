@@ -86,7 +86,9 @@ def model_spec(pool: Any) -> ModelSpec:
     return ModelSpec([TensorSpec("input", "FP32", [-1])], [], False)
 
 
-def _items(spec: ModelSpec, tensors: list[Tensor]) -> list[Any]:
+def _items(spec: ModelSpec, tensors: list[Tensor], plain: bool = True) -> list[Any]:
+    """The items of a request: numpy rows for a model that declares its inputs, else (``plain``, REST) the
+    Python values ``/predict`` would give; gRPC (``plain=False``) keeps numpy rows either way."""
     if spec.validate:
         by_name = {s.name: s for s in spec.inputs}
         for t in tensors:
@@ -104,7 +106,7 @@ def _items(spec: ModelSpec, tensors: list[Tensor]) -> list[Any]:
     if n == 0:
         raise HTTPError(400, "empty batch: dim 0 of the inputs is 0")
 
-    if spec.validate:  # declared tensors: numpy rows
+    if spec.validate or not plain:  # declared tensors (or gRPC): numpy rows
         def row(t: Tensor, i: int) -> Any:
             x = t.data[i]
             if t.datatype == "BYTES" and isinstance(x, np.ndarray) and x.size == 1:
@@ -299,6 +301,11 @@ def routes(state: ServerState) -> dict[str, Any]:
             "repository_index": repository_index}
 
 
-# The gRPC endpoint (grpc_service.py) shares REST's item conversion and output gathering.
-items_of = _items
+def items_of(spec: ModelSpec, tensors: list[Tensor]) -> list[Any]:
+    """The gRPC endpoint's items (grpc_service.py): REST's checks and splitting, numpy rows always (a gRPC client
+    sends tensors; a model that wants Python values gets them over REST)."""
+    return _items(spec, tensors, plain=False)
+
+
+# The gRPC endpoint shares REST's output gathering.
 output_arrays = _outputs

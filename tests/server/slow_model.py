@@ -26,7 +26,7 @@ class SlowModel(Model):
 
 
 class Failing(Model):
-    """Fails on items equal to "boom" (a WorkerError for the whole batch)."""
+    """Fails on items equal to "boom" (a WorkerError for that item; its neighbours are served)."""
 
     def predict(self, batch: list) -> list:
         if "boom" in batch:

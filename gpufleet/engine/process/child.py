@@ -24,32 +24,20 @@ from typing import Any
 
 from gpufleet.devices.device import Device
 from gpufleet.engine import wire
-from gpufleet.engine.oom import is_oom
+from gpufleet.engine.oom import is_sticky_cuda_error
 from gpufleet.engine.process.shm import Attachments, SegmentPool
 from gpufleet.engine.step import BatchStep
 from gpufleet.errors import GpufleetError
 from gpufleet.models.base import StackedBatch
 
-__all__ = ["ChildSpec", "is_sticky_cuda_error", "main", "report_progress"]
+__all__ = ["STICKY_EXIT", "ChildSpec", "is_sticky_cuda_error", "main", "report_progress"]
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.0002  # how often a child with a batch on the device checks whether it has finished ...
 _POLL_MAX_S = 0.005  # ... and at most how seldom, for a batch that has run for long
 
-_STICKY = ("illegal memory access", "device-side assert", "unspecified launch failure", "cuda error",
-           "illegal instruction", "misaligned address", "cudaerror", "cublas_status_execution_failed")
 STICKY_EXIT = 70  # exit status after a sticky CUDA error
-
-
-def is_sticky_cuda_error(exc: BaseException) -> bool:
-    """True for CUDA errors that poison the context (illegal address, device-side assert, launch failure…)."""
-    if is_oom(exc):
-        return False
-    if type(exc).__name__ in ("AcceleratorError", "CudaError", "CUDARuntimeError"):
-        return True
-    msg = str(exc).lower()
-    return any(s in msg for s in _STICKY)
 
 
 @dataclass
@@ -298,7 +286,7 @@ class _Child:
         prepared, need = self.codec.prepare(outputs)
         seg = self.pool.acquire(need) if need else None
         infos = {i: wire.error_info(e, with_traceback=True) for i, e in errors.items()}
-        res = wire.BatchDone(batch.id, prepared, infos, None, timings, step.oom_batch, media,
+        res = wire.BatchDone(batch.id, prepared, infos, None, timings, step.oom_batch, media, step.isolated,
                              segments=[seg.name] if seg is not None else [], dropped=self.pool.dropped)
         self.pool.dropped = []
         try:

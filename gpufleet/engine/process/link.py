@@ -209,7 +209,7 @@ class ChildLink:
         timings["ipc"] = max(0.0, now - sent.t_start - sum(
             v * (n if k in ("preprocess", "postprocess") else 1) for k, v in msg.timings.items()
             if k in ("preprocess", "predict", "postprocess")))
-        w.record_batch(n, timings, msg.media_s)
+        w.record_batch(n, timings, msg.media_s, msg.isolated)
         ok = []
         for i, r in enumerate(reqs):
             if i in msg.errors:
