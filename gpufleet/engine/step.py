@@ -137,26 +137,23 @@ class BatchStep:
         return is_sticky_cuda_error(err.__cause__ if err.__cause__ is not None else err)
 
     def _predict(self, items: list, offset: int, outputs: list, errors: dict[int, GpufleetError]) -> None:
+        failure: GpufleetError
         try:
             out, oom = self._attempt(self.model.predict, items, len(items))
-        except GpufleetError as err:
-            if self._sticky(err):
+        except GpufleetError as exc:  # a model error: isolate the item(s) it belongs to
+            if self._sticky(exc):
                 raise
-            if len(items) == 1:
-                errors[offset] = err  # the item that fails, alone
+            failure = exc
+            if len(items) > 1:
+                self.isolated += 1
+        else:
+            if out is not None:
+                outputs[offset:offset + len(items)] = out
                 return
-            self.isolated += 1
-            half = len(items) // 2
-            self._predict(items[:half], offset, outputs, errors)
-            self._predict(items[half:], offset + half, outputs, errors)
-            return
-        if out is not None:
-            outputs[offset:offset + len(items)] = out
-            return
+            failure = WorkerError(f"{self.name}: out of memory on a single item: {oom}")
+            failure.__cause__ = oom
         if len(items) == 1:
-            err = WorkerError(f"{self.name}: out of memory on a single item: {oom}")
-            err.__cause__ = oom
-            errors[offset] = err
+            errors[offset] = failure  # the item that fails, alone
             return
         half = len(items) // 2
         self._predict(items[:half], offset, outputs, errors)
