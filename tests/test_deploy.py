@@ -168,3 +168,19 @@ def test_the_env_check_catches_a_name_serve_does_not_read() -> None:
     assert _reads("MAX_BATCH_SIZE", "8") and _reads("GPU_IDS", "0,1") and _reads("GPUFLEET_TOKEN", "x")
     assert _reads("ENABLE_BATCHING", "true") and _reads("GPUFLEET_GRPC_PORT", "8001")
     assert not _reads("MAX_BATCHSIZE", "8") and not _reads("GPUFLEET_PORT", "8000")
+
+
+def test_grafana_dashboard_queries_metrics_the_server_exports() -> None:
+    """deploy/grafana/gpufleet.json parses, and every gpufleet_* / process_* series a panel queries is one that
+    /metrics exports (histograms as _bucket, counters as _total)."""
+    import json
+
+    dash = json.loads((ROOT / "deploy" / "grafana" / "gpufleet.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert len(exprs) >= 10
+    source = (ROOT / "gpufleet" / "server" / "metrics.py").read_text()
+    exported = set(re.findall(r'"(gpufleet_[a-z_]+)"', source))
+    for expr in exprs:
+        for name in re.findall(r"\b(gpufleet_[a-z_]+|process_[a-z_]+)", expr):
+            base = re.sub(r"_(bucket|total)$", "", name)
+            assert base in exported or name.startswith("process_"), f"{name} in {expr!r} is not exported"
