@@ -6,6 +6,8 @@ Backends subclass :class:`BaseWorker` and add how the model runs (:mod:`gpufleet
 
 from __future__ import annotations
 
+import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -14,13 +16,17 @@ from typing import Any
 
 from gpufleet.config import PoolConfig
 from gpufleet.devices.device import Device
+from gpufleet.engine import wire
 from gpufleet.engine.backend import WorkerHooks
 from gpufleet.engine.batcher import Batcher
+from gpufleet.engine.breaker import CircuitBreaker
 from gpufleet.engine.request import Request
 from gpufleet.engine.stats import WorkerStats
 from gpufleet.errors import DeadlineExceeded, GpufleetError, WorkerDied
 
-__all__ = ["BaseWorker"]
+__all__ = ["BaseWorker", "RestartingWorker"]
+
+log = logging.getLogger(__name__)
 
 _EWMA = 0.2  # weight of the newest batch in the per-item time estimate used by the speed balancer
 
@@ -128,41 +134,6 @@ class BaseWorker:
             self.fail(late, DeadlineExceeded(f"deadline passed after {now - late[0].t_submit:.3f}s in queue"))
         return keep
 
-    # -- workers that can die (a process, an actor) -------------------------------------------------------
-    @staticmethod
-    def groups(batch: list[Request]) -> list[list[Request]]:
-        """How a batch is sent: items that already crashed a worker go alone, so a poison input cannot take its
-        neighbours' retries with it; the rest in one batch, or two when some were preprocessed elsewhere (the
-        worker skips preprocess for a preprocessed batch)."""
-        suspects = [[r] for r in batch if r.attempts]
-        rest = [r for r in batch if not r.attempts] if suspects else batch
-        pre = [r for r in rest if r.preprocessed]
-        raw = [r for r in rest if not r.preprocessed] if pre else rest
-        return suspects + [g for g in (pre, raw) if g]
-
-    def after_death(self, sent: list[list[Request]], reason: str, *, first_was_running: bool = True) -> None:
-        """The worker died (``reason``) with ``sent`` batches unanswered, oldest first. It served batches in
-        order, so only the oldest was running (if ``first_was_running``): its items count an attempt and fail
-        with ``WorkerDied`` past ``max_retries``; the others never started and move without counting. Every
-        other item goes to other healthy workers (the pool's ``requeue``), or waits here for the restart."""
-        retry: list[Request] = []
-        for k, reqs in enumerate(sent):
-            for r in reqs:
-                if r.future.done():
-                    continue
-                if k == 0 and first_was_running:
-                    r.attempts += 1
-                    if r.attempts > self.config.max_retries:
-                        self.fail([r], WorkerDied(
-                            f"{self.name}: the worker {reason} while serving this item; gave up after {r.attempts} "
-                            f"attempt(s) (max_retries={self.config.max_retries})"))
-                        continue
-                retry.append(r)
-        retry += self.batcher.drain()
-        left = self.hooks.requeue(self, retry) if retry else []
-        if left:
-            self.batcher.put_many(left)  # nowhere else to go: they wait for the restart
-
     # -- bookkeeping --------------------------------------------------------------------------------------
     def record_batch(self, n: int, timings: dict[str, float], media_s: float = 0.0, isolated: int = 0) -> None:
         """Count a served batch of ``n`` items: ``timings["predict"]`` is its device time (seconds), the other
@@ -204,3 +175,141 @@ class BaseWorker:
 
     def health_extra(self) -> dict[str, Any] | None:
         return None
+
+
+class RestartingWorker(BaseWorker):
+    """A worker whose model copy lives elsewhere and can die (a child process, a Ray actor): a circuit breaker,
+    the restart backoff, what becomes of a dead copy's items, a local model instance for metadata, and the
+    breaker's fields in its reports."""
+
+    def __init__(self, *, index: int, device: Device, config: PoolConfig, hooks: WorkerHooks,
+                 make_model: Callable[[], Any]) -> None:
+        super().__init__(index=index, device=device, config=config, hooks=hooks)
+        self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown_s)
+        self._make_model = make_model
+        self._model: Any = None
+        self._stop = threading.Event()  # the pool is closing: no more restarts
+
+    # -- the supervisor: what a backend fills in ---------------------------------------------------------
+    restart_what = "restarting"  # for the log line before a restart
+
+    def _launch(self) -> bool:
+        """Start the copy and wait for its setup; False (with ``error``) when it failed."""
+        raise NotImplementedError
+
+    def _first_up(self) -> None:
+        """The first copy is up: start the threads that feed it and read its answers."""
+        raise NotImplementedError
+
+    def _serve_until_down(self) -> None:
+        """Return when the copy died (after handing its items on) or the pool closes."""
+        raise NotImplementedError
+
+    def _closed(self) -> None:
+        """The supervisor stops: fail what is still unanswered, if the backend holds any."""
+
+    def _supervise(self) -> None:
+        """The supervisor thread: start the copy, serve until it dies, restart it after the backoff, until the
+        pool closes. A copy that fails its first setup is not restarted: the pool raises or starts degraded."""
+        first = True
+        while not self._stop.is_set():
+            ok = self._launch()
+            if first:
+                first = False
+                self.ready.set()
+                if not ok:
+                    return
+                self._first_up()
+            if ok:
+                self._serve_until_down()
+            else:
+                self.breaker.failure(f"restart failed: {self.error}")
+            if self._stop.is_set() or not self.wait_to_restart(self._stop, self.restart_what):
+                break
+        self._closed()
+
+    @property
+    def model(self) -> Any:
+        """A local, not set-up instance for metadata (the served copies live elsewhere)."""
+        if self._model is None and self.error is None:
+            try:
+                self._model = self._make_model()
+            except Exception:  # noqa: BLE001 - metadata only
+                return None
+        return self._model
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **self.breaker.describe()}
+
+    def health_extra(self) -> dict[str, Any]:
+        b = self.breaker.describe()
+        where = {k: v for k, v in self.placement().items() if k in ("node", "hostname", "pid")}
+        return {**where, "state": b["state"], "restarts": self.stats.restarts,
+                "worker_failures": b["worker_failures"], "breaker_trips": b["breaker_trips"],
+                "last_failure": b["last_failure"]}
+
+    @staticmethod
+    def groups(batch: list[Request]) -> list[list[Request]]:
+        """How a batch is sent: items that already crashed a worker go alone, so a poison input cannot take its
+        neighbours' retries with it; the rest in one batch, or two when some were preprocessed elsewhere (the
+        worker skips preprocess for a preprocessed batch)."""
+        suspects = [[r] for r in batch if r.attempts]
+        rest = [r for r in batch if not r.attempts] if suspects else batch
+        pre = [r for r in rest if r.preprocessed]
+        raw = [r for r in rest if not r.preprocessed] if pre else rest
+        return suspects + [g for g in (pre, raw) if g]
+
+    def after_death(self, sent: list[list[Request]], reason: str, *, first_was_running: bool = True) -> None:
+        """The worker died (``reason``) with ``sent`` batches unanswered, oldest first. It served batches in
+        order, so only the oldest was running (if ``first_was_running``): its items count an attempt and fail
+        with ``WorkerDied`` past ``max_retries``; the others never started and move without counting. Every
+        other item goes to other healthy workers (the pool's ``requeue``), or waits here for the restart."""
+        retry: list[Request] = []
+        for k, reqs in enumerate(sent):
+            for r in reqs:
+                if r.future.done():
+                    continue
+                if k == 0 and first_was_running:
+                    r.attempts += 1
+                    if r.attempts > self.config.max_retries:
+                        self.fail([r], WorkerDied(
+                            f"{self.name}: the worker {reason} while serving this item; gave up after {r.attempts} "
+                            f"attempt(s) (max_retries={self.config.max_retries})"))
+                        continue
+                retry.append(r)
+        retry += self.batcher.drain()
+        left = self.hooks.requeue(self, retry) if retry else []
+        if left:
+            self.batcher.put_many(left)  # nowhere else to go: they wait for the restart
+
+    def wait_to_restart(self, stop: threading.Event, what: str) -> bool:
+        """After a failure of a worker that restarts (a process, an actor): wait the backoff, exponential in
+        the breaker's failures in a row and capped, with jitter; count a restart. False when ``stop`` is set
+        meanwhile (the pool is closing)."""
+        k = max(1, self.breaker.failures)
+        delay = min(self.config.restart_backoff_max_s, self.config.restart_backoff_s * 2 ** (k - 1))
+        delay *= random.uniform(0.75, 1.25)
+        log.warning("%s: %s in %.2fs (failure %d in a row)", self.name, what, delay, k)
+        if stop.wait(delay):
+            return False
+        with self.stats.lock:
+            self.stats.restarts += 1
+        return True
+
+    def answer(self, reqs: list[Request], done: wire.BatchDone, timings: dict[str, float], now: float) -> None:
+        """Answer a batch served away from the pool (a child process, a Ray actor) from its ``BatchDone``: lower
+        the batch size after out-of-memory, fail every item with the batch's error, or count the batch
+        (``timings``) and answer each item with its output or its own error."""
+        if done.oom_batch:
+            self.lower_max_batch(done.oom_batch, log)
+        if done.error is not None:
+            self.fail(reqs, wire.error_from(done.error))
+            return
+        self.record_batch(len(reqs), timings, done.media_s, done.isolated)
+        ok = []
+        for i, r in enumerate(reqs):
+            if i in done.errors:
+                self.fail([r], wire.error_from(done.errors[i]))
+            else:
+                ok.append((r, done.outputs[i]))
+        self.resolve(ok, now)

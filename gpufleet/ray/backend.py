@@ -14,7 +14,6 @@ The pool's front ends, batchers and balancer stay in this process: Ray only plac
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from typing import Any
@@ -25,10 +24,9 @@ from gpufleet.config import PoolConfig
 from gpufleet.devices.device import Device
 from gpufleet.engine import wire
 from gpufleet.engine.backend import Fleet, WorkerHooks
-from gpufleet.engine.breaker import CircuitBreaker
 from gpufleet.engine.process.placement import model_blob
 from gpufleet.engine.request import Request
-from gpufleet.engine.worker import BaseWorker
+from gpufleet.engine.worker import RestartingWorker
 from gpufleet.errors import ConfigError, DeviceError, PoolClosed, WorkerError
 from gpufleet.models.resolve import model_factory
 from gpufleet.ray.actor import GpuActor
@@ -90,20 +88,17 @@ def _device_name(node: RayNode | None, gpu: int) -> str:
     return f"{node.gpu_type or 'GPU'} #{gpu} on {node.hostname or node.address}"
 
 
-class RayWorker(BaseWorker):
+class RayWorker(RestartingWorker):
     """One worker whose model copy is a Ray actor. Created by :func:`make_fleet`, driven by the pool."""
 
     backend = "ray"
 
     def __init__(self, *, index: int, device: Device, config: PoolConfig, hooks: WorkerHooks, ray: Any,
                  actor_cls: Any, blob: bytes, make_model: Any, node: RayNode | None, use_gpu: bool) -> None:
-        super().__init__(index=index, device=device, config=config, hooks=hooks)
-        self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown_s)
+        super().__init__(index=index, device=device, config=config, hooks=hooks, make_model=make_model)
         self._ray = ray
         self._actor_cls = actor_cls
         self._blob = blob
-        self._make_model = make_model
-        self._model: Any = None
         self._node = node
         self._use_gpu = use_gpu
         self._actor: Any = None
@@ -113,7 +108,6 @@ class RayWorker(BaseWorker):
         self._stopping = False
         self._inflight: dict[Any, list[Request]] = {}  # call ref -> its items, in the order sent
         self._dead: BaseException | None = None  # set by the collector when the actor died
-        self._stop = threading.Event()
         self._supervisor = threading.Thread(target=self._supervise, name=f"gpufleet-{self.name}-sup", daemon=True)
         self._feeder = threading.Thread(target=self._feed, name=f"gpufleet-{self.name}-feed", daemon=True)
         self._collector = threading.Thread(target=self._collect, name=f"gpufleet-{self.name}-collect", daemon=True)
@@ -123,28 +117,8 @@ class RayWorker(BaseWorker):
     def healthy(self) -> bool:
         return self._up and self.breaker.allows_traffic
 
-    @property
-    def model(self) -> Any:
-        """A local, not set-up instance for metadata (the served copy lives in the actor)."""
-        if self._model is None and self.error is None:
-            try:
-                self._model = self._make_model()
-            except Exception:  # noqa: BLE001 - metadata only
-                return None
-        return self._model
-
     def placement(self) -> dict[str, Any]:
         return dict(self._where)
-
-    def describe(self) -> dict:
-        return {**super().describe(), **self.breaker.describe()}
-
-    def health_extra(self) -> dict:
-        b = self.breaker.describe()
-        return {"node": self._where.get("node"), "hostname": self._where.get("hostname"),
-                "pid": self._where.get("pid"), "state": b["state"], "restarts": self.stats.restarts,
-                "worker_failures": b["worker_failures"], "breaker_trips": b["breaker_trips"],
-                "last_failure": b["last_failure"]}
 
     # -- life cycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -178,40 +152,22 @@ class RayWorker(BaseWorker):
                 pass
 
     # -- supervisor ---------------------------------------------------------------------------------------
-    def _supervise(self) -> None:
-        first = True
-        while not self._stop.is_set():
-            ok = self._launch()
-            if first:
-                first = False
-                self.ready.set()
-                if not ok:
-                    return  # a setup failure at start-up: the pool raises or starts degraded
-                self._feeder.start()
-                self._collector.start()
-            if ok:
-                with self._cv:  # serve until the collector sees the actor die, or the pool closes
-                    while self._dead is None and not self._stopping:
-                        self._cv.wait(0.5)
-                        if self.breaker.poll():
-                            log.info("%s: circuit half-open, probing", self.name)
-                            self.hooks.state()
-                    dead, self._dead = self._dead, None
-                if dead is None:
-                    break
-                self._on_death(dead)
-            else:
-                self.breaker.failure(f"restart failed: {self.error}")
-            if self._stop.is_set():
-                break
-            k = max(1, self.breaker.failures)
-            delay = min(self.config.restart_backoff_max_s, self.config.restart_backoff_s * 2 ** (k - 1))
-            delay *= random.uniform(0.75, 1.25)
-            log.warning("%s: recreating the actor in %.2fs (failure %d in a row)", self.name, delay, k)
-            if self._stop.wait(delay):
-                break
-            with self.stats.lock:
-                self.stats.restarts += 1
+    restart_what = "recreating the actor"
+
+    def _first_up(self) -> None:
+        self._feeder.start()
+        self._collector.start()
+
+    def _serve_until_down(self) -> None:
+        with self._cv:  # until the collector sees the actor die, or the pool closes
+            while self._dead is None and not self._stopping:
+                self._cv.wait(0.5)
+                if self.breaker.poll():
+                    log.info("%s: circuit half-open, probing", self.name)
+                    self.hooks.state()
+            dead, self._dead = self._dead, None
+        if dead is not None:
+            self._on_death(dead)
 
     def _launch(self) -> bool:
         """Create the actor (on its node while that node lives) and wait for its setup; False with ``error``."""
@@ -339,19 +295,7 @@ class RayWorker(BaseWorker):
         if self.breaker.success():
             log.info("%s: circuit closed", self.name)
             self.hooks.state()
-        if msg.oom_batch:
-            self.lower_max_batch(msg.oom_batch, log)
-        if msg.error is not None:
-            self.fail(reqs, wire.error_from(msg.error))
-            return
-        self.record_batch(len(reqs), dict(msg.timings), msg.media_s, msg.isolated)
-        ok = []
-        for i, r in enumerate(reqs):
-            if i in msg.errors:
-                self.fail([r], wire.error_from(msg.errors[i]))
-            else:
-                ok.append((r, msg.outputs[i]))
-        self.resolve(ok, now)
+        self.answer(reqs, msg, dict(msg.timings), now)
 
 
 def _stack(items: list) -> tuple[np.ndarray, str] | None:

@@ -23,7 +23,7 @@ import msgspec
 from gpufleet.engine import wire
 from gpufleet.engine.process.shm import Attachments, SegmentPool, unlink_prefix
 from gpufleet.engine.request import Request
-from gpufleet.engine.worker import BaseWorker
+from gpufleet.engine.worker import RestartingWorker
 from gpufleet.errors import InputError
 
 __all__ = ["ChildLink", "ChildOwner", "Sent"]
@@ -41,7 +41,7 @@ class Sent:
 
 
 class ChildOwner(Protocol):
-    """What the link needs of its worker beyond :class:`~gpufleet.engine.worker.BaseWorker`'s bookkeeping."""
+    """What the link needs of its worker beyond :class:`~gpufleet.engine.worker.RestartingWorker`."""
 
     def kill_child(self) -> None: ...
 
@@ -50,7 +50,7 @@ class ChildOwner(Protocol):
     def on_batch_answered(self) -> None: ...
 
 
-class _Worker(BaseWorker, ChildOwner):
+class _Worker(RestartingWorker, ChildOwner):
     """For type checking only: the worker a link serves."""
 
 
@@ -198,25 +198,13 @@ class ChildLink:
             with self._seg_lock:
                 self._segments.release(sent.seg)
         w.on_batch_answered()
-        if msg.oom_batch:
-            w.lower_max_batch(msg.oom_batch, log)
         reqs = sent.reqs
-        if msg.error is not None:
-            w.fail(reqs, wire.error_from(msg.error))
-            return
         n = len(reqs)
         timings = dict(msg.timings)
         timings["ipc"] = max(0.0, now - sent.t_start - sum(
             v * (n if k in ("preprocess", "postprocess") else 1) for k, v in msg.timings.items()
             if k in ("preprocess", "predict", "postprocess")))
-        w.record_batch(n, timings, msg.media_s, msg.isolated)
-        ok = []
-        for i, r in enumerate(reqs):
-            if i in msg.errors:
-                w.fail([r], wire.error_from(msg.errors[i]))
-            else:
-                ok.append((r, msg.outputs[i]))
-        w.resolve(ok, now)
+        w.answer(reqs, msg, timings, now)
 
     # -- feeder -------------------------------------------------------------------------------------------
     def feed(self) -> None:

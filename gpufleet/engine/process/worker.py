@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -28,13 +27,12 @@ from gpufleet.config import PoolConfig
 from gpufleet.devices.device import Device
 from gpufleet.engine import wire
 from gpufleet.engine.backend import WorkerHooks
-from gpufleet.engine.breaker import CircuitBreaker
 from gpufleet.engine.process.child import STICKY_EXIT, ChildSpec, child_device
 from gpufleet.engine.process.child import main as child_main
 from gpufleet.engine.process.link import ChildLink, Sent
 from gpufleet.engine.process.placement import pin_env, verify_placement
 from gpufleet.engine.request import Request
-from gpufleet.engine.worker import BaseWorker
+from gpufleet.engine.worker import RestartingWorker
 from gpufleet.errors import DeadlineExceeded, DeviceError, PoolClosed, WorkerError
 
 __all__ = ["ProcessWorker"]
@@ -45,24 +43,20 @@ _SPAWN_LOCK = threading.Lock()  # Process.start() touches multiprocessing global
 _CTX = mp.get_context("spawn")
 
 
-class ProcessWorker(BaseWorker):
+class ProcessWorker(RestartingWorker):
     """Serves one device from a child process. Created by :func:`gpufleet.engine.process.make_fleet`."""
 
     backend = "process"
 
     def __init__(self, *, index: int, device: Device, config: PoolConfig, hooks: WorkerHooks, model_blob: bytes,
                  make_model: Callable[[], Any], prefix: str, threads_per_child: int | None = None) -> None:
-        super().__init__(index=index, device=device, config=config, hooks=hooks)
-        self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown_s)
+        super().__init__(index=index, device=device, config=config, hooks=hooks, make_model=make_model)
         self.pid: int | None = None
         self.context_on: str | None = None  # the child's GPU as it reported it: "cuda:0 NVIDIA H100 (GPU-1a2b…)"
         self.link = ChildLink(self, prefix)
-        self._make_model = make_model
-        self._model: Any = None
         self._blob = model_blob
         self._prefix = prefix
         self._env = pin_env(device, threads_per_child)
-        self._stop = threading.Event()
         self._proc: Any = None
         self._reader: threading.Thread | None = None
         self._started = threading.Event()  # this generation answered Ready / SetupFailed
@@ -74,16 +68,6 @@ class ProcessWorker(BaseWorker):
     @property
     def healthy(self) -> bool:
         return self.link.up and self.breaker.allows_traffic
-
-    @property
-    def model(self) -> Any:
-        """A local, not set-up instance for metadata (the served copies live in the children)."""
-        if self._model is None and self.error is None:
-            try:
-                self._model = self._make_model()
-            except Exception:  # noqa: BLE001 - metadata only
-                return None
-        return self._model
 
     def placement(self) -> dict[str, Any]:
         return {"pid": self.pid, "context_on": self.context_on}
@@ -142,38 +126,24 @@ class ProcessWorker(BaseWorker):
         self.link.close_segments(all_generations=True)
 
     # -- supervisor ---------------------------------------------------------------------------------------
-    def _supervise(self) -> None:
-        first = True
-        while not self._stop.is_set():
-            try:
-                ok = self._launch()
-            except Exception as exc:  # noqa: BLE001 - e.g. the OS refused a process: report, never hang start-up
-                self.error = WorkerError(f"{self.name}: cannot start the worker process: {exc}")
-                log.error("%s", self.error)
-                ok = False
-            if first:
-                first = False
-                self.ready.set()
-                if not ok:
-                    return  # a setup failure at start-up: the pool raises or starts degraded
-                self._feeder.start()
-            if ok:
-                self._watch()
-            else:
-                self.breaker.failure(f"restart failed: {self.error}")
-            if self._stop.is_set():
-                break
-            k = max(1, self.breaker.failures)
-            delay = min(self.config.restart_backoff_max_s, self.config.restart_backoff_s * 2 ** (k - 1))
-            delay *= random.uniform(0.75, 1.25)
-            log.warning("%s: restarting in %.2fs (failure %d in a row)", self.name, delay, k)
-            if self._stop.wait(delay):
-                break
-            with self.stats.lock:
-                self.stats.restarts += 1
+    def _first_up(self) -> None:
+        self._feeder.start()
+
+    def _serve_until_down(self) -> None:
+        self._watch()
+
+    def _closed(self) -> None:
         self._fail_sent(self.link.take_inflight(), PoolClosed("the pool closed before the item was served"))
 
     def _launch(self) -> bool:
+        try:
+            return self._spawn()
+        except Exception as exc:  # noqa: BLE001 - e.g. the OS refused a process: report, never hang start-up
+            self.error = WorkerError(f"{self.name}: cannot start the worker process: {exc}")
+            log.error("%s", self.error)
+            return False
+
+    def _spawn(self) -> bool:
         """Spawn a child and wait until it is set up; False (with ``self.error``) when it is not."""
         gen = self.link.new_generation()
         self._started.clear()
@@ -276,15 +246,6 @@ class ProcessWorker(BaseWorker):
     def _fail_sent(self, inflight: list[Sent], err: PoolClosed) -> None:
         for sent in inflight:
             self.fail(sent.reqs, err)
-
-    def describe(self) -> dict:
-        return {**super().describe(), **self.breaker.describe()}
-
-    def health_extra(self) -> dict:
-        b = self.breaker.describe()
-        return {"pid": self.pid, "state": b["state"], "restarts": self.stats.restarts,
-                "worker_failures": b["worker_failures"], "breaker_trips": b["breaker_trips"],
-                "last_failure": b["last_failure"]}
 
 
 def _exit(proc: Any) -> str:
