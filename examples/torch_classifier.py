@@ -13,9 +13,15 @@ import gpufleet
 
 
 def build() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                               torch.nn.Flatten(), torch.nn.Linear(8, 10), torch.nn.Softmax(dim=1)).eval()
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                 torch.nn.Flatten(), torch.nn.Linear(8, 10), torch.nn.Softmax(dim=1)).eval()
+    # The same weights in every copy: a generator of its own, because the workers build their copies at once
+    # in threads and torch.manual_seed() is process-wide (two builds would interleave their draws).
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return module
 
 
 class Classifier(gpufleet.TorchModel):

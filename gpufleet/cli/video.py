@@ -68,14 +68,6 @@ def register(app: typer.Typer) -> None:
                                     "their memory). ray is not supported: run gpufleet video on each node."),
     ) -> None:
         """Detect (or classify) on every frame of one or more videos across all devices, in frame order."""
-        import os
-
-        missing = [i for i in inputs if "://" not in i and not os.path.exists(i.removeprefix("file:"))]
-        if len(missing) == len(inputs):  # nothing could run: say so now, not after loading the model
-            typer.echo(f"error: {', '.join(missing)}: no such file", err=True)
-            raise typer.Exit(2)
-        from gpufleet.video import VideoConfig, run
-
         problem = None
         if backend == "ray":
             problem = ("gpufleet video does not run on --backend ray: frames are decoded by NVDEC straight into "
@@ -86,6 +78,14 @@ def register(app: typer.Typer) -> None:
         if problem is not None:
             typer.echo(f"error: {problem}", err=True)
             raise typer.Exit(2)
+
+        import os
+
+        missing = [i for i in inputs if "://" not in i and not os.path.exists(i.removeprefix("file:"))]
+        if len(missing) == len(inputs):  # nothing could run: say so now, not after loading the model
+            typer.echo(f"error: {', '.join(missing)}: no such file", err=True)
+            raise typer.Exit(2)
+        from gpufleet.video import VideoConfig, run
 
         try:
             cfg = VideoConfig(model=model, runtime=runtime, devices=gpus, cpu_devices=cpu_devices, decoder=decoder,
