@@ -19,7 +19,7 @@ import importlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gpufleet.errors import ConfigError
@@ -111,7 +111,6 @@ class Fleet:
     devices: list[Device]
     workers: list[Worker]
     mps: dict[str, Any] | None = None  # MPS status, for backends that run one process per worker
-    info: dict[str, Any] = field(default_factory=dict)
     grow: Callable[[int], tuple[list[Device], list[Worker]]] | None = None
     """For backends whose devices can appear later (Ray nodes that join): the devices found since, and their
     workers (not started), numbered from the given worker count; ``None``: the devices never change."""
