@@ -53,7 +53,7 @@ class BaseWorker:
         self.ready = threading.Event()
         # One answer per item: a backend's threads (result reader, supervisor, deadline watch) may race to
         # finish the same items; whoever holds this lock first answers, the others see them done.
-        self._answer_lock = threading.Lock()
+        self._answer_lock = threading.RLock()  # re-entrant: a done-callback may answer another item here
         self._oom_logged = False
 
     @property
