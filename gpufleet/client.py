@@ -128,12 +128,34 @@ class _Call:
             raise DeadlineExceeded("the call's deadline passed before it was answered")
         return default if left is None else min(default, left)
 
+    def outcome(self, result: Any, url: str, path: str, ok: tuple[int, ...]) -> Any:
+        """After one attempt (an httpx response, or the transport error it raised): the response to return, or
+        the seconds (a float) to wait before the next attempt; raises what ends the call. The sync and async
+        clients share it."""
+        httpx = _httpx()
+        if isinstance(result, Exception):  # httpx.TransportError
+            if isinstance(result, (httpx.ConnectError, httpx.ConnectTimeout)):
+                wait = self.next_wait(None)
+                if wait is None:
+                    raise _transport_error(result, url + path) from result
+                return wait
+            if isinstance(result, httpx.TimeoutException):
+                raise DeadlineExceeded(f"{path}: no answer within the call's deadline") from result
+            raise _transport_error(result, url + path) from result
+        if result.status_code in ok:
+            return result
+        if result.status_code in self.retry.statuses:
+            wait = self.next_wait(_retry_after(result.headers.get("retry-after")))
+            if wait is not None:
+                return wait
+        raise _error(result.status_code, result.content, path)
+
     def next_wait(self, retry_after: float | None) -> float | None:
         """Seconds to sleep before trying again, or ``None`` when out of attempts or time."""
         self.attempt += 1
         if self.attempt >= self.retry.attempts:
             return None
-        wait = self.retry.wait_s(self.attempt - 1, retry_after)
+        wait = float(self.retry.wait_s(self.attempt - 1, retry_after))
         return wait if time.monotonic() + wait < self.stop_at else None
 
 
@@ -196,26 +218,15 @@ class Client(_Base):
         httpx = _httpx()
         call = _Call(self.retry, timeout_s)
         while True:
+            timeout = call.attempt_timeout(self.timeout_s)
             try:
-                r = self._http.request(method, path, timeout=call.attempt_timeout(self.timeout_s), **kwargs)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                wait = call.next_wait(None)
-                if wait is None:
-                    raise _transport_error(exc, self.url + path) from exc
-                time.sleep(wait)
-                continue
-            except httpx.TimeoutException as exc:
-                raise DeadlineExceeded(f"{path}: no answer within the call's deadline") from exc
+                result: Any = self._http.request(method, path, timeout=timeout, **kwargs)
             except httpx.TransportError as exc:
-                raise _transport_error(exc, self.url + path) from exc
-            if r.status_code in ok:
-                return r
-            if r.status_code in self.retry.statuses:
-                wait = call.next_wait(_retry_after(r.headers.get("retry-after")))
-                if wait is not None:
-                    time.sleep(wait)
-                    continue
-            raise _error(r.status_code, r.content, path)
+                result = exc
+            step = call.outcome(result, self.url, path, ok)
+            if not isinstance(step, float):
+                return step
+            time.sleep(step)
 
     def predict(self, x: Any, *, content_type: str | None = None, timeout_s: float | None = None) -> Any:
         """``POST /predict``: ``x`` as JSON, or bytes with ``content_type`` (default octet-stream); the result."""
@@ -282,26 +293,15 @@ class AsyncClient(_Base):
         httpx = _httpx()
         call = _Call(self.retry, timeout_s)
         while True:
+            timeout = call.attempt_timeout(self.timeout_s)
             try:
-                r = await self._http.request(method, path, timeout=call.attempt_timeout(self.timeout_s), **kwargs)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                wait = call.next_wait(None)
-                if wait is None:
-                    raise _transport_error(exc, self.url + path) from exc
-                await asyncio.sleep(wait)
-                continue
-            except httpx.TimeoutException as exc:
-                raise DeadlineExceeded(f"{path}: no answer within the call's deadline") from exc
+                result: Any = await self._http.request(method, path, timeout=timeout, **kwargs)
             except httpx.TransportError as exc:
-                raise _transport_error(exc, self.url + path) from exc
-            if r.status_code in ok:
-                return r
-            if r.status_code in self.retry.statuses:
-                wait = call.next_wait(_retry_after(r.headers.get("retry-after")))
-                if wait is not None:
-                    await asyncio.sleep(wait)
-                    continue
-            raise _error(r.status_code, r.content, path)
+                result = exc
+            step = call.outcome(result, self.url, path, ok)
+            if not isinstance(step, float):
+                return step
+            await asyncio.sleep(step)
 
     async def predict(self, x: Any, *, content_type: str | None = None, timeout_s: float | None = None) -> Any:
         r = await self._send("POST", "/predict", timeout_s, **self._predict_request(x, content_type))
