@@ -17,7 +17,17 @@ from gpufleet.engine.oom import empty_cache, is_oom, is_sticky_cuda_error
 from gpufleet.errors import GpufleetError, InputError, WorkerError
 from gpufleet.models.base import optional_stage
 
-__all__ = ["BatchStep", "preprocess_error"]
+__all__ = ["BatchStep", "poll_interval", "preprocess_error"]
+
+_POLL_S = 0.0002  # how often a worker with a batch on the device checks whether it has finished ...
+_POLL_MAX_S = 0.005  # ... and at most how seldom, for a batch that has run for long
+
+
+def poll_interval(age_s: float) -> float:
+    """How long a worker waiting for a launched batch (``age_s`` seconds on the device) waits before it asks
+    ``ready`` again: every 0.2 ms for batches of up to 20 ms; one that has run for longer is checked less often
+    (1% of its age, at most every 5 ms), so a minutes-long item does not keep a core busy polling."""
+    return min(_POLL_MAX_S, max(_POLL_S, 0.01 * age_s))
 
 
 def preprocess_error(exc: BaseException) -> GpufleetError:

@@ -4,6 +4,12 @@ An actor runs :class:`gpufleet.engine.step.BatchStep` like a thread worker or a 
 preprocess, predict (launch/collect), out-of-memory split, output check and postprocess, and the same errors,
 returned to the pool as :class:`gpufleet.engine.wire.BatchDone`. A sticky CUDA error ends the actor's process
 (every later kernel in that context would fail); the pool then recreates the actor.
+
+The actor is threaded (``max_concurrency``): Ray receives the next calls and returns the finished ones on its
+own threads while one *model thread* runs every model call, in the order the batches arrived — as a process
+child does: for models with ``launch``/``collect`` it launches the next batch before it collects the previous
+one, so the device never waits for Ray's round trip; for the others, Ray's work on the calls around a batch
+overlaps its ``predict``.
 """
 
 from __future__ import annotations
@@ -11,14 +17,16 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
+from collections import deque
 from typing import Any
 
 from gpufleet.devices.device import Device
 from gpufleet.engine import wire
 from gpufleet.engine.process.child import STICKY_EXIT, is_sticky_cuda_error
 from gpufleet.engine.process.placement import GPU_CHILD_THREADS
-from gpufleet.engine.step import BatchStep
+from gpufleet.engine.step import BatchStep, poll_interval
 from gpufleet.errors import GpufleetError
 from gpufleet.models.base import StackedBatch
 
@@ -34,10 +42,14 @@ class GpuActor:
                  max_batch_size: int, use_gpu: bool) -> None:
         self.name = name
         self.where: dict[str, Any] = {}
+        self._inbox: deque[_Call] = deque()  # calls received, not yet begun by the model thread
+        self._cv = threading.Condition()
         try:
             self._setup(model_blob, batch_buckets, max_batch_size, use_gpu)
         except BaseException as exc:  # noqa: BLE001 - reported by placement(), so the pool sees the model's error
             self.where = {"error": wire.error_info(exc, with_traceback=True)}
+            return
+        threading.Thread(target=self._serve, name=f"gpufleet-{name}-model", daemon=True).start()
 
     def _setup(self, model_blob: bytes, batch_buckets: tuple[int, ...] | None, max_batch_size: int,
                use_gpu: bool) -> None:
@@ -78,24 +90,117 @@ class GpuActor:
 
     def run(self, items: list, stacked: tuple[Any, str] | None, preprocessed: bool) -> wire.BatchDone:
         """Serve one batch (``items``, or the rows of ``stacked``: an array and the torch dtype name its rows
-        were sent as) and answer it as a whole."""
-        step = self.step
+        were sent as) and answer it as a whole. Runs on one of Ray's threads, which waits while the model
+        thread serves the batch."""
         if stacked is None:
             batch = items
         else:
             block, torch_name = stacked
             batch = StackedBatch(wire.as_tensor(block, torch_name) if torch_name else block)
-        timings: dict[str, float] = {}
-        alive, errors = step.begin(batch, preprocessed, timings)
-        t0 = time.monotonic()
+        call = _Call(batch, preprocessed)
+        with self._cv:
+            self._inbox.append(call)
+            self._cv.notify()
+        call.answered.wait()
+        assert call.result is not None
+        return call.result
+
+    # -- the model thread ---------------------------------------------------------------------------------
+    def _serve(self) -> None:
+        """Serve the calls in the order they came; with launch/collect, the next batch is launched before the
+        previous one is collected (two batches on the device), as in a process child."""
+        pipelined = self.step.pipelined
+        pending: _Call | None = None
+        while True:
+            call = self._next(pending)
+            if call is None:  # the device finished pending and nothing else came: answer it now
+                assert pending is not None
+                self._finish(pending)
+                pending = None
+                continue
+            began = self._begin(call)
+            if pending is not None:
+                self._finish(pending)
+                pending = None
+            if began:
+                if pipelined:
+                    pending = call
+                else:
+                    self._finish(call)
+
+    def _next(self, pending: _Call | None) -> _Call | None:
+        """The next call: waited for when nothing is pending; while ``pending`` runs on the device, the next one
+        as soon as it comes, or None once the device has finished ``pending`` first (at once for models
+        without ``ready``)."""
+        ready = self.step.ready
+        with self._cv:
+            while True:
+                if self._inbox:
+                    return self._inbox.popleft()
+                if pending is None:
+                    self._cv.wait()
+                    continue
+                if ready is None or pending.handle is None:
+                    return None
+                try:
+                    if ready(pending.handle):
+                        return self._inbox.popleft() if self._inbox else None
+                except Exception:  # noqa: BLE001 - collect() reports the batch's error
+                    return None
+                self._cv.wait(poll_interval(time.monotonic() - pending.t0))
+
+    def _begin(self, call: _Call) -> bool:
+        """Preprocess the batch and, for launch/collect models, start it on the device; False if it was answered
+        already (its launch failed)."""
+        step = self.step
         try:
-            handle = step.launch(step.alive_items(batch, alive)) if step.pipelined and alive else None
-            outputs, media = step.complete(batch, alive, errors, handle, t0, timings)
-        except GpufleetError as err:
-            cause = err.__cause__ if err.__cause__ is not None else err
-            if is_sticky_cuda_error(cause):
-                log.error("%s: sticky CUDA error, the actor exits: %s", self.name, err)
-                os._exit(STICKY_EXIT)  # the pool sees the actor die, requeues the batch and recreates it
-            return wire.BatchDone(0, error=wire.error_info(err, with_traceback=True), oom_batch=step.oom_batch)
-        infos = {i: wire.error_info(e, with_traceback=True) for i, e in errors.items()}
-        return wire.BatchDone(0, outputs, infos, None, timings, step.oom_batch, media, step.isolated)
+            call.alive, call.errors = step.begin(call.batch, call.preprocessed, call.timings)
+            call.t0 = time.monotonic()
+            if step.pipelined and call.alive:
+                # None when it ran out of memory: complete() predicts in parts
+                call.handle = step.launch(step.alive_items(call.batch, call.alive))
+        except BaseException as exc:  # noqa: BLE001 - a GpufleetError from launch, or anything else: the batch's
+            self._failed(call, exc)
+            return False
+        return True
+
+    def _finish(self, call: _Call) -> None:
+        """Collect (or run) a begun batch, postprocess it and answer its call."""
+        step = self.step
+        try:
+            outputs, media = step.complete(call.batch, call.alive, call.errors, call.handle, call.t0, call.timings)
+        except BaseException as exc:  # noqa: BLE001
+            self._failed(call, exc)
+            return
+        infos = {i: wire.error_info(e, with_traceback=True) for i, e in call.errors.items()}
+        call.answer(wire.BatchDone(0, outputs, infos, None, call.timings, step.oom_batch, media, step.isolated))
+
+    def _failed(self, call: _Call, exc: BaseException) -> None:
+        """The whole batch failed: answer it with the error; a sticky CUDA error ends the actor."""
+        err = exc if isinstance(exc, GpufleetError) else self.step.error(exc)
+        cause = err.__cause__ if err.__cause__ is not None else err
+        if is_sticky_cuda_error(cause):
+            log.error("%s: sticky CUDA error, the actor exits: %s", self.name, err)
+            os._exit(STICKY_EXIT)  # the pool sees the actor die, requeues the batch and recreates it
+        call.answer(wire.BatchDone(0, error=wire.error_info(err, with_traceback=True), oom_batch=self.step.oom_batch))
+
+
+class _Call:
+    """One ``run`` call: its batch, its state between begin and finish, and its answer."""
+
+    __slots__ = ("batch", "preprocessed", "timings", "alive", "errors", "handle", "t0", "result", "answered")
+
+    def __init__(self, batch: Any, preprocessed: bool) -> None:
+        self.batch, self.preprocessed = batch, preprocessed
+        self.timings: dict[str, float] = {}
+        self.alive: list[int] = []
+        self.errors: dict[int, GpufleetError] = {}
+        self.handle: Any = None
+        self.t0 = 0.0
+        self.result: wire.BatchDone | None = None
+        self.answered = threading.Event()
+
+    def answer(self, result: wire.BatchDone) -> None:
+        self.result = result
+        self.batch = self.handle = None  # the batch's memory (a view of Ray's object store) goes with the call
+        self.answered.set()

@@ -2,8 +2,9 @@
 
 Each :class:`RayWorker` has the pool's usual batcher; its *feeder* thread sends each batch to its actor in one
 remote call (arrays of one shape and dtype as one ``[n, *shape]`` array: one buffer in Ray's object store, read
-without a copy by the actor) and keeps up to ``pipeline_depth + 1`` calls in flight, so the actor always has
-the next batch queued; its *collector* thread answers the items as calls finish. An actor that dies (killed,
+without a copy by the actor) and keeps up to ``pipeline_depth + 1`` calls in flight: the threaded actor
+launches the next batch before it collects the previous one and has one more queued, so the device never
+waits for Ray's round trip; its *collector* thread answers the items as calls finish. An actor that dies (killed,
 crashed, its node lost) is recreated by the worker's *supervisor* after the same backoff as a process worker,
 on its node while that node lives, elsewhere in the cluster otherwise; its unanswered items are requeued
 (:meth:`~gpufleet.engine.worker.BaseWorker.after_death`), none lost, none answered twice.
@@ -108,6 +109,8 @@ class RayWorker(RestartingWorker):
         self._stopping = False
         self._inflight: dict[Any, list[Request]] = {}  # call ref -> its items, in the order sent
         self._dead: BaseException | None = None  # set by the collector when the actor died
+        self._sent_at: dict[Any, float] = {}  # call ref -> when it was sent
+        self._holding = False  # the feeder waits for a full batch or room in the actor
         self._supervisor = threading.Thread(target=self._supervise, name=f"gpufleet-{self.name}-sup", daemon=True)
         self._feeder = threading.Thread(target=self._feed, name=f"gpufleet-{self.name}-feed", daemon=True)
         self._collector = threading.Thread(target=self._collect, name=f"gpufleet-{self.name}-collect", daemon=True)
@@ -140,6 +143,7 @@ class RayWorker(RestartingWorker):
         self._kill_actor()
         with self._cv:
             left, self._inflight = list(self._inflight.values()), {}
+            self._sent_at.clear()
         for reqs in left:
             self.fail(reqs, PoolClosed("the pool closed before the item was served"))
 
@@ -172,7 +176,10 @@ class RayWorker(RestartingWorker):
     def _launch(self) -> bool:
         """Create the actor (on its node while that node lives) and wait for its setup; False with ``error``."""
         ray = self._ray
-        options: dict[str, Any] = {"num_cpus": 0, "max_restarts": 0}
+        # threaded: Ray receives the next calls and returns finished ones while the model thread serves a batch
+        # (one thread per call the feeder keeps in flight, one more for placement())
+        options: dict[str, Any] = {"num_cpus": 0, "max_restarts": 0,
+                                   "max_concurrency": max(1, self.config.pipeline_depth) + 2}
         if self._use_gpu:
             options["num_gpus"] = 1.0 / self.config.workers_per_device
         node = self._node
@@ -211,6 +218,7 @@ class RayWorker(RestartingWorker):
         with self._cv:
             self._up = False
             inflight, self._inflight = list(self._inflight.values()), {}
+            self._sent_at.clear()
             self._cv.notify_all()
         self.hooks.state()
         self._kill_actor()
@@ -221,7 +229,17 @@ class RayWorker(RestartingWorker):
 
     # -- feeder and collector -----------------------------------------------------------------------------
     def _feed(self) -> None:
-        depth = max(1, self.config.pipeline_depth) + 1  # one call more than the actor runs: it never waits
+        # As a process worker's feeder: pipeline_depth calls go as soon as there is room (the actor launches
+        # the next batch before it collects the previous one), and one more, queued in the actor so it never
+        # waits for the round trip, goes only when it is full: a partial one keeps filling until the actor is
+        # down to pipeline_depth calls, so under a backlog of small requests the batches grow instead of being
+        # cut each time a call returns.
+        launched = max(1, self.config.pipeline_depth)
+        depth = launched + 1
+
+        def actor_has_room() -> bool:
+            return len(self._inflight) < launched or self._stopping or not self._up
+
         while True:
             with self._cv:
                 while not self._stopping and not (self._up and len(self._inflight) < depth):
@@ -230,6 +248,14 @@ class RayWorker(RestartingWorker):
                     self._cv.wait(0.2)
                 if self._stopping:
                     return
+                extra = len(self._inflight) >= launched
+            if extra and len(self.batcher) < self.max_batch:
+                self._holding = True
+                try:
+                    if not self.batcher.wait_full(self.max_batch, actor_has_room, 0.2):
+                        continue  # nothing changed: look again (the actor may have died meanwhile)
+                finally:
+                    self._holding = False
             batch = self.batcher.take(self.max_batch, idle_timeout=0.2)
             if batch is None:
                 return
@@ -255,6 +281,7 @@ class RayWorker(RestartingWorker):
                 self.fail(reqs, _call_error(exc))
                 return
             self._inflight[ref] = reqs
+            self._sent_at[ref] = time.monotonic()
             self._cv.notify_all()
 
     def _collect(self) -> None:
@@ -281,21 +308,32 @@ class RayWorker(RestartingWorker):
                         break
                     with self._cv:
                         reqs = self._inflight.pop(ref, None)
+                        self._sent_at.pop(ref, None)
+                        self._cv.notify_all()
                     if reqs is not None:
                         self.fail(reqs, _call_error(exc))
                     continue
                 with self._cv:
                     reqs = self._inflight.pop(ref, None)
+                    sent = self._sent_at.pop(ref, 0.0)
                     self._cv.notify_all()
+                if self._holding:
+                    self.batcher.wake()  # the feeder holds a partial batch until the actor has room: it has now
                 if reqs is not None:
-                    self._answer(reqs, result)
+                    self._answer(reqs, result, sent)
 
-    def _answer(self, reqs: list[Request], msg: wire.BatchDone) -> None:
+    def _answer(self, reqs: list[Request], msg: wire.BatchDone, sent: float) -> None:
         now = time.monotonic()
         if self.breaker.success():
             log.info("%s: circuit closed", self.name)
             self.hooks.state()
-        self.answer(reqs, msg, dict(msg.timings), now)
+        timings = dict(msg.timings)
+        n = len(reqs)
+        # the call's time not spent serving the batch: Ray's round trip and waiting behind earlier batches
+        timings["ipc"] = max(0.0, now - sent - sum(
+            v * (n if k in ("preprocess", "postprocess") else 1) for k, v in msg.timings.items()
+            if k in ("preprocess", "predict", "postprocess")))
+        self.answer(reqs, msg, timings, now)
 
 
 def _stack(items: list) -> tuple[np.ndarray, str] | None:

@@ -11,7 +11,7 @@ import pytest
 
 from gpufleet import Pool
 from gpufleet.errors import ConfigError, InputError, WorkerDied, WorkerError
-from tests.engine.process_models import Doubler
+from tests.engine.process_models import Doubler, Overlapping
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -31,6 +31,13 @@ def test_items_reach_every_actor_in_order_with_stats_per_node(local_ray) -> None
         assert {g["node"] for g in stats["per_gpu_stats"]} == {node}
         health = pool.health()
         assert health["ready"] and all(b["healthy"] and b["node"] == node for b in health["backends"])
+
+
+def test_an_actor_launches_the_next_batch_before_it_collects_the_last(local_ray) -> None:
+    with Pool(Overlapping, backend="ray", max_batch_size=4, max_wait_ms=1) as pool:
+        out = list(pool.map(range(160)))
+    assert [x for x, _ in out] == [2 * i for i in range(160)]
+    assert max(o for _, o in out) >= 1  # two batches were in the actor's model at once
 
 
 def test_errors_are_the_engines_errors(local_ray) -> None:

@@ -26,16 +26,13 @@ from gpufleet.devices.device import Device
 from gpufleet.engine import wire
 from gpufleet.engine.oom import is_sticky_cuda_error
 from gpufleet.engine.process.shm import Attachments, SegmentPool
-from gpufleet.engine.step import BatchStep
+from gpufleet.engine.step import BatchStep, poll_interval
 from gpufleet.errors import GpufleetError
 from gpufleet.models.base import StackedBatch
 
 __all__ = ["STICKY_EXIT", "ChildSpec", "is_sticky_cuda_error", "main", "report_progress"]
 
 log = logging.getLogger(__name__)
-
-_POLL_S = 0.0002  # how often a child with a batch on the device checks whether it has finished ...
-_POLL_MAX_S = 0.005  # ... and at most how seldom, for a batch that has run for long
 
 STICKY_EXIT = 70  # exit status after a sticky CUDA error
 
@@ -240,9 +237,7 @@ class _Child:
                     return self.conn.poll()
             except Exception:  # noqa: BLE001 - collect() reports the batch's error
                 return False
-            # Every 0.2 ms for batches of up to 20 ms; one that has run for longer is checked less often (1% of
-            # its age, at most every 5 ms), so a minutes-long item does not keep a core busy polling.
-            if self.conn.poll(min(_POLL_MAX_S, max(_POLL_S, 0.01 * (time.monotonic() - pending.t0)))):
+            if self.conn.poll(poll_interval(time.monotonic() - pending.t0)):
                 return True
 
     def _progress_to(self, batch_id: int, alive: list[int]) -> None:
