@@ -166,6 +166,9 @@ for step in ${STEPS:-pool serve video}; do
       stamp "backend overhead (a model that does nothing)"
       pkg new timeout 240 python3 benchmarks/backend_overhead.py --seconds 3 > "$W/backend_overhead.txt" \
         2> "$W/backend_overhead.err"
+      # the same with a stand-in GPU of 4.4 ms per batch: how busy each backend keeps a device (1.0: never waits)
+      pkg new timeout 120 python3 benchmarks/backend_overhead.py --backends process,ray --sleep-ms 4.4 --seconds 3 \
+        >> "$W/backend_overhead.txt" 2>> "$W/backend_overhead.err"
       cat "$W/backend_overhead.txt" >> "$W/steps.txt"
       for b in ${RAY_SERVE:-ray process}; do
         stamp "JPEG serving [backend $b, tuned]"
