@@ -210,6 +210,10 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         out["max_queue"] = _number(*hit, int)
     if hit := first("GPUFLEET_TIMEOUT_S"):
         out["timeout_s"] = _number(*hit, float)
+    if hit := first("GPUFLEET_HEARTBEAT_TIMEOUT_S"):
+        out["heartbeat_timeout_s"] = _number(*hit, float)
+    if hit := first("GPUFLEET_SPARE_PROCESS"):
+        out["spare_process"] = _bool(*hit)
     if (hit := first("GPUFLEET_ENABLE_BATCHING", "ENABLE_BATCHING")) and not _bool(*hit):
         out["max_batch_size"] = 1
     for key, names in _ENV_NAMES.items():
@@ -233,4 +237,6 @@ _ENV_NAMES = {
     "balancer": ("GPUFLEET_BALANCER", "GPU_LOAD_BALANCE_STRATEGY"),
     "max_queue": ("GPUFLEET_MAX_QUEUE",),
     "timeout_s": ("GPUFLEET_TIMEOUT_S",),
+    "heartbeat_timeout_s": ("GPUFLEET_HEARTBEAT_TIMEOUT_S",),
+    "spare_process": ("GPUFLEET_SPARE_PROCESS",),
 }
