@@ -186,9 +186,10 @@ class Pool:
             if routes:
                 w = self._balancer.pick(routes)
             else:  # every worker is down: hold the item for one that restarts (its deadline still applies)
-                w = self._returning(device)
-                if w is None:
+                back = self._returning(device)
+                if back is None:
                     raise WorkerDied("no worker can serve the item: none is healthy and none is restarting")
+                w = back
             w.outstanding += 1
             self._outstanding += 1
             req.worker = w

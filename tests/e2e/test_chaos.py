@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 
 import httpx
 import pytest
@@ -63,10 +62,10 @@ def test_kills_under_load_fail_no_request() -> None:
             t.start()
         for sig in (signal.SIGKILL, signal.SIGKILL, signal.SIGSTOP):
             before = served()
-            assert wait_until(lambda: served() > before + 20, 60)  # the worker serves between the failures
+            assert wait_until(lambda b=before: served() > b + 20, 60)  # the worker serves between the failures
             old = worker_pid()
             os.kill(old, sig)
-            assert wait_until(lambda: worker_pid() != old, 60)
+            assert wait_until(lambda o=old: worker_pid() != o, 60)
         assert wait_until(lambda: len(frontends) == 2, 30)
         victim = int(sorted(frontends)[0])
         os.kill(victim, signal.SIGKILL)

@@ -54,7 +54,7 @@ def test_a_spare_child_takes_over_and_a_new_spare_follows() -> None:
             os.kill(w.pid, signal.SIGKILL)
             assert pool.submit(3).result(timeout=60) == 6
             assert w.pid == spare_pid
-            assert wait_until(lambda: len(w.restart_history) == k + 1, 10)  # recorded just after it serves
+            assert wait_until(lambda n=k + 1: len(w.restart_history) == n, 10)  # recorded just after it serves
             assert "spare_start" in w.stats.last_restart and "spawn_imports" not in w.stats.last_restart
         assert pool.stats()["restarts"] == 2
 
