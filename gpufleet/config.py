@@ -39,7 +39,9 @@ class PoolConfig:
     ``backend="process"`` (one spawned process per worker, see docs/processes.md) adds: ``max_retries``
     (times an item is retried after the process serving it died), ``batch_timeout_s`` (a batch running
     longer kills the process; ``None``: no limit), ``heartbeat_timeout_s``, ``start_timeout_s`` (setup),
-    ``restart_backoff_s``/``restart_backoff_max_s`` (exponential, with jitter), ``breaker_threshold``
+    ``restart_backoff_s``/``restart_backoff_max_s`` (exponential from the second failure in a row, with
+    jitter; the first restarts at once), ``spare_process`` (keep one spawned, imported, idle child per worker
+    to take over at a restart; ``None``: for GPU workers), ``breaker_threshold``
     (failures in a row that open a worker's circuit) and ``breaker_cooldown_s``, ``mps`` (``"auto"``: note
     whether an MPS daemon runs; ``"on"``: require one; ``"off"``: don't look).
 
@@ -66,10 +68,11 @@ class PoolConfig:
     gc_freeze: bool = True
     max_retries: int = 2
     batch_timeout_s: float | None = None
-    heartbeat_timeout_s: float = 10.0
+    heartbeat_timeout_s: float = 5.0
     start_timeout_s: float = 600.0
     restart_backoff_s: float = 0.5
     restart_backoff_max_s: float = 30.0
+    spare_process: bool | None = None
     breaker_threshold: int = 3
     breaker_cooldown_s: float = 5.0
     mps: str = "auto"
@@ -207,6 +210,10 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         out["max_queue"] = _number(*hit, int)
     if hit := first("GPUFLEET_TIMEOUT_S"):
         out["timeout_s"] = _number(*hit, float)
+    if hit := first("GPUFLEET_HEARTBEAT_TIMEOUT_S"):
+        out["heartbeat_timeout_s"] = _number(*hit, float)
+    if hit := first("GPUFLEET_SPARE_PROCESS"):
+        out["spare_process"] = _bool(*hit)
     if (hit := first("GPUFLEET_ENABLE_BATCHING", "ENABLE_BATCHING")) and not _bool(*hit):
         out["max_batch_size"] = 1
     for key, names in _ENV_NAMES.items():
@@ -230,4 +237,6 @@ _ENV_NAMES = {
     "balancer": ("GPUFLEET_BALANCER", "GPU_LOAD_BALANCE_STRATEGY"),
     "max_queue": ("GPUFLEET_MAX_QUEUE",),
     "timeout_s": ("GPUFLEET_TIMEOUT_S",),
+    "heartbeat_timeout_s": ("GPUFLEET_HEARTBEAT_TIMEOUT_S",),
+    "spare_process": ("GPUFLEET_SPARE_PROCESS",),
 }

@@ -30,7 +30,11 @@ __all__ = [
 
 
 class GpufleetError(Exception):
-    """Root of every error gpufleet raises on purpose."""
+    """Root of every error gpufleet raises on purpose. ``retry_after_s``, when set, is the engine's estimate of
+    when a retry may succeed (a restart's measured time, the queue's service time); servers send it as
+    ``Retry-After``."""
+
+    retry_after_s: float | None = None
 
 
 class ConfigError(GpufleetError, ValueError):

@@ -76,6 +76,15 @@ class Worker(Protocol):
         """Serving now: set up, not restarting, circuit closed."""
         ...
 
+    @property
+    def returning(self) -> bool:
+        """Not serving now but being brought back (a restart): the pool holds items for it."""
+        ...
+
+    def back_in_s(self) -> float | None:
+        """Seconds until it is expected to serve (0: it does; ``None``: it is not coming back)."""
+        ...
+
     def start(self) -> None: ...
 
     def join(self, timeout: float | None = None) -> None:

@@ -101,6 +101,17 @@ class Batcher:
         with self._cv:
             self._cv.notify_all()
 
+    def expire(self, now: float) -> list[Request]:
+        """Remove and return the queued items whose deadline passed (they wait for a worker that is down)."""
+        with self._cv:
+            if not any(r.deadline is not None and r.deadline < now for r in self._q):
+                return []
+            late = [r for r in self._q if r.deadline is not None and r.deadline < now]
+            keep = [r for r in self._q if r.deadline is None or r.deadline >= now]
+            self._q.clear()
+            self._q.extend(keep)
+            return late
+
     def drain(self) -> list[Request]:
         """Remove and return everything queued."""
         with self._cv:

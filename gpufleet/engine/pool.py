@@ -178,12 +178,18 @@ class Pool:
             if self._closing:  # close() may have begun since the check above; its routes are gone
                 raise PoolClosed("the pool is closing and takes no new work")
             if self._outstanding >= self.config.max_queue:
-                raise QueueFullError(f"queue full: {self._outstanding} items outstanding (max_queue="
+                err = QueueFullError(f"queue full: {self._outstanding} items outstanding (max_queue="
                                      f"{self.config.max_queue})")
+                err.retry_after_s = self._drain_time()
+                raise err
             routes = self._routes_on.get(device) or self._routes if device is not None else self._routes
-            if not routes:
-                raise WorkerDied("no healthy worker to serve the item")
-            w = self._balancer.pick(routes)
+            if routes:
+                w = self._balancer.pick(routes)
+            else:  # every worker is down: hold the item for one that restarts (its deadline still applies)
+                back = self._returning(device)
+                if back is None:
+                    raise WorkerDied("no worker can serve the item: none is healthy and none is restarting")
+                w = back
             w.outstanding += 1
             self._outstanding += 1
             req.worker = w
@@ -195,6 +201,23 @@ class Pool:
         else:
             self._executor.submit(self._preprocess, w, req)
         return fut
+
+    def _returning(self, device: str | None) -> Worker | None:
+        """The restarting worker expected back first (on ``device`` if it has one); None when none is."""
+        back = [(b, w.outstanding, w) for w in self.workers if w.enabled and w.returning
+                and (b := w.back_in_s()) is not None]
+        if device is not None:
+            back = [x for x in back if x[2].device.label == device] or back
+        return min(back, key=lambda x: x[:2])[2] if back else None
+
+    def _drain_time(self) -> float:
+        """Seconds until the queue has room again, from measured per-item times (and restarts under way)."""
+        live = [w for w in self.workers if w.enabled and (w.healthy or w.returning)]
+        if not live:
+            return 1.0
+        rate = sum(1.0 / w.item_time for w in live if w.item_time > 0)  # items/s of the live workers
+        wait = min((w.back_in_s() or 0.0) for w in live)
+        return min(60.0, max(0.1, wait + (self._outstanding / rate if rate else 1.0)))
 
     def _preprocess(self, w: Worker, req: Request) -> None:
         if req.future.cancelled():
@@ -344,10 +367,23 @@ class Pool:
 
     @property
     def ready(self) -> bool:
-        return not self._closing and bool(self._routes)
+        """Taking work: a worker is healthy, or one restarts and is expected back within the default deadline
+        (``timeout_s``; without one, while any restarts). Items submitted meanwhile wait for it."""
+        if self._closing:
+            return False
+        if self._routes:
+            return True
+        limit = self.config.timeout_s
+        for w in self.workers:
+            if w.enabled and w.returning:
+                back = w.back_in_s()
+                if back is not None and (limit is None or back <= limit):
+                    return True
+        return False
 
     def health(self) -> dict:
-        """Readiness and per-worker health in the seed's ``/health`` shape."""
+        """Readiness and per-worker health in the seed's ``/health`` shape, with each worker's ``status``
+        (up, restarting, down)."""
         return health_report(self.workers, ready=self.ready, draining=self._closing and not self._closed)
 
     def stats(self) -> dict:

@@ -24,13 +24,20 @@ def health_report(workers: Sequence[Worker], *, ready: bool, draining: bool) -> 
             "address": w.name, "device": w.device.label, "worker": w.index, "healthy": w.healthy,
             "enabled": w.enabled, "total_requests": snap["total_requests"], "error_count": snap["errors"],
             "error": None if w.error is None else str(w.error),
+            "status": "up" if w.healthy else "restarting" if w.returning else "down",
         })
+        if not w.healthy and w.returning:
+            back = w.back_in_s()
+            backends[-1]["back_in_s"] = None if back is None else round(back, 3)
         info = w.health_extra()  # process workers: pid, breaker state, restarts
         if info is not None:
             backends[-1].update(info, error_count=snap["errors"] + info.get("worker_failures", 0))
     healthy = sum(1 for b in backends if b["healthy"])
-    return {"healthy": ready, "ready": ready, "draining": draining, "total_backends": len(backends),
-            "healthy_count": healthy, "backends": backends}
+    restarting = sum(1 for b in backends if b["status"] == "restarting")
+    status = "draining" if draining else "ok" if healthy else "restarting" if ready else "unavailable"
+    return {"healthy": ready, "ready": ready, "draining": draining, "status": status,
+            "total_backends": len(backends), "healthy_count": healthy, "restarting_count": restarting,
+            "backends": backends}
 
 
 def stats_report(workers: Sequence[Worker], devices: Sequence[Device], *, balancer: str, backend: str,

@@ -86,6 +86,8 @@ class WorkerStats:
         self.oom_events = 0
         self.isolated_batches = 0  # batches served again in halves to isolate an item the model failed on
         self.restarts = 0
+        self.restart_s_total = 0.0  # seconds from each failure seen to the replacement serving, summed
+        self.last_restart: dict[str, float] = {}  # the last restart's breakdown (seconds per phase)
         self.busy_s = 0.0
         self.media_s = 0.0  # seconds of audio/video produced, for models that declare output_seconds()
         self.started = time.monotonic()
@@ -117,6 +119,8 @@ class WorkerStats:
                 "oom_events": self.oom_events,
                 "isolated_batches": self.isolated_batches,
                 "restarts": self.restarts,
+                "restart_s_total": round(self.restart_s_total, 4),
+                "last_restart": dict(self.last_restart),
                 "busy_s": round(self.busy_s, 4),
                 "media_s": round(self.media_s, 4),
                 "rtf": round(self.busy_s / self.media_s, 5) if self.media_s else None,

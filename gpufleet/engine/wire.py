@@ -43,7 +43,7 @@ from gpufleet.errors import GpufleetError, WorkerError
 __all__ = [
     "Batch", "BatchDone", "Call", "Cancel", "ChildMessage", "Codec", "ErrorInfo", "Free", "FrontMessage",
     "Heartbeat", "Hello", "INLINE_MAX", "Progress", "Ready", "RemoteTraceback", "Reply", "SetupFailed", "Shutdown",
-    "State", "Submit", "as_tensor", "error_from", "error_info", "error_reply", "stackable",
+    "Start", "State", "Submit", "as_tensor", "error_from", "error_info", "error_reply", "stackable",
 ]
 
 INLINE_MAX = 4096  # arrays up to this many bytes travel inside the message on the pipe hop
@@ -61,6 +61,7 @@ class ErrorInfo(msgspec.Struct, array_like=True, omit_defaults=True):
     message: str
     traceback: str = ""
     sticky: bool = False
+    retry_after: float = 0.0  # the error's ``retry_after_s`` (0: none)
 
 
 class RemoteTraceback(Exception):
@@ -76,7 +77,7 @@ def error_info(exc: BaseException, *, with_traceback: bool = False, sticky: bool
     if with_traceback:
         src = exc.__cause__ if exc.__cause__ is not None else exc
         tb = "".join(traceback.format_exception(type(src), src, src.__traceback__))[-4000:]
-    return ErrorInfo(type(exc).__name__, str(exc), tb, sticky)
+    return ErrorInfo(type(exc).__name__, str(exc), tb, sticky, getattr(exc, "retry_after_s", None) or 0.0)
 
 
 def error_from(info: ErrorInfo) -> GpufleetError:
@@ -89,6 +90,8 @@ def error_from(info: ErrorInfo) -> GpufleetError:
         err = WorkerError(f"{info.type}: {info.message}" if info.message else info.type)
     if info.traceback:
         err.__cause__ = RemoteTraceback(info.traceback)
+    if info.retry_after:
+        err.retry_after_s = info.retry_after
     return err
 
 
@@ -107,6 +110,12 @@ class Hello(msgspec.Struct, tag=True):
 class Ready(msgspec.Struct, tag=True):
     has_preprocess: bool = False
     has_postprocess: bool = False
+    t_main: float = 0.0  # time.monotonic() when the child began its start-up (a spare: when it was started)
+    timings: dict[str, float] = {}  # the child's start-up phases, in seconds
+
+
+class Start(msgspec.Struct, tag=True):
+    """To a spare child (spawned ahead, imports done, waiting): set up and serve now."""
 
 
 class SetupFailed(msgspec.Struct, tag=True):
@@ -165,7 +174,7 @@ class BatchDone(msgspec.Struct, tag=True, omit_defaults=True):
     dropped: list[str] = []
 
 
-ChildMessage = Union[Hello, Ready, SetupFailed, Heartbeat, Batch, Free, Shutdown, Progress, BatchDone]  # noqa: UP007
+ChildMessage = Union[Hello, Ready, SetupFailed, Heartbeat, Batch, Free, Shutdown, Progress, BatchDone, Start]  # noqa: UP007
 
 
 # -- front end <-> engine -----------------------------------------------------------------------------------

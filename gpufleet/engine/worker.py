@@ -107,6 +107,7 @@ class BaseWorker:
             for r in live:
                 e = err if len(live) == 1 else type(err)(str(err))
                 e.__cause__ = cause
+                e.retry_after_s = err.retry_after_s
                 try:
                     r.future.set_exception(e)
                 except InvalidStateError:
@@ -176,6 +177,16 @@ class BaseWorker:
     def health_extra(self) -> dict[str, Any] | None:
         return None
 
+    # -- restarts -----------------------------------------------------------------------------------------
+    @property
+    def returning(self) -> bool:
+        """Not serving now but being brought back (its process restarts): items routed here wait for it."""
+        return False
+
+    def back_in_s(self) -> float | None:
+        """Seconds until it is expected to serve: 0 when it does, ``None`` when it is not coming back."""
+        return 0.0 if self.healthy else None
+
 
 class RestartingWorker(BaseWorker):
     """A worker whose model copy lives elsewhere and can die (a child process, a Ray actor): a circuit breaker,
@@ -189,6 +200,13 @@ class RestartingWorker(BaseWorker):
         self._make_model = make_model
         self._model: Any = None
         self._stop = threading.Event()  # the pool is closing: no more restarts
+        self._life = False  # up once, and the supervisor still brings it back when it dies
+        self._down_since: float | None = None  # when the current copy's death was seen
+        self._backoff_s = 0.0  # the wait chosen before the restart under way
+        self._launch_s = 0.0  # how long the last successful start-up took (the estimate for the next one)
+        self.launch_phases: dict[str, float] = {}  # the backend's breakdown of its last start-up (seconds)
+        self.setup_breakdown: dict[str, float] = {}  # the first start-up's breakdown
+        self.restart_history: list[dict[str, float]] = []  # the last restarts' breakdowns, newest last
 
     # -- the supervisor: what a backend fills in ---------------------------------------------------------
     restart_what = "restarting"  # for the log line before a restart
@@ -213,20 +231,72 @@ class RestartingWorker(BaseWorker):
         pool closes. A copy that fails its first setup is not restarted: the pool raises or starts degraded."""
         first = True
         while not self._stop.is_set():
+            self.launch_phases = {}
+            t0 = time.monotonic()
             ok = self._launch()
+            if ok:
+                self._launch_s = time.monotonic() - t0
             if first:
                 first = False
+                if ok:
+                    self.setup_breakdown = {**self.launch_phases, "total": round(self._launch_s, 4)}
+                    self._life = True
                 self.ready.set()
                 if not ok:
                     return
                 self._first_up()
+            elif ok:
+                self._restarted(time.monotonic())
             if ok:
                 self._serve_until_down()
+                self.went_down()
             else:
                 self.breaker.failure(f"restart failed: {self.error}")
             if self._stop.is_set() or not self.wait_to_restart(self._stop, self.restart_what):
                 break
+        self._life = False
+        self.hooks.state()
         self._closed()
+
+    def went_down(self) -> None:
+        """The copy's death was seen (call before telling the pool, so that it holds items meanwhile)."""
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+
+    def _restarted(self, now: float) -> None:
+        """A restart finished: record where its time went (``launch_phases``) and log it."""
+        since = self._down_since if self._down_since is not None else now
+        self._down_since = None
+        total = now - since
+        other = total - self._backoff_s - self._launch_s  # from the death seen to the new start: reaping
+        b = {"total": total, "reap": max(0.0, other), "backoff": self._backoff_s, **self.launch_phases}
+        b = {k: round(v, 4) for k, v in b.items()}
+        with self.stats.lock:
+            self.stats.restart_s_total += total
+            self.stats.last_restart = b
+        self.restart_history = (self.restart_history + [b])[-16:]
+        log.warning("%s: back %.2fs after its failure (%s)", self.name, total,
+                    ", ".join(f"{k} {v:.3f}s" for k, v in b.items() if k != "total"))
+
+    @property
+    def returning(self) -> bool:
+        return self._life and not self._stop.is_set() and not self.healthy
+
+    def back_in_s(self) -> float | None:
+        if self.healthy:
+            return 0.0
+        if not self.returning:
+            return None
+        now = time.monotonic()
+        since = self._down_since if self._down_since is not None else now
+        # the measured start-up time; a restart that is slower than the last one is expected any moment
+        return max(0.1, since + self._backoff_s + self._launch_s - now)
+
+    def expire_queued(self) -> None:
+        """Fail the queued items whose deadline passed while the copy is down (no feeder admits them)."""
+        late = self.batcher.expire(time.monotonic())
+        if late:
+            self.fail(late, DeadlineExceeded(f"deadline passed while {self.name} restarted"))
 
     @property
     def model(self) -> Any:
@@ -239,7 +309,8 @@ class RestartingWorker(BaseWorker):
         return self._model
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), **self.breaker.describe()}
+        return {**super().describe(), **self.breaker.describe(), "setup_breakdown": self.setup_breakdown,
+                "restart_history": self.restart_history}
 
     def health_extra(self) -> dict[str, Any]:
         b = self.breaker.describe()
@@ -287,10 +358,21 @@ class RestartingWorker(BaseWorker):
         the breaker's failures in a row and capped, with jitter; count a restart. False when ``stop`` is set
         meanwhile (the pool is closing)."""
         k = max(1, self.breaker.failures)
-        delay = min(self.config.restart_backoff_max_s, self.config.restart_backoff_s * 2 ** (k - 1))
+        # The first failure in a row restarts at once: a copy that served before is most likely fine again
+        # (killed, OOM-killed, a sticky CUDA error) and items wait for it. Repeated failures back off.
+        delay = 0.0 if k == 1 else min(self.config.restart_backoff_max_s, self.config.restart_backoff_s * 2 ** (k - 2))
         delay *= random.uniform(0.75, 1.25)
+        self._backoff_s = delay
         log.warning("%s: %s in %.2fs (failure %d in a row)", self.name, what, delay, k)
-        if stop.wait(delay):
+        end = time.monotonic() + delay
+        while True:
+            self.expire_queued()
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            if stop.wait(min(left, 0.05)):
+                return False
+        if stop.is_set():
             return False
         with self.stats.lock:
             self.stats.restarts += 1

@@ -52,10 +52,15 @@ class GraphCache:
         """The next buffer's graph for this bucket and item shape, capturing it on first use."""
         slot = self._turn
         self._turn = (slot + 1) % self.buffers
-        key = (bucket, tuple(shape), dtype, slot)
+        return self._ensure((bucket, tuple(shape), dtype, slot))
+
+    def _ensure(self, key: tuple) -> Captured:
         cap = self._graphs.get(key)
         if cap is None:
-            cap = self._graphs[key] = self._capture(bucket, tuple(shape), dtype)
+            with CUDA_SETUP_LOCK:  # a warm-up thread may be capturing this very key (finish_warmup)
+                cap = self._graphs.get(key)
+                if cap is None:
+                    cap = self._graphs[key] = self._capture(key[0], key[1], key[2])
         return cap
 
     def warm(self, sizes: Sequence[int], shape: Sequence[int], dtype: torch.dtype) -> None:
@@ -63,8 +68,8 @@ class GraphCache:
         for n in sizes:
             b = self.bucket(n)
             if b is not None:
-                for _ in range(self.buffers):
-                    self.get(b, torch.Size(shape), dtype)
+                for slot in range(self.buffers):
+                    self._ensure((b, tuple(torch.Size(shape)), dtype, slot))
 
     def __len__(self) -> int:
         return len(self._graphs)

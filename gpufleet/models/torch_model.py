@@ -86,6 +86,12 @@ class TorchModel(Model):
         self.staging_slots = max(2, staging_slots)
         self.last_timings: dict[str, float] = {}
         self.module: Any = None  # the nn.Module (or its torch.compile wrapper) once set up
+        # A replacement worker (process restart) sets this: setup then captures only the largest warm-up
+        # size's graphs (what a backlog is served with) and finish_warmup(), run after serving resumed,
+        # captures the rest.
+        self.defer_warmup = False
+        self.setup_timings: dict[str, float] = {}  # where setup's time went: weights, cuda_graphs, warmup
+        self._deferred: tuple[int, ...] = ()
 
     # -- hooks for subclasses -----------------------------------------------------------------------------
     def load(self, device: Device) -> torch.nn.Module:
@@ -107,6 +113,7 @@ class TorchModel(Model):
 
     # -- set-up -------------------------------------------------------------------------------------------
     def setup(self, device: Device) -> None:
+        t0 = time.perf_counter()
         self.device = device
         self.dtype = resolve_dtype(self.precision, device)
         self._dev = torch.device(device.torch)
@@ -136,16 +143,35 @@ class TorchModel(Model):
             self._copy_stream = torch.cuda.Stream(self._dev)
             if self.cuda_graphs:
                 self._graphs = GraphCache(self._forward, self._dev, self.batch_buckets)
+            torch.cuda.synchronize(self._dev)
+        t1 = time.perf_counter()
+        timings = self.setup_timings = {"weights": t1 - t0}
         if self.example_shape is not None:
+            sizes = self.warmup_batch_sizes
+            if self.defer_warmup and self._graphs is not None and len(sizes) > 1:
+                self._deferred, sizes = tuple(b for b in sizes if b != max(sizes)), (max(sizes),)
             if self._graphs is not None:
-                self._graphs.warm(self.warmup_batch_sizes, self.example_shape, self.example_dtype)
-            for bs in self.warmup_batch_sizes:
+                self._graphs.warm(sizes, self.example_shape, self.example_dtype)
+                t2 = time.perf_counter()
+                timings["cuda_graphs"], t1 = t2 - t1, t2
+            for bs in sizes:
                 example = torch.zeros((bs, *self.example_shape), dtype=self.example_dtype)
                 self.predict(list(example.unbind(0)))
             if self._cuda:
                 torch.cuda.synchronize(self._dev)
+            timings["warmup"] = time.perf_counter() - t1
         log.info("%s on %s: dtype=%s channels_last=%s cuda_graphs=%s", type(self).__name__, device.label,
                  str(self.dtype).replace("torch.", ""), self._channels_last, self._graphs is not None)
+
+    def finish_warmup(self) -> None:
+        """Capture the graphs that ``defer_warmup`` left out, while serving (a batch that needs one first
+        captures it itself)."""
+        deferred, self._deferred = self._deferred, ()
+        if deferred and self._graphs is not None and self.example_shape is not None:
+            t = time.perf_counter()
+            self._graphs.warm(deferred, self.example_shape, self.example_dtype)
+            log.info("%s on %s: %d deferred CUDA graph bucket(s) captured in %.2fs", type(self).__name__,
+                     self.device.label, len(deferred), time.perf_counter() - t)
 
     # -- serving ------------------------------------------------------------------------------------------
     def predict(self, batch: list) -> list:

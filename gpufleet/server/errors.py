@@ -4,6 +4,9 @@
     ├── QueueFullError                  429 + Retry-After
     ├── PoolClosed                      503
     ├── WorkerDied                      503 + Retry-After (a worker died or none is left: try again)
+
+Retry-After is the error's ``retry_after_s`` (the engine's estimate from measured restart and service
+times), rounded up to whole seconds, else 1.
     ├── DeadlineExceeded                504
     ├── InputError, ConfigError         400
     ├── WorkerError, DeviceError        500
@@ -15,6 +18,7 @@ Bodies are always ``{"error": "<what is wrong>"}``.
 from __future__ import annotations
 
 import logging
+import math
 
 import orjson
 from starlette.responses import Response
@@ -77,8 +81,9 @@ def error_response(exc: BaseException, *, log_unexpected: bool = True) -> Respon
     headers: dict[str, str] = {}
     if isinstance(exc, HTTPError):
         headers.update(exc.headers)
-    if status == 429 or isinstance(exc, WorkerDied):
-        headers.setdefault("Retry-After", RETRY_AFTER_S)
+    if status == 429 or isinstance(exc, WorkerDied) or getattr(exc, "retry_after_s", None):
+        after = getattr(exc, "retry_after_s", None)  # the engine's estimate: a restart's or the queue's time
+        headers.setdefault("Retry-After", str(max(1, math.ceil(after))) if after else RETRY_AFTER_S)
     if log_unexpected and status >= 500 and not isinstance(exc, (GpufleetError, HTTPError)):
         log.error("unexpected error serving a request", exc_info=exc)
     message = str(exc) or type(exc).__name__

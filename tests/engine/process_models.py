@@ -20,8 +20,8 @@ def double(batch: list) -> list:
 
 class Doubler(Model):
     """``x * 2`` for numbers and arrays; ``"poison"`` kills the process, ``"hang"`` sleeps forever,
-    ``"sticky"`` raises a sticky CUDA error, ``"bad"`` raises InputError, ``("sleep", s, v)`` sleeps s
-    seconds (reporting progress) then answers v, ``"pid"`` answers the child's pid."""
+    ``"sticky"`` raises a sticky CUDA error, ``"oom"`` runs out of memory, ``"bad"`` raises InputError,
+    ``("sleep", s, v)`` sleeps s seconds (reporting progress) then answers v, ``"pid"`` answers the child's pid."""
 
     def setup(self, device) -> None:
         self.device = device
@@ -36,6 +36,8 @@ class Doubler(Model):
                     time.sleep(3600)
                 if x == "sticky":
                     raise RuntimeError("CUDA error: an illegal memory access was encountered")
+                if x == "oom":
+                    raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
                 if x == "bad":
                     raise InputError("bad item")
                 if x == "pid":

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import msgspec
+
 from gpufleet.devices.device import Device
 from gpufleet.engine import wire
 from gpufleet.engine.oom import is_sticky_cuda_error
@@ -52,6 +54,8 @@ class ChildSpec:
     batch_buckets: tuple[int, ...] | None = None
     max_batch_size: int = 0  # the pool's (0: probed), for models that size graphs or warm-up by it
     log_level: int = logging.WARNING
+    restart: bool = False  # a replacement: warm up what serving needs first, the rest after Ready
+    spare: bool = False  # spawned ahead of need: import, then wait for ``Start`` before touching the device
 
 
 class _Progress:
@@ -161,27 +165,44 @@ class _Child:
             except (OSError, ValueError):
                 return  # the parent is gone; the main loop sees EOF
 
-    def setup(self) -> bool:
+    def setup(self, t_main: float, loaded: Any = None) -> bool:
+        """Set the model up and say Ready with where the time went (``t_main``: when this start-up began;
+        ``loaded``: the model, unpickled already by a spare)."""
         from gpufleet.engine.process.placement import load_model_blob
         from gpufleet.models.base import apply_pool_settings
         from gpufleet.models.resolve import model_factory
 
+        timings: dict[str, float] = {}
         try:
+            t = time.monotonic()
             self.send(_hello(self.spec.device))
-            model = model_factory(load_model_blob(self.spec.model))()
+            t, timings["cuda_context"] = time.monotonic(), time.monotonic() - t
+            model = model_factory(loaded if loaded is not None else load_model_blob(self.spec.model))()
             # As thread workers do: without the max batch size the embedded classifier captured graphs up to
             # 64 only, and served batches of 65-128 ran eagerly, autotuning cuDNN for every new size (2x H200,
             # serving JPEGs with --backend process: p99 843 ms).
             apply_pool_settings(model, batch_buckets=self.spec.batch_buckets, max_batch_size=self.spec.max_batch_size)
+            if self.spec.restart and hasattr(model, "defer_warmup"):
+                model.defer_warmup = True  # a replacement serves first; finish_warmup() runs after Ready
+            t, timings["model_load"] = time.monotonic(), time.monotonic() - t
             model.setup(self.spec.device)
+            setup_s = time.monotonic() - t
+            parts = {k: float(v) for k, v in (getattr(model, "setup_timings", None) or {}).items()}
+            timings.update(parts)  # e.g. TorchModel: weights, cuda_graphs, warmup
+            timings["setup_other" if parts else "setup"] = max(0.0, setup_s - sum(parts.values()))
         except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
             self.send(wire.SetupFailed(wire.error_info(exc, with_traceback=True)))
             return False
+        t = time.monotonic()
         self.model = model
         gc.collect()
         gc.freeze()  # the model and imports live as long as this process: keep them out of full GC passes
         self.step = step = BatchStep(model, self.spec.device, self.spec.name or f"worker-{self.spec.worker}")
-        self.send(wire.Ready(step.pre is not None, step.post is not None))
+        timings["gc_freeze"] = time.monotonic() - t
+        self.send(wire.Ready(step.pre is not None, step.post is not None, t_main, timings))
+        finish = getattr(model, "finish_warmup", None)
+        if self.spec.restart and callable(finish):
+            threading.Thread(target=_finish_warmup, args=(finish,), name="gpufleet-warmup", daemon=True).start()
         return True
 
     def serve(self) -> None:
@@ -304,6 +325,22 @@ class _Child:
             os._exit(STICKY_EXIT)
 
 
+def _finish_warmup(finish: Any) -> None:
+    try:
+        finish()
+    except Exception:  # noqa: BLE001 - what is not warmed up is prepared on first use instead
+        log.exception("warming up after the restart failed")
+
+
+def _wait_for_start(conn: Any) -> bool:
+    """A spare: wait until the parent needs us (True) or lets us go (False)."""
+    try:
+        msg = msgspec.msgpack.decode(conn.recv_bytes(), type=wire.ChildMessage)
+    except (EOFError, OSError, msgspec.DecodeError):
+        return False
+    return isinstance(msg, wire.Start)
+
+
 class _Work:
     """A batch between :meth:`_Child.begin` and :meth:`_Child.finish`."""
 
@@ -323,11 +360,22 @@ def main(conn: Any, spec: ChildSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=spec.log_level, format=f"%(asctime)s %(levelname)s worker-{spec.worker}: %(message)s")
+    loaded = None
+    if spec.spare:  # imports are done (this module's); load the model's too, then wait to be needed
+        from gpufleet.engine.process.placement import load_model_blob
+
+        try:
+            loaded = load_model_blob(spec.model)
+        except BaseException:  # noqa: BLE001 - setup loads it again and reports the error
+            loaded = None
+        if not _wait_for_start(conn):
+            os._exit(0)
+    t_main = time.monotonic()
     child = _Child(conn, spec)
     stop = threading.Event()
     threading.Thread(target=child._heartbeat, args=(stop,), name="gpufleet-heartbeat", daemon=True).start()
     try:
-        if child.setup():
+        if child.setup(t_main, loaded):
             child.serve()
     finally:
         stop.set()

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from gpufleet.config import PoolConfig
 from gpufleet.devices.device import Device
 from gpufleet.engine import wire
@@ -61,6 +63,11 @@ class ProcessWorker(RestartingWorker):
         self._reader: threading.Thread | None = None
         self._started = threading.Event()  # this generation answered Ready / SetupFailed
         self._start_error: BaseException | None = None
+        self._ready_msg: wire.Ready | None = None
+        # A spare child per worker (imports done, no device touched) cuts a restart's spawn and import time;
+        # default: for GPU workers, where that is seconds (torch, CUDA libraries).
+        self._use_spare = config.spare_process if config.spare_process is not None else device.is_cuda
+        self._spare: tuple[int, Any, Any] | None = None  # (its generation, process, pipe)
         self._supervisor = threading.Thread(target=self._supervise, name=f"gpufleet-{self.name}-sup", daemon=True)
         self._feeder = threading.Thread(target=self.link.feed, name=f"gpufleet-{self.name}-feed", daemon=True)
 
@@ -84,6 +91,7 @@ class ProcessWorker(RestartingWorker):
                 self._start_error = exc
                 self._started.set()
         elif isinstance(msg, wire.Ready):
+            self._ready_msg = msg
             self._started.set()
         else:
             err = wire.error_from(msg.error)
@@ -123,6 +131,9 @@ class ProcessWorker(RestartingWorker):
                 proc.kill()
         if self._supervisor.is_alive():
             self._supervisor.join(None if end is None else max(0.1, end - time.monotonic()))
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            _drop(spare[1], spare[2])
         self.link.close_segments(all_generations=True)
 
     # -- supervisor ---------------------------------------------------------------------------------------
@@ -143,22 +154,58 @@ class ProcessWorker(RestartingWorker):
             log.error("%s", self.error)
             return False
 
-    def _spawn(self) -> bool:
-        """Spawn a child and wait until it is set up; False (with ``self.error``) when it is not."""
-        gen = self.link.new_generation()
-        self._started.clear()
-        self._start_error = None
+    def _start_process(self, gen: int, *, spare: bool) -> tuple[Any, Any]:
+        """Spawn the child of generation ``gen`` (a ``spare`` waits for ``Start`` after its imports)."""
         parent_conn, child_conn = _CTX.Pipe(duplex=True)
         spec = ChildSpec(worker=self.index, name=self.name,
                          device=child_device(self.device) if self._env.get("CUDA_VISIBLE_DEVICES")
                          and self.device.is_cuda else self.device, env=self._env, model=self._blob,
                          prefix=f"{self._prefix}g{gen}", heartbeat_s=min(0.5, self.config.heartbeat_timeout_s / 4),
                          batch_buckets=self.config.batch_buckets, max_batch_size=self.config.max_batch_size,
-                         log_level=logging.getLogger().level or 30)
+                         log_level=logging.getLogger().level or 30, restart=gen > 1, spare=spare)
         proc = _CTX.Process(target=child_main, args=(child_conn, spec), name=f"gpufleet-{self.name}", daemon=True)
         with _SPAWN_LOCK:
             proc.start()
         child_conn.close()
+        return proc, parent_conn
+
+    def _take_spare(self, gen: int) -> tuple[Any, Any] | None:
+        """The spare spawned for generation ``gen``, told to start, if it is still there."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        spare_gen, proc, conn = spare
+        try:
+            if spare_gen != gen or not proc.is_alive():
+                raise OSError("gone")
+            conn.send_bytes(msgspec.msgpack.encode(wire.Start()))
+        except (OSError, ValueError):
+            _drop(proc, conn)
+            return None
+        return proc, conn
+
+    def _prepare_spare(self) -> None:
+        """Spawn the next generation's child now, while this one serves: its interpreter start and imports
+        (torch: seconds) are then done before a restart needs them."""
+        if not self._use_spare or self._stop.is_set():
+            return
+        try:
+            proc, conn = self._start_process(self.link.gen + 1, spare=True)
+        except Exception as exc:  # noqa: BLE001 - only an optimisation: a restart spawns a fresh child
+            log.warning("%s: cannot start a spare process: %s", self.name, exc)
+            return
+        self._spare = (self.link.gen + 1, proc, conn)
+
+    def _spawn(self) -> bool:
+        """Start a child (the spare if one waits) and wait until it is set up; False (with ``self.error``)
+        when it is not. ``launch_phases`` says where the time went."""
+        gen = self.link.new_generation()
+        self._started.clear()
+        self._start_error = None
+        self._ready_msg = None
+        t0 = time.monotonic()
+        took = self._take_spare(gen)
+        proc, parent_conn = took if took is not None else self._start_process(gen, spare=False)
         self._proc, self.pid = proc, proc.pid
         self.link.connect(parent_conn)
         self._reader = threading.Thread(target=self.link.read, args=(gen, parent_conn), daemon=True,
@@ -178,17 +225,32 @@ class ProcessWorker(RestartingWorker):
                 self._start_error = WorkerError(f"{self.name}: setup took longer than start_timeout_s="
                                                 f"{self.config.start_timeout_s}")
                 break
+            self.expire_queued()
             self._started.wait(0.05)
         if self._start_error is not None:
             self.error = self._start_error
             log.error("%s failed in setup: %s", self.name, self.error)
             self._reap(proc)
             return False
+        self.launch_phases = self._phases(t0, took is not None)
         self.error = None
         self.link.set_up(True)
         self.hooks.state()
-        log.info("%s: process %d ready on %s", self.name, proc.pid, self.device.label)
+        log.info("%s: process %d ready on %s%s", self.name, proc.pid, self.device.label,
+                 " (the spare)" if took is not None else "")
+        self._prepare_spare()
         return True
+
+    def _phases(self, t0: float, spare: bool) -> dict[str, float]:
+        """Where a start-up's time went: spawning the interpreter and importing (``spawn``; a spare did that
+        ahead, so then it is only the hand-over), the child's phases, and the rest (``ready``: messages)."""
+        ready = self._ready_msg
+        total = time.monotonic() - t0
+        if ready is None or not ready.t_main:
+            return {}
+        out = {"spare_start" if spare else "spawn_imports": max(0.0, ready.t_main - t0), **ready.timings}
+        out["ready"] = max(0.0, total - sum(out.values()))
+        return {k: round(v, 4) for k, v in out.items()}
 
     def _reap(self, proc: Any) -> None:
         if proc.is_alive():
@@ -216,6 +278,13 @@ class ProcessWorker(RestartingWorker):
                 reason = f"ran a batch past batch_timeout_s={cfg.batch_timeout_s}; killed"
                 proc.kill()
             self._expire(running, now)
+            if not reason and oldest is not None and oldest.t_start and oldest.sent \
+                    and now - oldest.t_start > cfg.heartbeat_timeout_s and all(r.future.done() for r in oldest.reqs):
+                # A call that never returns (heartbeats go on): once nobody waits for its batch any more, the
+                # items queued behind it would only expire too.
+                reason = (f"ran a batch for {now - oldest.t_start:.1f}s, past every item's deadline (hung); "
+                          "killed")
+                proc.kill()
             if self.breaker.poll():
                 log.info("%s: circuit half-open, probing", self.name)
                 self.hooks.state()
@@ -229,6 +298,7 @@ class ProcessWorker(RestartingWorker):
                                             f"(running on {self.name})"))
 
     def _on_death(self, proc: Any, reason: str) -> None:
+        self.went_down()  # first: the pool keeps holding items for us while we restart
         self.link.set_up(False)  # the feeder stops sending
         self.link.death_note = ""
         self.hooks.state()
@@ -246,6 +316,18 @@ class ProcessWorker(RestartingWorker):
     def _fail_sent(self, inflight: list[Sent], err: PoolClosed) -> None:
         for sent in inflight:
             self.fail(sent.reqs, err)
+
+
+def _drop(proc: Any, conn: Any) -> None:
+    """Let a spare go: closing its pipe ends it; kill it if it lingers."""
+    try:
+        conn.close()
+    except OSError:
+        pass
+    proc.join(1.0)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(1.0)
 
 
 def _exit(proc: Any) -> str:
