@@ -22,7 +22,7 @@ from typing import Any
 import gpufleet
 from gpufleet.errors import ConfigError, GpufleetError, WorkerDied
 from gpufleet.server import v2
-from gpufleet.server.base import ServerState, submit_all
+from gpufleet.server.base import ServerState, results, submit_all
 from gpufleet.server.errors import HTTPError, status_for
 from gpufleet.server.grpc_tensors import decode_inputs, encode_outputs, parameter
 
@@ -140,13 +140,12 @@ class _Service:
         timeout_s = _deadline(param_s, context.time_remaining(), self.state.request_timeout_s)
         futures = submit_all(self.state, items, timeout_s)
         try:
-            waiters = [asyncio.wrap_future(f) for f in futures]
-            results = [await waiters[0]] if len(waiters) == 1 else await asyncio.gather(*waiters)
+            got = await results(futures, self.state.deadline_s(timeout_s))
         except BaseException:  # a failed item, or the call was cancelled (client gone, deadline): drop the rest
             for f in futures:
                 f.cancel()
             raise
-        arrays = v2.output_arrays(s, list(results))
+        arrays = v2.output_arrays(s, got)
         if request.outputs:
             chosen = []
             for o in request.outputs:
