@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
                                          "(default GPUFLEET_HTTP_WORKERS or 1: uvicorn in the engine process)."),
         grpc_port: Optional[int] = typer.Option(  # noqa: UP045
             None, "--grpc-port", help="Also serve KServe v2 gRPC on this port (default GPUFLEET_GRPC_PORT or off; "
-                                      'needs pip install "gpufleet[grpc]").'),
+                                      'needs pip install "gpufleet\\[grpc]").'),
     ) -> None:
         """Serve a model over HTTP: /predict, KServe v2 (tritonclient), /health, /stats, /metrics."""
         from gpufleet.server.config import server_config

@@ -44,7 +44,7 @@ def require_grpc() -> Any:
         import grpc
         import grpc.aio  # noqa: F401
 
-        from gpufleet.server import protos  # noqa: F401  (needs protobuf)
+        from gpufleet import protos  # noqa: F401  (needs protobuf)
     except ImportError as exc:
         raise ConfigError(f"{GRPC_EXTRA} ({exc})") from None
     return grpc
@@ -66,7 +66,7 @@ class _Service:
     """The handlers; ``_wrap`` adds auth, admission, accounting, metrics and error mapping around each."""
 
     def __init__(self, state: ServerState) -> None:
-        from gpufleet.server.protos import pb
+        from gpufleet.protos import pb
 
         self.state, self.pb = state, pb
         self._spec: v2.ModelSpec | None = None
@@ -207,7 +207,7 @@ def _wrap(state: ServerState, name: str, fn: Handler, *, open_: bool = False, wo
 def handlers(state: ServerState) -> Any:
     """grpc's generic handler for ``inference.GRPCInferenceService`` over ``state``."""
     grpc = require_grpc()
-    from gpufleet.server.protos import SERVICE, pb
+    from gpufleet.protos import SERVICE, pb
 
     svc = _Service(state)
     kinds = {"ServerLive": {"open_": True}, "ModelInfer": {"work": True}}
