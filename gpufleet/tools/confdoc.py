@@ -5,7 +5,7 @@
 
 Every table comes from the code: :class:`gpufleet.PoolConfig`, ``gpufleet.server.ServerConfig`` and
 ``gpufleet.video.config.VideoConfig`` (fields, types, defaults, their docstrings), the environment variables
-that fill their fields (``ENV_NAMES`` of each config module, the seeds' names included) and every option of
+that fill their fields (``ENV_NAMES`` of each config module, short aliases included) and every option of
 every ``gpufleet`` command (read from the CLI itself, with its ``envvar``). Nothing here is written by hand.
 """
 
@@ -63,11 +63,11 @@ def _env_table(pool_env: dict[str, tuple[str, ...]], server_env: dict[str, tuple
         rows.setdefault(name, []).extend(flags)
     lines = ["## Environment variables", "",
              "Read by `gpufleet serve` (and `Pool`, which reads the PoolConfig ones itself); a flag or argument "
-             "that is given wins. Names without the `GPUFLEET_` prefix are the seed documents' names, kept as "
-             "aliases: `GPU_IDS`, `MAX_BATCH_SIZE`, `MAX_BATCH_WAIT_TIME` (seconds), `ENABLE_BATCHING` "
+             "that is given wins. Names without the `GPUFLEET_` prefix are short aliases that existing deployments "
+             "use: `GPU_IDS`, `MAX_BATCH_SIZE`, `MAX_BATCH_WAIT_TIME` (seconds), `ENABLE_BATCHING` "
              "(`false` → batches of one), `GPU_LOAD_BALANCE_STRATEGY`. When two names of one field are set, "
              "the first listed wins.", "",
-             "| Variable | Sets | Seed alias |", "|---|---|---|"]
+             "| Variable | Sets | Alias |", "|---|---|---|"]
     for name in sorted(rows):
         lines.append(f"| `{name}` | {', '.join(rows[name])} | {'' if name.startswith('GPUFLEET_') else 'yes'} |")
     return lines + [""]
