@@ -48,11 +48,11 @@ test: lint browser
 lint: venv
 	$(PYTHON) -m ruff check gpufleet tests benchmarks examples
 	$(PYTHON) -m mypy gpufleet/engine gpufleet/devices gpufleet/models gpufleet/__init__.py gpufleet/config.py \
-		gpufleet/errors.py gpufleet/client.py gpufleet/client_kserve.py
+		gpufleet/errors.py gpufleet/client.py gpufleet/client_kserve.py gpufleet/client_grpc.py
 
-# KServe v2 gRPC messages: gpufleet/server/protos/kserve_v2.proto -> kserve_v2_descriptor.py (committed).
+# KServe v2 gRPC messages: gpufleet/protos/kserve_v2.proto -> kserve_v2_descriptor.py (committed).
 protos: venv
-	$(PYTHON) -m gpufleet.server.protos.generate
+	$(PYTHON) -m gpufleet.protos.generate
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -38,7 +38,7 @@ async def _loop(proto: str, args: argparse.Namespace, conc: int, jpegs: list[byt
     if proto == "grpc":
         import grpc
 
-        from gpufleet.server.protos import pb
+        from gpufleet.protos import pb
 
         reqs = []
         for j in jpegs:

@@ -1,5 +1,5 @@
-"""One server, three clients: ``gpufleet serve orientation --grpc-port`` answered over KServe v2 HTTP
-(``tritonclient.http``), KServe v2 gRPC (``tritonclient.grpc``) and ``gpufleet.Client``, with JPEGs of
+"""One server, four clients: ``gpufleet serve orientation --grpc-port`` answered over KServe v2 HTTP
+(``tritonclient.http``), KServe v2 gRPC (``tritonclient.grpc``) and ``gpufleet.Client`` over both, with JPEGs of
 rotated text whose angle we know. Runs on CPU:
 
     python examples/kserve_clients.py
@@ -49,6 +49,8 @@ def main() -> None:
                 time.sleep(0.2)
             ours = client.infer({"input": images})["angle"].tolist()
             single = client.predict(images[0], content_type="image/jpeg")
+        with gpufleet.Client(f"grpc://127.0.0.1:{gport}", model="orientation") as client:  # the same, over gRPC
+            ours_grpc = client.infer({"input": images})["angle"].tolist()
 
         h = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         inp = httpclient.InferInput("input", [len(images)], "BYTES")
@@ -62,10 +64,10 @@ def main() -> None:
         g.close()
 
         print("truth           ", ANGLES)
-        print("gpufleet.Client ", ours, "| /predict:", single)
+        print("gpufleet.Client ", ours, "| /predict:", single, "| gRPC:", ours_grpc)
         print("tritonclient.http", over_http)
         print("tritonclient.grpc", over_grpc)
-        assert ours == over_http == over_grpc, "the three protocols disagree"
+        assert ours == ours_grpc == over_http == over_grpc, "the clients disagree"
         assert single["angle"] == ours[0]
         correct = sum(a == b for a, b in zip(ours, ANGLES))
         print(f"{correct}/{len(ANGLES)} angles right")

@@ -10,6 +10,7 @@ from gpufleet.client import AsyncClient, Client, ClientError, InferResult, Retry
 from gpufleet.config import PoolConfig
 from gpufleet.devices import Device, discover, select
 from gpufleet.engine import Pool
+from gpufleet.engine.progress import report_progress
 from gpufleet.errors import (
     ConfigError,
     DeadlineExceeded,
@@ -49,5 +50,6 @@ __all__ = [
     "WorkerError",
     "__version__",
     "discover",
+    "report_progress",
     "select",
 ]

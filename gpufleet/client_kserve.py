@@ -15,14 +15,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["InferResult", "decode_response", "encode_request"]
+__all__ = ["BYTES_LEN", "DTYPES", "InferResult", "datatype_of", "decode_response", "encode_request", "parse_bytes",
+           "to_bytes"]
 
-_DTYPES: dict[str, str] = {
+DTYPES: dict[str, str] = {
     "BOOL": "|b1", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "<i1",
     "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
 }
-_BY_DTYPE = {np.dtype(v).newbyteorder("=").str if v[0] != "|" else np.dtype(v).str: k for k, v in _DTYPES.items()}
-_LEN = struct.Struct("<I")
+_BY_DTYPE = {np.dtype(v).newbyteorder("=").str if v[0] != "|" else np.dtype(v).str: k for k, v in DTYPES.items()}
+BYTES_LEN = struct.Struct("<I")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class InferResult:
         return self.outputs.get(name)
 
 
-def _datatype(arr: np.ndarray) -> str:
+def datatype_of(arr: np.ndarray) -> str:
+    """The KServe datatype of a numpy array (``BYTES`` for objects and strings)."""
     if arr.dtype.kind in "OSU":
         return "BYTES"
     key = arr.dtype.str if arr.dtype.str[0] == "|" else arr.dtype.newbyteorder("=").str
@@ -58,7 +60,8 @@ def _datatype(arr: np.ndarray) -> str:
         raise TypeError(f"no KServe datatype for numpy dtype {arr.dtype}") from None
 
 
-def _to_bytes(v: Any) -> bytes:
+def to_bytes(v: Any) -> bytes:
+    """One ``BYTES`` element: bytes as they are, text UTF-8, anything else its ``str``."""
     if isinstance(v, bytes):
         return v
     if isinstance(v, str):
@@ -72,11 +75,11 @@ def encode_request(inputs: Mapping[str, Any], outputs: list[str] | None, timeout
     entries, blobs = [], []
     for name, value in inputs.items():
         arr = np.asarray(value) if not isinstance(value, np.ndarray) else value
-        datatype = _datatype(arr)
+        datatype = datatype_of(arr)
         if datatype == "BYTES":
-            blob = b"".join(_LEN.pack(len(b)) + b for b in (_to_bytes(v) for v in arr.reshape(-1)))
+            blob = b"".join(BYTES_LEN.pack(len(b)) + b for b in (to_bytes(v) for v in arr.reshape(-1)))
         else:
-            blob = np.ascontiguousarray(arr, dtype=_DTYPES[datatype]).tobytes()
+            blob = np.ascontiguousarray(arr, dtype=DTYPES[datatype]).tobytes()
         entries.append({"name": name, "datatype": datatype, "shape": list(arr.shape),
                         "parameters": {"binary_data_size": len(blob)}})
         blobs.append(blob)
@@ -91,11 +94,12 @@ def encode_request(inputs: Mapping[str, Any], outputs: list[str] | None, timeout
     return header + b"".join(blobs), len(header)
 
 
-def _parse_bytes(raw: bytes, count: int) -> np.ndarray:
+def parse_bytes(raw: bytes, count: int) -> np.ndarray:
+    """``count`` length-prefixed ``BYTES`` elements of ``raw`` as an object array."""
     out = np.empty(count, dtype=object)
     pos = 0
     for i in range(count):
-        (n,) = _LEN.unpack_from(raw, pos)
+        (n,) = BYTES_LEN.unpack_from(raw, pos)
         out[i] = raw[pos + 4:pos + 4 + n]
         pos += 4 + n
     return out
@@ -113,11 +117,11 @@ def decode_response(body: bytes, header_length: int | None) -> InferResult:
         if size is not None:
             raw = tail[offset:offset + size]
             offset += size
-            flat = _parse_bytes(raw, count) if datatype == "BYTES" else np.frombuffer(raw, dtype=_DTYPES[datatype])
+            flat = parse_bytes(raw, count) if datatype == "BYTES" else np.frombuffer(raw, dtype=DTYPES[datatype])
         elif datatype == "BYTES":
             flat = np.array([v.encode() if isinstance(v, str) else v for v in o["data"]], dtype=object)
         else:
-            flat = np.asarray(o["data"], dtype=_DTYPES[datatype])
+            flat = np.asarray(o["data"], dtype=DTYPES[datatype])
         out[o["name"]] = flat.reshape(shape)
     return InferResult(out, model_name=head.get("model_name", ""), model_version=head.get("model_version"),
                        id=head.get("id"), parameters=head.get("parameters") or {})

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 from gpufleet.errors import ConfigError
 
-__all__ = ["BACKENDS", "BALANCERS", "MPS_MODES", "EnvValue", "PoolConfig", "env_overrides", "with_options"]
+__all__ = ["BACKENDS", "BALANCERS", "ENV_NAMES", "MPS_MODES", "EnvValue", "PoolConfig", "env_overrides",
+           "with_options"]
 
 BALANCERS = ("round-robin", "queue-depth", "speed")
 BACKENDS = ("thread", "process", "ray")
@@ -216,7 +217,7 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         out["spare_process"] = _bool(*hit)
     if (hit := first("GPUFLEET_ENABLE_BATCHING", "ENABLE_BATCHING")) and not _bool(*hit):
         out["max_batch_size"] = 1
-    for key, names in _ENV_NAMES.items():
+    for key, names in ENV_NAMES.items():
         if key in out and key != "devices" and (hit := first(*names)):
             source[key] = hit
     for key, (name, raw) in source.items():  # each value alone, so the error names its own variable
@@ -227,8 +228,9 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return out
 
 
-# Which variables may have set each field (the first one set is the one named in an error).
-_ENV_NAMES = {
+ENV_NAMES: dict[str, tuple[str, ...]] = {
+    "devices": ("GPUFLEET_GPUS", "GPU_IDS"),
+    "ray_address": ("GPUFLEET_RAY_ADDRESS",),
     "cpu_devices": ("GPUFLEET_CPU_DEVICES",),
     "workers_per_device": ("GPUFLEET_WORKERS_PER_DEVICE",),
     "backend": ("GPUFLEET_BACKEND",),
@@ -240,3 +242,5 @@ _ENV_NAMES = {
     "heartbeat_timeout_s": ("GPUFLEET_HEARTBEAT_TIMEOUT_S",),
     "spare_process": ("GPUFLEET_SPARE_PROCESS",),
 }
+"""The environment variables that may set each PoolConfig field, first one read first (and the one named in an
+error); ``ENABLE_BATCHING=false`` sets ``max_batch_size`` to 1 and ``MAX_BATCH_WAIT_TIME`` is in seconds."""

@@ -11,7 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
-NEEDS = {"kserve_clients.py": ("grpc", "tritonclient.grpc", "tritonclient.http", "httpx", "onnxruntime")}
+NEEDS = {"kserve_clients.py": ("grpc", "tritonclient.grpc", "tritonclient.http", "httpx", "onnxruntime"),
+         "onnx_file.py": ("onnxruntime", "torch"), "long_generator.py": ("httpx",)}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])

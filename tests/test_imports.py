@@ -77,3 +77,9 @@ def test_module_exports_resolve(module: str) -> None:
     mod = importlib.import_module(module)
     for name in mod.__all__:
         assert hasattr(mod, name), f"{module}.{name}"
+
+
+def test_grpc_client_without_grpcio_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "grpc", None)  # as if grpcio were not installed
+    with pytest.raises(ImportError, match=r'pip install "gpufleet\[grpc\]"'):
+        gpufleet.Client("grpc://127.0.0.1:8001")

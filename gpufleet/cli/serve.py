@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
                                          "(default GPUFLEET_HTTP_WORKERS or 1: uvicorn in the engine process)."),
         grpc_port: Optional[int] = typer.Option(  # noqa: UP045
             None, "--grpc-port", help="Also serve KServe v2 gRPC on this port (default GPUFLEET_GRPC_PORT or off; "
-                                      'needs pip install "gpufleet[grpc]").'),
+                                      'needs pip install "gpufleet\\[grpc]").'),
     ) -> None:
         """Serve a model over HTTP: /predict, KServe v2 (tritonclient), /health, /stats, /metrics."""
         from gpufleet.server.config import server_config
@@ -91,6 +91,11 @@ def register(app: typer.Typer) -> None:
         burst: Optional[int] = typer.Option(None, "--burst", help="Send N requests at once instead."),  # noqa: UP045
         token: Optional[str] = typer.Option(None, "--token", envvar="GPUFLEET_TOKEN"),  # noqa: UP045
         processes: int = typer.Option(1, "--processes", help="Client processes sharing the concurrency."),
+        protocol: Optional[str] = typer.Option(  # noqa: UP045
+            None, "--protocol", help="http | grpc: KServe v2 ModelInfer through gpufleet.Client (default: from the "
+                                     "URL; grpc://host:port is gRPC)."),
+        model: Optional[str] = typer.Option(  # noqa: UP045
+            None, "--model", help="Over gRPC: the served model's name (e.g. orientation)."),
         max_error_rate: float = typer.Option(
             0.0, "--max-error-rate", help="Exit 1 when more than this share of requests failed (0 = any failure)."),
         progress: Optional[bool] = typer.Option(  # noqa: UP045
@@ -114,15 +119,22 @@ def register(app: typer.Typer) -> None:
             _fail(f"--burst must be >= 1, got {burst}")
         if not 0.0 <= max_error_rate <= 1.0:
             _fail(f"--max-error-rate must be between 0 and 1, got {max_error_rate}")
-        if not url.startswith(("http://", "https://")):
-            _fail(f"URL must start with http:// or https://, got {url!r}")
+        if protocol not in (None, "http", "grpc"):
+            _fail(f"--protocol must be http or grpc, got {protocol!r}")
+        if protocol == "grpc" and not url.startswith("grpc://"):
+            url = "grpc://" + url.split("://", 1)[-1].split("/", 1)[0]  # host:port of whatever was given
+        if url.startswith("grpc://") and burst is not None:
+            _fail("--burst is HTTP only; over gRPC run the closed loop")
+        if not url.startswith(("http://", "https://", "grpc://")):
+            _fail(f"URL must start with http://, https:// or grpc://, got {url!r}")
         show = not json_output and (progress if progress is not None else sys.stderr.isatty())
         try:
             if burst is not None:
                 report = run_burst(url, burst, payload=payload, token=token)
             else:
                 report = run_load(url, concurrency=concurrency, duration=duration, warmup=warmup, payload=payload,
-                                  token=token, processes=processes, progress=Progress() if show else None)
+                                  token=token, processes=processes, progress=Progress() if show else None,
+                                  model=model)
         except ValueError as exc:
             _fail(str(exc))
         except LoadError as exc:

@@ -160,8 +160,8 @@ class Pool:
         ``preprocessed=True`` says the model's ``preprocess`` already ran on ``item`` (an HTTP front end did);
         the worker then skips it (a process worker's child too).
 
-        ``progress`` (process backend) is called, on a pool thread, with each value the model passes to
-        ``gpufleet.engine.process.report_progress`` while it serves the item.
+        ``progress`` is called, on a pool thread, with each value the model passes to
+        :func:`gpufleet.report_progress` while it serves the item (thread and process workers).
 
         Raises ``QueueFullError`` at once when ``max_queue`` items are outstanding, ``PoolClosed`` after
         ``close()``.

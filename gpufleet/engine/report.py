@@ -56,6 +56,8 @@ def stats_report(workers: Sequence[Worker], devices: Sequence[Device], *, balanc
             "total_requests": sum(s["total_requests"] for _, s in mine), "total_batches": batches,
             "avg_batch_size": round(items / batches, 3) if batches else 0.0,
             "errors": sum(s["errors"] for _, s in mine), "workers": len(mine),
+            "busy_s": round(sum(s["busy_s"] for _, s in mine), 4),
+            "media_s": round(sum(s["media_s"] for _, s in mine), 4), "rtf": _rtf(mine),
             # where the device is, for backends whose workers run elsewhere (a Ray actor's node and host)
             **{k: v for w, _ in mine[:1] for k, v in w.placement().items() if k in ("node", "hostname")},
         })
@@ -70,6 +72,7 @@ def stats_report(workers: Sequence[Worker], devices: Sequence[Device], *, balanc
         "errors": sum(s["errors"] for _, s in snaps), "oom_events": sum(s["oom_events"] for _, s in snaps),
         "isolated_batches": sum(s["isolated_batches"] for _, s in snaps),
         "restarts": sum(s["restarts"] for _, s in snaps), "queue_depth": outstanding, "rtf": _rtf(snaps),
+        "media_s": round(sum(s["media_s"] for _, s in snaps), 4),
         "uptime_s": round(uptime, 3), "throughput_rps": round(total_req / uptime, 3) if uptime > 0 else 0.0,
         "per_gpu_stats": per_gpu,
         "per_worker_stats": [{**w.describe(), **{k: v for k, v in s.items() if k != "stages"}} for w, s in snaps],
@@ -120,6 +123,7 @@ def _stages(workers: Sequence[Worker], preprocess_samples: np.ndarray | None) ->
 
 
 def _rtf(snaps: Sequence[tuple[Any, dict]]) -> float | None:
-    """Real-time factor over all workers: device-busy seconds per second of audio/video produced."""
+    """Real-time factor of ``snaps``' workers: device-busy seconds per second of audio/video their model
+    produced or consumed (``output_seconds``); below 1 is faster than real time. ``None`` without media."""
     media = sum(s.get("media_s", 0.0) for _, s in snaps)
     return round(sum(s["busy_s"] for _, s in snaps) / media, 5) if media else None

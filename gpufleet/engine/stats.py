@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
@@ -90,6 +91,7 @@ class WorkerStats:
         self.last_restart: dict[str, float] = {}  # the last restart's breakdown (seconds per phase)
         self.busy_s = 0.0
         self.media_s = 0.0  # seconds of audio/video produced, for models that declare output_seconds()
+        self.progress: Any = None  # the last report_progress() value of the batch being served
         self.started = time.monotonic()
         self.stages: dict[str, LatencyWindow] = {}
         self.batch_sizes = [0] * (len(BATCH_BUCKETS) + 1)  # batches per BATCH_BUCKETS bucket, +Inf last
@@ -124,5 +126,6 @@ class WorkerStats:
                 "busy_s": round(self.busy_s, 4),
                 "media_s": round(self.media_s, 4),
                 "rtf": round(self.busy_s / self.media_s, 5) if self.media_s else None,
+                "progress": self.progress,
                 "stages": {k: w.summary() for k, w in list(self.stages.items())},
             }

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from gpufleet.config import PoolConfig
@@ -22,6 +23,7 @@ from gpufleet.devices.device import Device
 from gpufleet.devices.locks import CUDA_SETUP_LOCK
 from gpufleet.engine.backend import Fleet, WorkerHooks
 from gpufleet.engine.oom import empty_cache, is_oom
+from gpufleet.engine.progress import reporting_to
 from gpufleet.engine.request import Request
 from gpufleet.engine.step import BatchStep
 from gpufleet.engine.worker import BaseWorker
@@ -166,11 +168,14 @@ class ThreadWorker(BaseWorker):
                 self._probe(batch[0].item)
             t0 = time.monotonic()
             if step.pipelined:
+                reporting_to(partial(self.progress, batch))
                 try:
                     handle = step.launch([r.item for r in batch])
                 except GpufleetError as err:
                     self.fail(batch, err)
                     continue
+                finally:
+                    reporting_to(None)
                 if handle is not None:
                     inflight.append((batch, handle, t0))
                     continue
@@ -180,12 +185,15 @@ class ThreadWorker(BaseWorker):
         step = self.step
         assert step is not None
         step.oom_batch = step.isolated = 0
+        reporting_to(partial(self.progress, batch))
         try:
             outputs, errors = step.finish([r.item for r in batch], handle)
         except GpufleetError as err:
             self.fail(batch, err)
+            self.stats.progress = None
             return
         finally:
+            reporting_to(None)
             if step.oom_batch:
                 self.lower_max_batch(step.oom_batch, log)
         t1 = time.monotonic()

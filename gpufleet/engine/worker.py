@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 _EWMA = 0.2  # weight of the newest batch in the per-item time estimate used by the speed balancer
 
 
+def _call_progress(cb: Callable[[Any], None], value: Any) -> None:
+    try:
+        cb(value)
+    except Exception:  # noqa: BLE001 - a user's callback must not break serving
+        log.exception("progress callback failed")
+
+
 class BaseWorker:
     """The bookkeeping half of a worker (see :class:`gpufleet.engine.backend.Worker`); subclasses run the model."""
 
@@ -113,6 +120,19 @@ class BaseWorker:
                 except InvalidStateError:
                     pass
 
+    def progress(self, reqs: list[Request], value: Any, index: int | None) -> None:
+        """The model reported ``value`` for item ``index`` of the batch ``reqs`` (``None``: all of it): shown in
+        the worker's stats until the batch is answered, and passed to the items' ``progress`` callbacks on a
+        pool thread (a slow callback blocks nobody)."""
+        self.stats.progress = value
+        for r in reqs if index is None else reqs[index:index + 1]:
+            cb = getattr(r.future, "progress", None)
+            if cb is not None and not r.future.done():
+                try:
+                    self.hooks.executor.submit(_call_progress, cb, value)
+                except RuntimeError:
+                    return  # the pool is shutting down
+
     def fail_pending(self, err: GpufleetError) -> None:
         self.fail(self.batcher.drain(), err)
 
@@ -141,6 +161,7 @@ class BaseWorker:
         entries are stage times; ``media_s`` the seconds of media it produced; ``isolated`` the splits made to
         isolate items the model failed on."""
         busy = timings.get("predict", 0.0)
+        self.stats.progress = None  # the batch it described is done
         self.stats.record_batch(n, busy)
         with self.stats.lock:
             for name, seconds in timings.items():

@@ -146,7 +146,7 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
 
     async def predict(request: Request) -> Response:
         item = await _item(request)
-        (result,) = await gather(request, submit_all(state, [item]))
+        (result,) = await gather(request, submit_all(state, [item]), state.deadline_s(None))
         return _result_response(result)
 
     async def predict_batch(request: Request) -> Response:
@@ -159,7 +159,7 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
             data = data["inputs"]
         if not isinstance(data, list) or not data:
             raise HTTPError(400, "/predict/batch needs a non-empty JSON list or {\"inputs\": [...]}")
-        results = await gather(request, submit_all(state, data))
+        results = await gather(request, submit_all(state, data), state.deadline_s(None))
         return _result_response({"outputs": results})
 
     async def health(request: Request) -> Response:

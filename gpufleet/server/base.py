@@ -14,14 +14,14 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gpufleet.errors import PoolClosed, WorkerError
+from gpufleet.errors import DeadlineExceeded, PoolClosed, WorkerError
 from gpufleet.server.errors import HTTPError
 
 if TYPE_CHECKING:
     from gpufleet.engine import Pool
     from gpufleet.server.metrics import Metrics
 
-__all__ = ["ServerState", "dumps", "gather", "json_response", "not_json_able", "read_body", "submit_all"]
+__all__ = ["ServerState", "dumps", "gather", "json_response", "not_json_able", "read_body", "results", "submit_all"]
 
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
@@ -71,6 +71,16 @@ class ServerState:
         self.draining = False
         self.inflight = 0
         self._idle: asyncio.Event | None = None
+
+    def deadline_s(self, timeout_s: float | None) -> float | None:
+        """Seconds the items of a request may take: the request's own ``timeout_s``, else the server's, else
+        the pool's default (``None``: no bound)."""
+        if timeout_s is not None:
+            return timeout_s
+        if self.request_timeout_s is not None:
+            return self.request_timeout_s
+        config = getattr(self.pool, "config", None)  # a Pool; a RemotePool was told the engine's at connect
+        return config.timeout_s if config is not None else getattr(self.pool, "info", {}).get("timeout_s")
 
     def authorized(self, header: str | None) -> bool:
         if self.token is None:
@@ -151,10 +161,26 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def gather(request: Request, futures: list[Future | asyncio.Future]) -> list[Any]:
-    """Await every future's result (concurrent futures of a local pool, asyncio futures of a remote one);
-    if the client disconnects first, cancel what has not started."""
+async def results(futures: list[Future | asyncio.Future], timeout_s: float | None) -> list[Any]:
+    """Every future's result (concurrent futures of a local pool, asyncio futures of a remote one), in order;
+    ``DeadlineExceeded`` once ``timeout_s`` passes, even while an item still runs (a thread worker cannot stop
+    its ``predict``; its late answer is dropped)."""
     waiters = [asyncio.wrap_future(f) for f in futures]  # an asyncio future (remote pool) is returned as it is
+    both = waiters[0] if len(waiters) == 1 else asyncio.gather(*waiters)
+    if timeout_s is None:
+        got = await both
+    else:
+        try:
+            got = await asyncio.wait_for(both, timeout_s)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"no answer within the request's deadline of {timeout_s:g}s") from None
+    return [got] if len(waiters) == 1 else got
+
+
+async def gather(request: Request, futures: list[Future | asyncio.Future],
+                 timeout_s: float | None = None) -> list[Any]:
+    """:func:`results` of the request's items, bounded by ``timeout_s`` (see :meth:`ServerState.deadline_s`);
+    if the client disconnects first, cancel what has not started."""
     watch = asyncio.ensure_future(_disconnected(request))
 
     def gone(task: asyncio.Future) -> None:
@@ -165,9 +191,9 @@ async def gather(request: Request, futures: list[Future | asyncio.Future]) -> li
     watch.add_done_callback(gone)
     ok = False
     try:
-        results = [await waiters[0]] if len(waiters) == 1 else await asyncio.gather(*waiters)
+        got = await results(futures, timeout_s)
         ok = True
-        return results
+        return got
     except asyncio.CancelledError:
         if watch.done() and not watch.cancelled():
             raise HTTPError(499, "client disconnected") from None

@@ -15,7 +15,7 @@ from typing import Any
 from gpufleet.errors import ConfigError
 from gpufleet.logs import FORMATS
 
-__all__ = ["LOG_LEVELS", "ServerConfig", "env_overrides", "server_config"]
+__all__ = ["ENV_NAMES", "LOG_LEVELS", "ServerConfig", "env_overrides", "server_config"]
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's names
 
@@ -78,6 +78,11 @@ class ServerConfig:
         if self.model_name is not None:
             options["model_name"] = self.model_name
         return options
+
+
+ENV_NAMES: dict[str, tuple[str, ...]] = {"http_workers": ("GPUFLEET_HTTP_WORKERS",),
+                                          "grpc_port": ("GPUFLEET_GRPC_PORT",)}
+"""The environment variables that may set each ServerConfig field (``GPUFLEET_TOKEN`` is ``--token``'s)."""
 
 
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:

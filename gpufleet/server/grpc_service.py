@@ -22,7 +22,7 @@ from typing import Any
 import gpufleet
 from gpufleet.errors import ConfigError, GpufleetError, WorkerDied
 from gpufleet.server import v2
-from gpufleet.server.base import ServerState, submit_all
+from gpufleet.server.base import ServerState, results, submit_all
 from gpufleet.server.errors import HTTPError, status_for
 from gpufleet.server.grpc_tensors import decode_inputs, encode_outputs, parameter
 
@@ -44,7 +44,7 @@ def require_grpc() -> Any:
         import grpc
         import grpc.aio  # noqa: F401
 
-        from gpufleet.server import protos  # noqa: F401  (needs protobuf)
+        from gpufleet import protos  # noqa: F401  (needs protobuf)
     except ImportError as exc:
         raise ConfigError(f"{GRPC_EXTRA} ({exc})") from None
     return grpc
@@ -66,7 +66,7 @@ class _Service:
     """The handlers; ``_wrap`` adds auth, admission, accounting, metrics and error mapping around each."""
 
     def __init__(self, state: ServerState) -> None:
-        from gpufleet.server.protos import pb
+        from gpufleet.protos import pb
 
         self.state, self.pb = state, pb
         self._spec: v2.ModelSpec | None = None
@@ -140,13 +140,12 @@ class _Service:
         timeout_s = _deadline(param_s, context.time_remaining(), self.state.request_timeout_s)
         futures = submit_all(self.state, items, timeout_s)
         try:
-            waiters = [asyncio.wrap_future(f) for f in futures]
-            results = [await waiters[0]] if len(waiters) == 1 else await asyncio.gather(*waiters)
+            got = await results(futures, self.state.deadline_s(timeout_s))
         except BaseException:  # a failed item, or the call was cancelled (client gone, deadline): drop the rest
             for f in futures:
                 f.cancel()
             raise
-        arrays = v2.output_arrays(s, list(results))
+        arrays = v2.output_arrays(s, got)
         if request.outputs:
             chosen = []
             for o in request.outputs:
@@ -208,7 +207,7 @@ def _wrap(state: ServerState, name: str, fn: Handler, *, open_: bool = False, wo
 def handlers(state: ServerState) -> Any:
     """grpc's generic handler for ``inference.GRPCInferenceService`` over ``state``."""
     grpc = require_grpc()
-    from gpufleet.server.protos import SERVICE, pb
+    from gpufleet.protos import SERVICE, pb
 
     svc = _Service(state)
     kinds = {"ServerLive": {"open_": True}, "ModelInfer": {"work": True}}

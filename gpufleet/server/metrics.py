@@ -40,6 +40,13 @@ class _PoolCollector(Collector):
         reqs = CounterMetricFamily("gpufleet_device_items", "Items served by the device", labels=labels)
         batches = CounterMetricFamily("gpufleet_device_batches", "Batches run by the device", labels=labels)
         errors = CounterMetricFamily("gpufleet_device_errors", "Items that failed on the device", labels=labels)
+        busy = CounterMetricFamily("gpufleet_device_busy_seconds", "Seconds the device spent in predict",
+                                   labels=labels)
+        media = CounterMetricFamily("gpufleet_media_seconds", "Seconds of audio/video the device's model produced "
+                                    "or consumed (models with output_seconds)", labels=labels)
+        rtf = GaugeMetricFamily("gpufleet_real_time_factor", "Device-busy seconds per media second since start "
+                                "(below 1: faster than real time); over a window: rate(busy) / rate(media)",
+                                labels=labels)
         for d in stats["per_gpu_stats"]:
             lv = [str(d["device"]), str(d["gpu_id"])]
             depth.add_metric(lv, d["current_queue_depth"])
@@ -48,7 +55,12 @@ class _PoolCollector(Collector):
             reqs.add_metric(lv, d["total_requests"])
             batches.add_metric(lv, d["total_batches"])
             errors.add_metric(lv, d["errors"])
-        yield from (depth, outstanding, avg, reqs, batches, errors)
+            busy.add_metric(lv, d.get("busy_s", 0.0))
+            if d.get("media_s"):
+                media.add_metric(lv, d["media_s"])
+            if d.get("rtf") is not None:
+                rtf.add_metric(lv, d["rtf"])
+        yield from (depth, outstanding, avg, reqs, batches, errors, busy, media, rtf)
         sizes = HistogramMetricFamily("gpufleet_batch_size", "Items per batch run on the device", labels=labels)
         wait = HistogramMetricFamily("gpufleet_queue_wait_seconds", "Time an item waited for its batch",
                                      labels=labels)

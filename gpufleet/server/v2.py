@@ -224,7 +224,7 @@ def routes(state: ServerState) -> dict[str, Any]:
         req = decode_request(body, header_length)
         s = spec()
         items = _items(s, req.inputs)
-        results = await gather(request, submit_all(state, items, req.timeout_s))
+        results = await gather(request, submit_all(state, items, req.timeout_s), state.deadline_s(req.timeout_s))
         arrays = _outputs(s, results)
         if not s.outputs and not learned:
             learn(arrays)

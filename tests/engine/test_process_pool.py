@@ -170,8 +170,11 @@ def test_long_items_cancel_deadline_and_progress_do_not_block_others() -> None:
         assert wait_until(lambda: all(w.outstanding and not len(w.batcher) for w in p.workers), 10)
         queued = p.submit(5)  # both workers busy: it waits in a batcher
         assert queued.cancel()
+        # The children's progress shows in the stats while they serve (and is gone once answered).
+        assert wait_until(lambda: any(w["progress"] for w in p.stats()["per_worker_stats"]), 10)
         assert slow_a.result(timeout=30) == "a" and slow_b.result(timeout=30) == "b"
         assert wait_until(lambda: len(seen) == 4, 10) and seen == [0.25, 0.5, 0.75, 1.0]
+        assert [w["progress"] for w in p.stats()["per_worker_stats"]] == [None, None]
         # A running item past its deadline fails at once; the other worker keeps serving meanwhile.
         late = p.submit(("sleep", 3.0, "x"), timeout_s=0.3)
         assert [p.submit(i).result(timeout=30) for i in range(5)] == [0, 2, 4, 6, 8]

@@ -52,7 +52,7 @@ def test_statuses_map_to_grpc_codes() -> None:
 
 def test_committed_descriptor_matches_the_proto() -> None:
     pytest.importorskip("grpc_tools")
-    from gpufleet.server.protos import generate
+    from gpufleet.protos import generate
 
     assert generate.main(["--check"]) == 0, "run: make protos"
 
@@ -61,7 +61,7 @@ def test_messages_live_in_a_private_pool_beside_tritonclient() -> None:
     pytest.importorskip("tritonclient.grpc")
     from tritonclient.grpc import service_pb2  # registers inference.* in protobuf's default pool
 
-    from gpufleet.server.protos import pb
+    from gpufleet.protos import pb
 
     ours = pb.ModelInferRequest(model_name="m", raw_input_contents=[b"abc"])
     ours.inputs.add(name="x", datatype="BYTES", shape=[1])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from starlette.routing import Route
 
-from gpufleet import Pool
+from gpufleet import Model, Pool
 from gpufleet.server import create_app
 from gpufleet.server.openapi import spec
 from tests.server.conftest import live_server
@@ -26,6 +26,30 @@ def test_metrics_have_process_metrics_and_histograms() -> None:
     assert float(lines[f"gpufleet_batch_size_sum{{{labels}}}"]) == 20
     assert float(lines[f'gpufleet_queue_wait_seconds_bucket{{{labels},le="+Inf"}}']) == 20
     assert float(lines[f"gpufleet_queue_wait_seconds_count{{{labels}}}"]) == 20
+
+
+class _Speech(Model):
+    """Each output is 0.5 s of audio: the model declares it, so /stats and /metrics show the real-time factor."""
+
+    def predict(self, batch: list) -> list:
+        return [[0.0] * 8 for _ in batch]
+
+    def output_seconds(self, output: list) -> float:
+        return 0.5
+
+
+def test_real_time_factor_in_stats_and_metrics() -> None:
+    with Pool(_Speech, cpu_devices=1, max_wait_ms=1) as pool, live_server(pool, model_name="tts") as (url, _):
+        assert httpx.post(url + "/predict/batch", json=list(range(10))).status_code == 200
+        stats = httpx.get(url + "/stats").json()
+        text = httpx.get(url + "/metrics").text
+    dev = stats["per_gpu_stats"][0]
+    assert stats["media_s"] == dev["media_s"] == 5.0 and stats["rtf"] == dev["rtf"] is not None
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    labels = 'device="cpu:0",gpu_id="0"'
+    assert float(lines[f"gpufleet_media_seconds_total{{{labels}}}"]) == 5.0
+    assert float(lines[f"gpufleet_real_time_factor{{{labels}}}"]) == dev["rtf"]
+    assert float(lines[f"gpufleet_device_busy_seconds_total{{{labels}}}"]) == dev["busy_s"]
 
 
 def test_openapi_describes_every_route_and_docs_page() -> None:

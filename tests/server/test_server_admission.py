@@ -61,6 +61,18 @@ def test_deadline_gives_504(monkeypatch: pytest.MonkeyPatch) -> None:
         assert set(codes) <= {200, 504} and 504 in codes
 
 
+def test_a_running_item_past_its_deadline_is_504_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A thread worker cannot stop its predict (3 s here): the server answers 504 when the deadline passes
+    # anyway, and the worker's late answer is dropped.
+    monkeypatch.setenv("SLOW_MODEL_S", "3.0")
+    with Pool(SlowModel, cpu_devices=1, max_batch_size=1, max_wait_ms=0, timeout_s=0.3) as pool, \
+            live_server(pool) as (base, _):
+        t0 = time.monotonic()
+        r = httpx.post(f"{base}/predict", json="slow", timeout=30)
+        assert r.status_code == 504 and "deadline" in r.json()["error"]
+        assert time.monotonic() - t0 < 2.5  # answered at the deadline, not when predict returned
+
+
 def test_worker_error_is_500_json() -> None:
     with Pool(Failing, cpu_devices=1, max_batch_size=1) as pool, live_server(pool) as (base, _):
         r = httpx.post(f"{base}/predict", json="boom")

@@ -19,6 +19,15 @@ def gpufleet(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+GRPC_PORT = [0, 0]  # the failing server's HTTP and gRPC ports
+try:
+    import grpc  # noqa: F401
+
+    HAS_GRPC = True
+except ImportError:
+    HAS_GRPC = False
+
+
 def test_dead_port_fails_at_once_with_a_plain_message():
     port = free_port()  # nothing listens there
     p = gpufleet("load", f"http://127.0.0.1:{port}", "--duration", "30", "--warmup", "0")
@@ -32,9 +41,11 @@ def failing_server(tmp_path_factory):
     """A real ``gpufleet serve`` of a model that always raises; its log goes to a file (one line per 500: a
     pipe nobody reads would fill up and stall the server)."""
     port = free_port()
+    GRPC_PORT[:] = [port, free_port()]
+    grpc_args = ["--grpc-port", str(GRPC_PORT[1])] if HAS_GRPC else []
     log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "gpufleet", "serve", "tests/tools/failing_model.py:AlwaysFails",
-                             "--port", str(port), "--cpu-devices", "1", "--log-level", "error"],
+                             "--port", str(port), "--cpu-devices", "1", "--log-level", "error", *grpc_args],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -89,6 +100,23 @@ def test_progress_with_client_processes(failing_server):
                       payload="file:tests/tools/item.json", progress=Progress(out))
     assert report["processes"] == 2 and report["error_rate"] == 1.0
     assert "req/s" in out.getvalue()
+
+
+@pytest.mark.skipif(not HAS_GRPC, reason="needs grpcio")
+def test_over_grpc_through_the_client(failing_server):
+    # --protocol grpc turns the URL into grpc://host:port; each ModelInfer fails (INTERNAL, counted as 500)
+    p = gpufleet("load", f"127.0.0.1:{GRPC_PORT[1]}", "--protocol", "grpc", "--model", "AlwaysFails", "-c", "4",
+                 "--duration", "1", "--warmup", "0", "--json", "--payload", "file:tests/tools/item.json")
+    assert p.returncode == 1, p
+    report = json.loads(p.stdout)
+    assert report["url"].startswith("grpc://") and report["requests"] > 0 and report["errors"] == {
+        "500": report["requests"]}
+    assert any("INTERNAL" in s and "this model always fails (test)" in s for s in report["error_samples"])
+    p = gpufleet("load", f"grpc://127.0.0.1:{GRPC_PORT[1]}", "-c", "2", "--duration", "1", "--warmup", "0")
+    assert p.returncode == 2 and "needs --model" in p.stderr
+    dead = free_port()
+    p = gpufleet("load", f"grpc://127.0.0.1:{dead}", "--model", "m", "--duration", "30", "--warmup", "0")
+    assert p.returncode == 1 and p.stderr.startswith("error: ") and "UNAVAILABLE" in p.stderr, p
 
 
 def test_report_format_without_errors():

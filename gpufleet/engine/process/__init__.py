@@ -17,7 +17,7 @@ from typing import Any
 from gpufleet.config import PoolConfig
 from gpufleet.devices import select
 from gpufleet.engine.backend import Fleet, WorkerHooks
-from gpufleet.engine.process.child import report_progress
+from gpufleet.engine.progress import report_progress  # kept here too: its first home
 from gpufleet.errors import ConfigError
 from gpufleet.models.resolve import model_factory
 

@@ -7,7 +7,7 @@ check the placement, then runs preprocess → predict → postprocess per batch.
 process is alive while ``predict`` runs; a sticky CUDA error ends the process after reporting it, because
 every later kernel in that context would fail too.
 
-Inside ``predict``, :func:`report_progress` sends progress to the item's ``progress`` callback.
+Inside ``predict``, :func:`gpufleet.report_progress` sends progress to the parent (the items' callbacks, stats).
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ from gpufleet.devices.device import Device
 from gpufleet.engine import wire
 from gpufleet.engine.oom import is_sticky_cuda_error
 from gpufleet.engine.process.shm import Attachments, SegmentPool
+from gpufleet.engine.progress import reporting_to
 from gpufleet.engine.step import BatchStep, poll_interval
 from gpufleet.errors import GpufleetError
 from gpufleet.models.base import StackedBatch
 
-__all__ = ["STICKY_EXIT", "ChildSpec", "is_sticky_cuda_error", "main", "report_progress"]
+__all__ = ["STICKY_EXIT", "ChildSpec", "is_sticky_cuda_error", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -56,28 +57,6 @@ class ChildSpec:
     log_level: int = logging.WARNING
     restart: bool = False  # a replacement: warm up what serving needs first, the rest after Ready
     spare: bool = False  # spawned ahead of need: import, then wait for ``Start`` before touching the device
-
-
-class _Progress:
-    """The batch ``predict`` is working on, for :func:`report_progress`."""
-
-    send: Any = None
-    batch_id = -1
-    index: list[int] = []
-
-
-_progress = _Progress()
-
-
-def report_progress(value: Any, index: int | None = None) -> None:
-    """From inside ``predict`` in a process worker: send ``value`` (msgpack-able) to the progress callback of
-    item ``index`` of the current batch (``None``: every item). A no-op outside a process worker."""
-    send = _progress.send
-    if send is None:
-        return
-    orig = None if index is None else _progress.index[index]
-    send(wire.Progress(_progress.batch_id, value, orig))
-
 
 def _hello(device: Device) -> wire.Hello:
     """Initialise the device and say which one the context is on."""
@@ -262,7 +241,14 @@ class _Child:
                 return True
 
     def _progress_to(self, batch_id: int, alive: list[int]) -> None:
-        _progress.send, _progress.batch_id, _progress.index = self.send, batch_id, alive
+        """This thread's ``report_progress`` calls go to the parent as progress of batch ``batch_id`` (whose
+        ``alive`` items ``predict`` sees, in order) until ``reporting_to(None)``."""
+        send = self.send
+
+        def sink(value: Any, index: int | None) -> None:
+            send(wire.Progress(batch_id, value, None if index is None else alive[index]))
+
+        reporting_to(sink)
 
     def begin(self, batch: wire.Batch) -> _Work | None:
         """Preprocess a batch and, for launch/collect models, start it on the device; ``None`` if it was
@@ -282,7 +268,7 @@ class _Child:
                 self._failed(batch, err)
                 return None
             finally:
-                _progress.send = None
+                reporting_to(None)
         return work
 
     def finish(self, work: _Work) -> None:
@@ -297,7 +283,7 @@ class _Child:
             self._failed(batch, err)
             return
         finally:
-            _progress.send = None
+            reporting_to(None)
         del items, work.items, batch.items, batch.stacked  # drop views into the parent's segment before answering
         prepared, need = self.codec.prepare(outputs)
         seg = self.pool.acquire(need) if need else None

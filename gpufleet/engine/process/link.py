@@ -15,7 +15,6 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -161,20 +160,13 @@ class ChildLink:
     def _on_progress(self, msg: wire.Progress) -> None:
         with self.cv:
             sent = self.inflight.get(msg.id)
-        if sent is None:
-            return
-        reqs = sent.reqs if msg.index is None else sent.reqs[msg.index:msg.index + 1]
-        for r in reqs:
-            cb = getattr(r.future, "progress", None)
-            if cb is not None and not r.future.done():
-                try:
-                    self.worker.hooks.executor.submit(_call_progress, cb, msg.value)  # a slow callback blocks nobody
-                except RuntimeError:
-                    return  # the pool is shutting down
+        if sent is not None:
+            self.worker.progress(sent.reqs, msg.value, msg.index)
 
     def _on_done(self, gen: int, msg: wire.BatchDone) -> None:
         w = self.worker
         now = time.monotonic()
+        w.stats.progress = None  # the batch it described is done
         if msg.segments:
             self.send(wire.Free(msg.segments))
         if msg.dropped:
@@ -290,10 +282,3 @@ class ChildLink:
             sent.sent = True
         except (OSError, ValueError):
             pass  # the child died; the supervisor moves the batch
-
-
-def _call_progress(cb: Callable[[Any], None], value: Any) -> None:
-    try:
-        cb(value)
-    except Exception:  # noqa: BLE001 - a user's callback must not break serving
-        log.exception("progress callback failed")

@@ -182,7 +182,7 @@ class PoolServer:
         try:
             if m.method == "info":
                 value: Any = {"pid": os.getpid(), "devices": [dataclasses.asdict(d) for d in self.pool.devices],
-                              **self.info}
+                              "timeout_s": self.pool.config.timeout_s, **self.info}
             elif m.method in ("stats", "health"):  # may take milliseconds: keep the socket loop free
                 value = await asyncio.get_running_loop().run_in_executor(None, getattr(self.pool, m.method))
             elif m.method == "set_enabled":  # the dashboard's drain/enable, from any front end

@@ -4,7 +4,7 @@ The descriptor is committed (``kserve_v2_descriptor.py``, made by ``generate.py`
 module turns it into message classes with public protobuf API, so it needs ``protobuf`` only, and a process
 that also imports ``tritonclient.grpc`` (same ``inference.*`` names, protobuf's default pool) is fine.
 
->>> from gpufleet.server.protos import pb
+>>> from gpufleet.protos import pb
 >>> pb.ServerLiveResponse(live=True).SerializeToString()
 b'\\x08\\x01'
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pool, message_factory
 
-from gpufleet.server.protos.kserve_v2_descriptor import SERIALIZED
+from gpufleet.protos.kserve_v2_descriptor import SERIALIZED
 
 __all__ = ["SERVICE", "pb"]
 
