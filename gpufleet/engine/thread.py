@@ -24,7 +24,7 @@ from gpufleet.devices import select
 from gpufleet.devices.device import Device
 from gpufleet.devices.locks import CUDA_SETUP_LOCK
 from gpufleet.engine.backend import Fleet, WorkerHooks
-from gpufleet.engine.oom import empty_cache, is_oom
+from gpufleet.engine.probe import FIXED_SIZES, ProbeResult, probe_worker_model
 from gpufleet.engine.request import Request
 from gpufleet.engine.step import BatchStep
 from gpufleet.engine.worker import BaseWorker
@@ -77,6 +77,7 @@ class ThreadWorker(BaseWorker):
         self.probe_pending = config.max_batch_size == 0
         self._model: Any = None
         self.step: BatchStep | None = None
+        self.batch_probe: ProbeResult | None = None  # max_batch_size=0: what the probe chose
         self.weights_on: str | None = None  # reported after setup: the device of the model's weights
         self.context_on: str | None = None  # and the CUDA device current in the worker's thread
         self._make_model = make_model
@@ -111,7 +112,9 @@ class ThreadWorker(BaseWorker):
 
     def _setup(self) -> None:
         model = self._make_model()
-        apply_pool_settings(model, batch_buckets=self.config.batch_buckets, max_batch_size=self.max_batch)
+        # Probed: the model is prepared (e.g. CUDA graphs captured) for every size the probe may choose.
+        apply_pool_settings(model, batch_buckets=self.config.batch_buckets,
+                            max_batch_size=self.max_batch or self.config.max_probe_batch)
         if self.device.is_cuda:
             with CUDA_SETUP_LOCK:  # one CUDA set-up (and graph capture) at a time in this process
                 model.setup(self.device)
@@ -134,6 +137,8 @@ class ThreadWorker(BaseWorker):
     def _main(self) -> None:
         try:
             self._setup()
+            if self.probe_pending:  # before the pool is ready: no caller's clock runs yet
+                self._probe(None)
             self._healthy = True
         except BaseException as exc:  # noqa: BLE001 - reported to the pool, which decides
             self.error = exc
@@ -306,25 +311,28 @@ class ThreadWorker(BaseWorker):
 
     # -- batch size probe ---------------------------------------------------------------------------------
     def _probe(self, sample: Any) -> None:
-        """Find the largest batch that fits and still raises throughput (``max_batch_size=0``)."""
+        """``max_batch_size=0``: probe the batch size (:mod:`gpufleet.engine.probe`) on the model's example
+        input (``sample=None``, at setup) or on the first real item; without an example it waits for one."""
+        step = self.step
+        assert step is not None
+        cap = self.config.max_probe_batch
+        try:
+            result = probe_worker_model(self._model, self.device, cap=cap, name=self.name, sample=sample,
+                                        depth=self.config.pipeline_depth if step.pipelined else 1)
+        except Exception as exc:  # noqa: BLE001 - not even size 1 ran: serve at the fixed default
+            fallback = min(FIXED_SIZES[0], cap)
+            log.warning("%s: batch size probe failed (%s: %s); serving at %d", self.name, type(exc).__name__, exc,
+                        fallback)
+            self.probe_pending, self.max_batch = False, fallback
+            return
+        if result is None:
+            return  # no example input: probed on the first item
         self.probe_pending = False
-        best_bs, best_rate, bs = 1, 0.0, 1
-        while bs <= self.config.max_probe_batch:
-            try:
-                self._model.predict([sample] * bs)  # warm-up at this size
-                t0 = time.perf_counter()
-                for _ in range(2):
-                    self._model.predict([sample] * bs)
-                rate = 2 * bs / max(time.perf_counter() - t0, 1e-9)
-            except Exception as exc:  # noqa: BLE001
-                if is_oom(exc):
-                    empty_cache(self.device)
-                    break
-                log.warning("%s: batch size probe stopped at %d: %s", self.name, bs, exc)
-                break
-            if rate < best_rate * 1.05:
-                break
-            best_bs, best_rate = bs, rate
-            bs *= 2
-        self.max_batch = best_bs
-        log.info("%s: probed max batch size %d (%.0f items/s)", self.name, best_bs, best_rate)
+        self.batch_probe = result
+        self.max_batch = result.size
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        if self.batch_probe is not None:
+            out["batch_probe"] = self.batch_probe.describe()
+        return out
