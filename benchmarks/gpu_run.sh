@@ -14,6 +14,8 @@ $OUT/summary.txt (a few lines per workload) and $OUT/results.tgz (every raw JSON
          batches).
   video  gpufleet video --model resnet18 on the 1080p H.264 file (1 input, 8 inputs, 8 inputs at
          --batch-size 128) beside the NVDEC decode-only ceiling (benchmarks/video_ceiling.py).
+  jpeg   benchmarks/jpeg_ceiling.py: W3's JPEG decode ceiling (torchvision batched decode_jpeg on the GPU, 1 and
+         2 threads) and the engine on those JPEGs without HTTP (decoding ahead vs in launch, and decoded input).
   tests  pytest -m gpu on the test files that have GPU tests (not run unless named in STEPS).
   ray    the Ray backend beside the process backend (not run unless named in STEPS; needs ray importable,
          e.g. its wheel and jsonschema, referencing, rpds-py, jsonschema-specifications, attrs in WHEELS):
@@ -29,7 +31,7 @@ Wheels the machine lacks (uvicorn, starlette, msgspec, PyAV, PyNvVideoCodec ...)
   run(command="bash benchmarks/gpu_run.sh", carry=[".whl", ".old"], timeout_s=600)
 
 Environment knobs (defaults in brackets):
-  OUT [/tmp/out]  WORK [/tmp/work] scratch  STEPS ["pool serve video"]  WHEELS [.whl]
+  OUT [/tmp/out]  WORK [/tmp/work] scratch  STEPS ["pool serve video jpeg"]  WHEELS [.whl]
   AB [1: A/B when .old is there; 0: new only]
   SECS [3] seconds per bench point   BENCH_ARGS ["--model resnet50 --precision fp16 --cuda-graphs
   --batch-sizes 64,128 --scale"]   DUR [8] / WARM [2] load seconds   LOADP [12] load processes at c=256
@@ -112,7 +114,7 @@ serve_one() {  # $1 = label, $2 = config name, $3 = extra serve flags
   wait $spid; echo "server $tag exit code $?" >> "$W/steps.txt"
 }
 
-for step in ${STEPS:-pool serve video}; do
+for step in ${STEPS:-pool serve video jpeg}; do
   case $step in
     pool)
       for label in $LABELS; do
@@ -150,6 +152,9 @@ for step in ${STEPS:-pool serve video}; do
       stamp "video 1080p: gpufleet video, 8 inputs"
       pkg new timeout 120 "${Vm[@]}" "${eight[@]}" --jsonl "$V/eight.{stream}.jsonl" > "$W/video_8.json" \
         2> "$W/video_8.err"
+      stamp "video 1080p: gpufleet video, 1 input, --batch-size 128"
+      pkg new timeout 120 "${Vm[@]}" "$F" --batch-size 128 --jsonl "$V/one.jsonl" > "$W/video_1_bs128.json" \
+        2> "$W/video_1_bs128.err"
       stamp "video 1080p: gpufleet video, 8 inputs, --batch-size 128"
       pkg new timeout 120 "${Vm[@]}" "${eight[@]}" --batch-size 128 --jsonl "$V/eight.{stream}.jsonl" \
         > "$W/video_8_bs128.json" 2> "$W/video_8_bs128.err"
@@ -174,6 +179,12 @@ for step in ${STEPS:-pool serve video}; do
         stamp "JPEG serving [backend $b, tuned]"
         serve_one new "$b" "--backend $b ${TUNED_ARGS:---http-workers 8 --max-batch-size 128 --max-wait-ms 2}"
       done
+      summary ;;
+    jpeg)
+      stamp "JPEG ceilings (decode 1/2 threads, engine decode ahead / in launch / decoded)"
+      pkg new timeout 240 python3 benchmarks/jpeg_ceiling.py --seconds "${SECS:-3}" > "$W/jpeg_ceiling.jsonl" \
+        2> "$W/jpeg_ceiling.err"
+      cat "$W/jpeg_ceiling.jsonl" >> "$W/steps.txt"
       summary ;;
     tests)
       stamp "pytest -m gpu"

@@ -40,8 +40,10 @@ def register(app: typer.Typer) -> None:
         ray_address: Optional[str] = typer.Option(  # noqa: UP045
             None, "--ray-address", help='--backend ray: the cluster ("auto", ray://head:10001; default: '
                                         'GPUFLEET_RAY_ADDRESS, RAY_ADDRESS, else a local Ray).'),
-        max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size", help="0 = probe the best size."),  # noqa: UP045
-        max_wait_ms: Optional[float] = typer.Option(None, "--max-wait-ms"),  # noqa: UP045
+        max_batch_size: Optional[int] = typer.Option(  # noqa: UP045
+            None, "--max-batch-size", help="0 = probe the best size (default: 128 on GPUs, 32 on CPU devices)."),
+        max_wait_ms: Optional[float] = typer.Option(  # noqa: UP045
+            None, "--max-wait-ms", help="Wait for a batch to fill (default: 2 on GPUs, 5 on CPU devices)."),
         balancer: Optional[str] = typer.Option(None, "--balancer", help="round-robin | queue-depth | speed"),  # noqa: UP045
         max_queue: Optional[int] = typer.Option(None, "--max-queue", help="Outstanding items before 429."),  # noqa: UP045
         timeout_s: Optional[float] = typer.Option(None, "--timeout-s", help="Per-item deadline (504 after)."),  # noqa: UP045
@@ -53,8 +55,9 @@ def register(app: typer.Typer) -> None:
         log_level: str = typer.Option("info", "--log-level", help="critical | error | warning | info | debug"),
         log_format: str = typer.Option("text", "--log-format", help="text | json (one JSON object per line)"),
         http_workers: Optional[int] = typer.Option(  # noqa: UP045
-            None, "--http-workers", help="HTTP front-end processes over the one engine process "
-                                         "(default GPUFLEET_HTTP_WORKERS or 1: uvicorn in the engine process)."),
+            None, "--http-workers", min=1, help="HTTP front-end processes over the one engine process (default "
+                                         "GPUFLEET_HTTP_WORKERS, else from the machine: min(8 x GPUs, cores // 2), "
+                                         "1 on CPU devices; 1 = uvicorn in the engine process)."),
         grpc_port: Optional[int] = typer.Option(  # noqa: UP045
             None, "--grpc-port", help="Also serve KServe v2 gRPC on this port (default GPUFLEET_GRPC_PORT or off; "
                                       'needs pip install "gpufleet\\[grpc]").'),

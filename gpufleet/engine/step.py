@@ -1,5 +1,5 @@
-"""The batch step every worker runs: preprocess → predict (or launch/collect) → out-of-memory split → output
-check → postprocess, with the errors each stage gives its items.
+"""The batch step every worker runs: preprocess → prepare_batch → predict (or launch/collect) → out-of-memory
+split → output check → postprocess, with the errors each stage gives its items.
 
 One :class:`BatchStep` per model copy: a thread worker runs it on its thread, a process worker's child in its
 process (and a Ray actor would in its own). The worker decides where and when each part runs (a thread
@@ -9,6 +9,7 @@ step decides what each part does, so every backend serves and fails items alike.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,8 @@ def poll_interval(age_s: float) -> float:
     (1% of its age, at most every 5 ms), so a minutes-long item does not keep a core busy polling."""
     return min(_POLL_MAX_S, max(_POLL_S, 0.01 * age_s))
 
+log = logging.getLogger(__name__)
+
 
 def preprocess_error(exc: BaseException) -> GpufleetError:
     """What a failed ``preprocess`` answers its item with: the model's own ``GpufleetError`` as it is, anything
@@ -48,6 +51,12 @@ class BatchStep:
     batch's fate: the batch is served again in halves until the failing item(s) are alone, so only they get
     the error (at most ``2n - 1`` predict calls for ``n`` items); ``isolated`` counts those splits since the
     worker last reset it. A sticky CUDA error is never retried.
+
+    A model may define ``prepare_batch(batch) -> list``: work on a whole batch ahead of its launch (the
+    embedded classifiers decode JPEGs on the GPU there), which a thread worker runs on a thread of its own,
+    one batch ahead, so it overlaps the previous batch on the device (``prepared`` says whether it has one).
+    It must leave items that ``launch``/``predict`` accept either way: a ``prepare_batch`` that raises leaves
+    the batch as it was, and ``launch``/``predict`` then do the work (and fail only the items that fail).
     """
 
     def __init__(self, model: Any, device: Any, name: str) -> None:
@@ -58,6 +67,8 @@ class BatchStep:
         self.post: Callable[[Any], Any] | None = optional_stage(model, "postprocess")
         self.pipelined = callable(getattr(model, "launch", None)) and callable(getattr(model, "collect", None))
         self.ready: Callable[[Any], bool] | None = getattr(model, "ready", None) if self.pipelined else None
+        prep = getattr(model, "prepare_batch", None)
+        self.prep: Callable[[list], list] | None = prep if callable(prep) else None
         self.oom_batch = 0
         self.isolated = 0
 
@@ -96,6 +107,30 @@ class BatchStep:
             except Exception as exc:  # noqa: BLE001 - a bad item fails alone
                 errors[i] = preprocess_error(exc)
         return errors
+
+    @property
+    def prepared(self) -> bool:
+        """Whether the model has a ``prepare_batch`` stage."""
+        return self.prep is not None
+
+    def prepare(self, items: list) -> list:
+        """The model's ``prepare_batch(items)``, or ``items`` unchanged when it raises or returns another
+        number of items (``launch``/``predict`` then do that work; the cache is freed after out of memory)."""
+        if self.prep is None:
+            return items
+        try:
+            out = self.prep(items)
+        except Exception as exc:  # noqa: BLE001 - launch/predict redo it and fail only the items that fail
+            if is_oom(exc):
+                empty_cache(self.device)
+            log.debug("%s: prepare_batch failed (%s: %s); the batch goes on unprepared", self.name,
+                      type(exc).__name__, exc)
+            return items
+        if not isinstance(out, list) or len(out) != len(items):
+            log.warning("%s: prepare_batch returned %s for %d items; ignored", self.name,
+                        f"{len(out)} items" if isinstance(out, list) else type(out).__name__, len(items))
+            return items
+        return out
 
     def launch(self, items: list) -> Any:
         """Start ``items`` on the device (models with ``launch``/``collect``): the handle for :meth:`finish`, or

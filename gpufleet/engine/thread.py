@@ -4,12 +4,15 @@ The loop keeps up to ``pipeline_depth`` batches in flight for models that split 
 ``launch(batch)`` (enqueue the device work, return a handle) and ``collect(handle) -> list``, so the next
 batch is assembled and copied while the device computes the previous one. Other models run ``predict``.
 The pool runs the model's ``preprocess`` before items reach the batcher; ``postprocess`` runs on the pool's
-threads, so this thread only feeds the device.
+threads, so this thread only feeds the device. A model with ``prepare_batch`` (the embedded classifiers:
+JPEG decoding on the GPU) gets a second thread that takes batches from the batcher and prepares each one
+while the previous one runs on the device, at most one prepared batch waiting ahead of the loop.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -22,7 +25,7 @@ from gpufleet.devices import select
 from gpufleet.devices.device import Device
 from gpufleet.devices.locks import CUDA_SETUP_LOCK
 from gpufleet.engine.backend import Fleet, WorkerHooks
-from gpufleet.engine.oom import empty_cache, is_oom
+from gpufleet.engine.probe import FIXED_SIZES, ProbeResult, probe_worker_model
 from gpufleet.engine.progress import reporting_to
 from gpufleet.engine.request import Request
 from gpufleet.engine.step import BatchStep
@@ -34,6 +37,8 @@ from gpufleet.models.resolve import model_factory
 __all__ = ["ThreadWorker", "make_fleet", "weights_device"]
 
 log = logging.getLogger(__name__)
+
+_CLOSED = object()  # the prepare thread's last word: the batcher closed and is empty
 
 
 def make_fleet(model: Any, config: PoolConfig, hooks: WorkerHooks) -> Fleet:
@@ -74,11 +79,18 @@ class ThreadWorker(BaseWorker):
         self.probe_pending = config.max_batch_size == 0
         self._model: Any = None
         self.step: BatchStep | None = None
+        self.batch_probe: ProbeResult | None = None  # max_batch_size=0: what the probe chose
         self.weights_on: str | None = None  # reported after setup: the device of the model's weights
         self.context_on: str | None = None  # and the CUDA device current in the worker's thread
         self._make_model = make_model
-        self._inflight: deque[tuple[list[Request], Any, float]] = deque()
+        self._inflight: deque[tuple[list[Request], list, Any, float]] = deque()
         self._thread = threading.Thread(target=self._main, name=f"gpufleet-{self.name}", daemon=True)
+        # Models with prepare_batch: (requests, prepared items) from the prepare thread, or an exception, or
+        # _CLOSED; ``_stopping`` tells that thread the loop is gone.
+        self._ahead: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._prep_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._ahead_closed = False
 
     @property
     def healthy(self) -> bool:
@@ -97,10 +109,14 @@ class ThreadWorker(BaseWorker):
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
+        if self._prep_thread is not None:
+            self._prep_thread.join(timeout)
 
     def _setup(self) -> None:
         model = self._make_model()
-        apply_pool_settings(model, batch_buckets=self.config.batch_buckets, max_batch_size=self.max_batch)
+        # Probed: the model is prepared (e.g. CUDA graphs captured) for every size the probe may choose.
+        apply_pool_settings(model, batch_buckets=self.config.batch_buckets,
+                            max_batch_size=self.max_batch or self.config.max_probe_batch)
         if self.device.is_cuda:
             with CUDA_SETUP_LOCK:  # one CUDA set-up (and graph capture) at a time in this process
                 model.setup(self.device)
@@ -123,6 +139,8 @@ class ThreadWorker(BaseWorker):
     def _main(self) -> None:
         try:
             self._setup()
+            if self.probe_pending:  # before the pool is ready: no caller's clock runs yet
+                self._probe(None)
             self._healthy = True
         except BaseException as exc:  # noqa: BLE001 - reported to the pool, which decides
             self.error = exc
@@ -132,6 +150,10 @@ class ThreadWorker(BaseWorker):
         self.ready.set()
         if self.max_batch == 0:
             self.max_batch = 1  # until the probe has run on the first real item
+        if self.step is not None and self.step.prepared:
+            self._prep_thread = threading.Thread(target=self._prepare_ahead, name=f"gpufleet-{self.name}-prep",
+                                                 daemon=True)
+            self._prep_thread.start()
         try:
             self._loop()
         except BaseException as exc:  # noqa: BLE001 - a bug in the loop must not hang callers
@@ -139,9 +161,13 @@ class ThreadWorker(BaseWorker):
             self.error, self._healthy = exc, False
             self.hooks.state()  # the pool stops routing here
             err = WorkerError(f"{self.name} stopped: {exc}")
-            self.fail([r for batch, _, _ in self._inflight for r in batch] + self.batcher.drain(), err, exc)
+            self._stopping.set()
+            waiting = [r for batch, _, _, _ in self._inflight for r in batch] + self._drain_ahead()
+            self.fail(waiting + self.batcher.drain(), err, exc)
             while (batch := self.batcher.take(1 << 30)) is not None:  # routed here before the routes changed
                 self.fail(batch, err, exc)
+        finally:
+            self._stopping.set()
 
     # -- the serving loop ---------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -151,43 +177,114 @@ class ThreadWorker(BaseWorker):
         depth = self.config.pipeline_depth if step.pipelined else 1
         while True:
             if inflight:
-                # The device is busy: take only what is queued now, else finish the oldest batch.
-                batch = self.batcher.take(self.max_batch, block=False) if len(inflight) < depth else []
-                if not batch:
+                # The device is busy: take only what is ready now, else finish the oldest batch.
+                got = self._next(block=False) if len(inflight) < depth else None
+                if got is None:
                     self._finish(*inflight[0])
                     inflight.popleft()  # only once finished: a crash in between still sees its items
                     continue
             else:
-                batch = self.batcher.take(self.max_batch)
-                if batch is None:
+                got = self._next(block=True)
+                if got is None:
                     return
-            batch = self.admit(batch)
+            batch, items = got
             if not batch:
                 continue
-            if self.probe_pending:
-                self._probe(batch[0].item)
             t0 = time.monotonic()
             if step.pipelined:
                 reporting_to(partial(self.progress, batch))
                 try:
-                    handle = step.launch([r.item for r in batch])
+                    handle = step.launch(items)
                 except GpufleetError as err:
                     self.fail(batch, err)
                     continue
                 finally:
                     reporting_to(None)
                 if handle is not None:
-                    inflight.append((batch, handle, t0))
+                    inflight.append((batch, items, handle, t0))
                     continue
-            self._finish(batch, None, t0)  # ``predict`` (or a launch that ran out of memory) now
+            self._finish(batch, items, None, t0)  # ``predict`` (or a launch that ran out of memory) now
 
-    def _finish(self, batch: list[Request], handle: Any, t0: float) -> None:
+    def _next(self, *, block: bool) -> tuple[list[Request], list] | None:
+        """The next batch to launch and its items (prepared, for models with ``prepare_batch``; the batch may be
+        empty when all its items were cancelled or late); ``None`` once the batcher closed (``block``) or when
+        nothing is ready (not ``block``)."""
+        if self._prep_thread is not None:
+            if self._ahead_closed:
+                return None
+            try:
+                got = self._ahead.get(block=block)
+            except queue.Empty:
+                return None
+            if got is _CLOSED:
+                self._ahead_closed = True
+                return None
+            if isinstance(got, BaseException):
+                raise got
+            return got
+        batch = self.batcher.take(self.max_batch, block=block)
+        if batch is None or (not batch and not block):
+            return None
+        batch = self.admit(batch)
+        if batch and self.probe_pending:
+            self._probe(batch[0].item)
+        return batch, [r.item for r in batch]
+
+    def _prepare_ahead(self) -> None:
+        """The prepare thread: take batches from the batcher, prepare each one (``prepare_batch``) while the loop
+        serves the previous one, and hand them on; an unexpected error is handed on for the loop to raise."""
+        step = self.step
+        assert step is not None
+        batch: list[Request] = []
+        try:
+            while True:
+                taken = self.batcher.take(self.max_batch)
+                if taken is None:
+                    break
+                batch = self.admit(taken)
+                if not batch:
+                    continue
+                if self.probe_pending:
+                    self._probe(batch[0].item)
+                items = step.prepare([r.item for r in batch])
+                if not self._hand((batch, items)):
+                    self.fail(batch, WorkerError(f"{self.name} stopped"))
+                    return
+                batch = []
+        except BaseException as exc:  # noqa: BLE001 - the loop raises it and fails what is left
+            self.fail(batch, WorkerError(f"{self.name}: prepare failed: {exc}"), exc)
+            self._hand(exc)
+            return
+        self._hand(_CLOSED)
+
+    def _hand(self, entry: Any) -> bool:
+        """Put ``entry`` on the queue ahead of the loop; False once the loop has stopped."""
+        while not self._stopping.is_set():
+            try:
+                self._ahead.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _drain_ahead(self) -> list[Request]:
+        """The requests of the prepared batches nobody will launch (the loop stopped)."""
+        out: list[Request] = []
+        while True:
+            try:
+                got = self._ahead.get_nowait()
+            except queue.Empty:
+                return out
+            if isinstance(got, tuple):
+                out.extend(got[0])
+
+    def _finish(self, batch: list[Request], items: list, handle: Any, t0: float) -> None:
         step = self.step
         assert step is not None
         step.oom_batch = step.isolated = 0
         reporting_to(partial(self.progress, batch))
         try:
-            outputs, errors = step.finish([r.item for r in batch], handle)
+            outputs, errors = step.finish(items, handle)
         except GpufleetError as err:
             self.fail(batch, err)
             self.stats.progress = None
@@ -222,25 +319,28 @@ class ThreadWorker(BaseWorker):
 
     # -- batch size probe ---------------------------------------------------------------------------------
     def _probe(self, sample: Any) -> None:
-        """Find the largest batch that fits and still raises throughput (``max_batch_size=0``)."""
+        """``max_batch_size=0``: probe the batch size (:mod:`gpufleet.engine.probe`) on the model's example
+        input (``sample=None``, at setup) or on the first real item; without an example it waits for one."""
+        step = self.step
+        assert step is not None
+        cap = self.config.max_probe_batch
+        try:
+            result = probe_worker_model(self._model, self.device, cap=cap, name=self.name, sample=sample,
+                                        depth=self.config.pipeline_depth if step.pipelined else 1)
+        except Exception as exc:  # noqa: BLE001 - not even size 1 ran: serve at the fixed default
+            fallback = min(FIXED_SIZES[0], cap)
+            log.warning("%s: batch size probe failed (%s: %s); serving at %d", self.name, type(exc).__name__, exc,
+                        fallback)
+            self.probe_pending, self.max_batch = False, fallback
+            return
+        if result is None:
+            return  # no example input: probed on the first item
         self.probe_pending = False
-        best_bs, best_rate, bs = 1, 0.0, 1
-        while bs <= self.config.max_probe_batch:
-            try:
-                self._model.predict([sample] * bs)  # warm-up at this size
-                t0 = time.perf_counter()
-                for _ in range(2):
-                    self._model.predict([sample] * bs)
-                rate = 2 * bs / max(time.perf_counter() - t0, 1e-9)
-            except Exception as exc:  # noqa: BLE001
-                if is_oom(exc):
-                    empty_cache(self.device)
-                    break
-                log.warning("%s: batch size probe stopped at %d: %s", self.name, bs, exc)
-                break
-            if rate < best_rate * 1.05:
-                break
-            best_bs, best_rate = bs, rate
-            bs *= 2
-        self.max_batch = best_bs
-        log.info("%s: probed max batch size %d (%.0f items/s)", self.name, best_bs, best_rate)
+        self.batch_probe = result
+        self.max_batch = result.size
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        if self.batch_probe is not None:
+            out["batch_probe"] = self.batch_probe.describe()
+        return out

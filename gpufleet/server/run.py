@@ -20,7 +20,7 @@ from gpufleet.engine import Pool
 from gpufleet.errors import ConfigError
 from gpufleet.logs import configure as configure_logs
 from gpufleet.server.app import create_app
-from gpufleet.server.config import ServerConfig, server_config
+from gpufleet.server.config import ServerConfig, machine_defaults, server_config
 from gpufleet.server.frontend import bind_socket
 from gpufleet.server.supervisor import serve_multi
 from gpufleet.server.uvicorn_server import DrainingServer
@@ -47,6 +47,32 @@ def pool_config(options: dict[str, Any], environ: dict[str, str] | None = None) 
     return PoolConfig(**{**env_overrides(environ), **{k: v for k, v in options.items() if v is not None}})
 
 
+def _gpu_count(config: PoolConfig) -> int:
+    """The GPUs the pool will serve on (Ray's are elsewhere: counted as one, for this machine's front ends)."""
+    if config.backend == "ray":
+        return 1
+    from gpufleet.devices import select
+
+    return sum(1 for d in select(config.devices, cpu_devices=config.cpu_devices) if d.is_cuda)
+
+
+def _machine_settings(options: dict[str, Any], cfg: ServerConfig) -> tuple[PoolConfig, ServerConfig]:
+    """The pool config and server config with what no option or environment variable set taken from the
+    machine (:func:`machine_defaults`)."""
+    config = pool_config(options)
+    auto = machine_defaults(_gpu_count(config))
+    env = env_overrides()
+    pool_auto = {k: v for k, v in auto.items()
+                 if k in PoolConfig.names() and options.get(k) is None and k not in env}
+    if pool_auto:
+        config = replace(config, **pool_auto)
+    if cfg.http_workers == 0:
+        cfg = replace(cfg, http_workers=auto["http_workers"])
+    log.info("serving with %d HTTP front end(s), max batch %d, max wait %g ms%s", cfg.http_workers,
+             config.max_batch_size, config.max_wait_ms, " (from the machine)" if pool_auto else "")
+    return config, cfg
+
+
 def serve(model: str = "orientation", server: ServerConfig | None = None, **options: Any) -> int:
     """Serve ``model`` until SIGTERM/SIGINT; returns the exit code (0 after a clean drain).
 
@@ -55,7 +81,9 @@ def serve(model: str = "orientation", server: ServerConfig | None = None, **opti
     given beside a ``server`` override its fields. The other ``options`` are :class:`gpufleet.PoolConfig`
     fields; ``None`` values are ignored so environment variables (``GPUFLEET_*``, ``GPU_IDS``,
     ``MAX_BATCH_SIZE``, ...) fill them, and given values win. ``http_workers > 1`` runs that many HTTP
-    front-end processes over this process's pool (see ``docs/serving.md``). ``log_format="json"`` logs one
+    front-end processes over this process's pool (see ``docs/serving.md``); what neither sets
+    (``http_workers``, and on GPUs ``max_batch_size``/``max_wait_ms``) comes from the machine
+    (:func:`gpufleet.server.config.machine_defaults`). ``log_format="json"`` logs one
     JSON object per line, request ids included.
 
     >>> serve("orientation", port=9000, cpu_devices=2)  # doctest: +SKIP
@@ -70,13 +98,14 @@ def serve(model: str = "orientation", server: ServerConfig | None = None, **opti
         from gpufleet.server.grpc_service import require_grpc
 
         require_grpc()  # before the pool loads the model: one line naming the extra
-    config = pool_config(options)
+    pool_config(options)  # bad pool options first, then an unknown model, then the machine's devices
+    target, default_name = load_model(model)  # resolves the spec; the model loads in the Pool below
+    config, cfg = _machine_settings(options, cfg)
     # Bind before the model loads (minutes for a large one): a port in use is a ConfigError now, not uvicorn's
     # exit 3 after the load. Bound, not listening: clients are refused, not queued, until uvicorn listens.
     sock = bind_socket(cfg.host, cfg.port, reuse_port=cfg.http_workers > 1)
     try:
         cfg = replace(cfg, port=sock.getsockname()[1])
-        target, default_name = load_model(model)
         cfg = replace(cfg, model_name=cfg.model_name or default_name)
         pool = Pool(target, config=config)
         try:

@@ -150,6 +150,38 @@ def test_jpegs_on_two_gpus_of_one_process_decode_on_one(caplog: pytest.LogCaptur
     assert "JPEGs for cuda:1 decode on cuda:0" in caplog.text
 
 
+def test_jpegs_prepared_ahead_give_the_answers_of_decoding_in_launch() -> None:
+    """The classifier decodes JPEGs in prepare_batch (its own thread and CUDA stream, one batch ahead); the
+    same model decoding in launch on the compute stream answers the same, a bad JPEG failing alone."""
+    import io
+
+    from PIL import Image
+
+    from gpufleet.models.zoo.classifier import ImageClassifier
+
+    class InLaunch(ImageClassifier):
+        prepare_batch = None  # type: ignore[assignment]
+
+    rng = torch.Generator().manual_seed(1)
+    jpegs: list = []
+    for i in range(200):
+        buf = io.BytesIO()
+        side = 64 if i % 3 else 80  # some need the resize
+        img = torch.randint(0, 256, (side, side, 3), dtype=torch.uint8, generator=rng).numpy()
+        Image.fromarray(img).save(buf, format="JPEG", quality=90)
+        jpegs.append(buf.getvalue())
+    jpegs[7] = jpegs[7][:2] + b"\x00" * 64 + jpegs[7][-2:]  # starts and ends like a JPEG, decodes as none
+    results = []
+    for cls in (ImageClassifier, InLaunch):
+        with Pool(cls("resnet18", image_size=64, precision="fp32"), "0", max_batch_size=32, max_wait_ms=2) as pool:
+            results.append(list(pool.map(jpegs, return_exceptions=True)))
+    ahead, inline = results
+    assert isinstance(ahead[7], Exception) and isinstance(inline[7], Exception)
+    for a, b in zip(ahead, inline):
+        if not isinstance(a, Exception):
+            assert a["class"] == b["class"] and abs(a["score"] - b["score"]) < 1e-4
+
+
 def test_shared_memory_block_is_pinned_and_read_without_staging() -> None:
     import numpy as np
 

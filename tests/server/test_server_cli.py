@@ -45,7 +45,7 @@ def test_flags_win_over_env() -> None:
 
 
 def test_http_workers_flag_wins_over_env() -> None:
-    assert server_config({"http_workers": None}, {}).http_workers == 1
+    assert server_config({"http_workers": None}, {}).http_workers == 0  # serve picks it from the machine
     assert server_config({"http_workers": None}, {"GPUFLEET_HTTP_WORKERS": "8"}).http_workers == 8
     assert server_config({"http_workers": 2}, {"GPUFLEET_HTTP_WORKERS": "8"}).http_workers == 2
     for bad in ("0", "-1", "many"):

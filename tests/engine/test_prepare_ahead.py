@@ -1,0 +1,109 @@
+"""A model's ``prepare_batch`` on a thread worker: run on a thread of its own, one batch ahead of the device
+loop (the next batch is prepared while the previous one is still being collected), with results identical to
+the same model without it, per-item errors included."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from gpufleet import Pool
+from gpufleet.errors import InputError
+
+
+class _Bad:
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _decode(x: object) -> object:
+    """The stand-in for JPEG decoding: ``b"12"`` -> 12; ``b"bad"`` becomes a marker its item fails with."""
+    if isinstance(x, bytes):
+        return _Bad(f"cannot decode {x!r}") if x == b"bad" else int(x)
+    return x
+
+
+class Decoding:
+    """launch/collect model that decodes what ``prepare_batch`` left encoded, as the classifier does."""
+
+    def setup(self, device: object) -> None:
+        self.second_prepared = threading.Event()
+        self.overlapped: bool | None = None
+        self.prepared = 0
+        self.prep_threads: set[str] = set()
+        self.launch_threads: set[str] = set()
+
+    def prepare_batch(self, batch: list) -> list:
+        self.prep_threads.add(threading.current_thread().name)
+        self.prepared += 1
+        if self.prepared == 2:
+            self.second_prepared.set()
+        if any(x == b"boom" for x in batch):
+            raise RuntimeError("the whole batch's prepare fails: launch decodes it")
+        return [_decode(x) for x in batch]
+
+    def launch(self, batch: list) -> list:
+        self.launch_threads.add(threading.current_thread().name)
+        return [_decode(x) for x in batch]
+
+    def collect(self, handle: list) -> list:
+        if self.overlapped is None:  # the first batch: the next one is prepared while this one is collected
+            self.overlapped = self.second_prepared.wait(10)
+        return [x if isinstance(x, _Bad) else x * 2 for x in handle]
+
+    def predict(self, batch: list) -> list:
+        return self.collect(self.launch(batch))
+
+    def postprocess(self, out: object) -> object:
+        if isinstance(out, _Bad):
+            raise InputError(out.message)
+        return out
+
+
+class NotAhead(Decoding):
+    prepare_batch = None  # type: ignore[assignment]
+
+    def collect(self, handle: list) -> list:
+        return [x if isinstance(x, _Bad) else x * 2 for x in handle]
+
+
+def _results(model: object, items: list) -> list:
+    with Pool(model, cpu_devices=1, max_batch_size=4, max_wait_ms=20) as pool:
+        futures = [pool.submit(x) for x in items]
+        out = []
+        for f in futures:
+            try:
+                out.append(("ok", f.result(timeout=30)))
+            except Exception as exc:  # noqa: BLE001
+                out.append((type(exc).__name__, str(exc)))
+        worker = pool.workers[0]
+        return [out, worker.model]
+
+
+@pytest.mark.timeout(60)
+def test_prepared_ahead_on_its_own_thread_with_the_same_results() -> None:
+    items: list = [str(i).encode() for i in range(40)]
+    items[5] = b"bad"
+    items[17] = 7  # already decoded
+    items[30] = b"boom"  # fails the whole batch's prepare_batch: served unprepared
+    ahead, model = _results(Decoding(), items)
+    plain, _ = _results(NotAhead(), items)
+    assert ahead == plain
+    assert ahead[0] == ("ok", 0) and ahead[5][0] == "InputError" and ahead[17] == ("ok", 14)
+    assert ahead[30][0] != "ok" and ahead[29] == ("ok", 58)  # unprepared: only the undecodable item fails
+    assert model.overlapped is True
+    assert model.prep_threads and not model.prep_threads & model.launch_threads
+
+
+@pytest.mark.timeout(60)
+def test_a_crash_in_the_prepare_thread_fails_its_items_and_stops_the_worker() -> None:
+    class Crashing(NotAhead):
+        def prepare_batch(self, batch: list) -> list:
+            raise SystemExit("not an Exception: escapes the step's fallback")
+
+    with Pool(Crashing, cpu_devices=1, max_batch_size=4, max_wait_ms=1, allow_degraded=True) as pool:
+        futures = [pool.submit(str(i).encode()) for i in range(6)]
+        for f in futures:
+            with pytest.raises(Exception):  # noqa: B017,PT011 - WorkerError or NoHealthyWorker, never a hang
+                f.result(timeout=30)
