@@ -9,7 +9,8 @@ the best so far:
 1. max batch size, doubling until throughput stops rising (by ``gain``) or the server fails to start (memory);
 2. max wait around the default;
 3. workers per device (1, 2, ...), then the other backends (``process``: one process per worker);
-4. HTTP front-end processes (1, 2, 4, ... up to half the cores).
+4. HTTP front-end processes: the search starts with a quarter of the cores (at most 8) so that HTTP does not
+   cap the batch search, then tries half, double and one.
 
 A trial that would not fit in what is left of ``budget_s`` is not run and is listed under ``not_tried``.
 """
@@ -383,9 +384,20 @@ class _Search:
     def better(self, trial: Trial | None, than: Trial | None) -> bool:
         return trial is not None and trial.score > 0 and (than is None or trial.score >= than.score * GAIN)
 
+    def max_http_workers(self) -> int:
+        return self.spec.max_http_workers or max(1, (os.cpu_count() or 1) // 2)
+
+    def start_http_workers(self) -> int:
+        """Front ends while the other settings are searched: enough that HTTP does not cap the batch search
+        (a quarter of the cores, at most 8), refined last."""
+        if not self.spec.http:
+            return 1
+        return max(1, min(8, (os.cpu_count() or 1) // 4, self.max_http_workers()))
+
     def batch_sizes(self) -> Candidate:
         """Doubling until throughput stops rising or the server does not start (memory)."""
-        base = Candidate(self.spec.batch_sizes[0], self.spec.waits_ms[0], backend=self.spec.backends[0])
+        base = Candidate(self.spec.batch_sizes[0], self.spec.waits_ms[0], backend=self.spec.backends[0],
+                         http_workers=self.start_http_workers())
         best: Trial | None = None
         sizes = sorted(set(self.spec.batch_sizes))
         for i, bs in enumerate(sizes):
@@ -420,10 +432,10 @@ class _Search:
         workers = [replace(cand, workers_per_device=n) for n in range(2, spec.max_workers_per_device + 1)]
         workers += [replace(cand, backend=b, workers_per_device=1) for b in spec.backends if b != cand.backend]
         cand = self.first_better(cand, workers)
-        if spec.http:
-            top = spec.max_http_workers or max(1, (os.cpu_count() or 1) // 2)
-            counts = [n for n in (2, 4, 8, 16, 32) if n <= top]
-            cand = self.first_better(cand, [replace(cand, http_workers=n) for n in counts])
+        if spec.http:  # fewer and more front ends than the start: half, double, then 1
+            n = cand.http_workers
+            counts = [c for c in (n // 2, n * 2, 1) if 1 <= c <= self.max_http_workers() and c != n]
+            cand = self.first_better(cand, [replace(cand, http_workers=c) for c in dict.fromkeys(counts)])
         else:
             self.not_tried.append("HTTP front ends: not tried (in-process pool, no HTTP)")
         return cand
