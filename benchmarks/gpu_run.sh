@@ -16,6 +16,8 @@ $OUT/summary.txt (a few lines per workload) and $OUT/results.tgz (every raw JSON
          --batch-size 128) beside the NVDEC decode-only ceiling (benchmarks/video_ceiling.py).
   jpeg   benchmarks/jpeg_ceiling.py: W3's JPEG decode ceiling (torchvision batched decode_jpeg on the GPU, 1 and
          2 threads) and the engine on those JPEGs without HTTP (decoding ahead vs in launch, and decoded input).
+  tune   gpufleet tune resnet50 --slo-p99-ms 50 (TUNE_BUDGET s), then W3 through serve --config tuned.toml beside
+         the defaults (not run unless named in STEPS).
   tests  pytest -m gpu on the test files that have GPU tests (not run unless named in STEPS).
   ray    the Ray backend beside the process backend (not run unless named in STEPS; needs ray importable,
          e.g. its wheel and jsonschema, referencing, rpds-py, jsonschema-specifications, attrs in WHEELS):
@@ -185,6 +187,18 @@ for step in ${STEPS:-pool serve video jpeg}; do
       pkg new timeout 240 python3 benchmarks/jpeg_ceiling.py --seconds "${SECS:-3}" > "$W/jpeg_ceiling.jsonl" \
         2> "$W/jpeg_ceiling.err"
       cat "$W/jpeg_ceiling.jsonl" >> "$W/steps.txt"
+      summary ;;
+    tune)
+      stamp "gpufleet tune resnet50 --slo-p99-ms ${TUNE_SLO:-50} (budget ${TUNE_BUDGET:-240} s)"
+      pkg new timeout $(( ${TUNE_BUDGET:-240} + 150 )) python3 -m gpufleet tune resnet50 --gpus 0 \
+        --slo-p99-ms "${TUNE_SLO:-50}" --budget-s "${TUNE_BUDGET:-240}" --concurrency "${TUNE_C:-8,64,256}" \
+        --out "$W/tuned.toml" --json > "$W/tune.json" 2> "$W/tune.err"
+      cp "$W/tuned.toml" "$OUT/tuned.toml" 2>/dev/null
+      for cfg in default tunefile; do
+        args=""; [ $cfg = tunefile ] && args="--config $W/tuned.toml"
+        stamp "JPEG serving [new $cfg: gpufleet serve resnet50 $args]"
+        serve_one new "$cfg" "$args"
+      done
       summary ;;
     tests)
       stamp "pytest -m gpu"

@@ -106,11 +106,27 @@ def _video(d: Path) -> list[str]:
     return lines
 
 
+def _tune(d: Path) -> list[str]:
+    r = _load(d / "tune.json")
+    if r is None:
+        return ["tune: no result (see tune.err)"] if (d / "tune.err").exists() else []
+    lines = [f"tune {r['model']} p99<={r['slo_p99_ms']} ms: {len(r['trials'])} trials in {r['elapsed_s']} s"]
+    for t in r["trials"]:
+        c = t["config"]
+        ms = " ".join(f"c{m['concurrency']}={m['rps']:,.0f}/{m['p99_ms']:.0f}ms{'' if m['meets'] else '!'}"
+                      for m in t["measurements"])
+        lines.append(f"  bs {c['max_batch_size']} wait {c['max_wait_ms']} {c['workers_per_device']}x{c['backend']} "
+                     f"http {c['http_workers']}: {ms or t['error']} (start {t['startup_s']} s)")
+    lines += [f"  not tried: {n}" for n in r["not_tried"]]
+    lines.append(f"  chosen: {r['serve']}")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path, help="the runner's results folder")
     d = ap.parse_args().folder
-    print("\n".join(_pool(d) + _serve(d) + _video(d)))
+    print("\n".join(_pool(d) + _serve(d) + _video(d) + _tune(d)))
 
 
 if __name__ == "__main__":

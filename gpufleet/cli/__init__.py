@@ -235,8 +235,8 @@ class _Steps:
             self.status.stop()
 
 
-# Commands that live in their own modules, each with a ``register(app)``: serve and load, top, video, mps.
-for _name in ("serve", "top", "video", "mps"):
+# Commands that live in their own modules, each with a ``register(app)``: serve and load, top, video, mps, tune.
+for _name in ("serve", "top", "video", "mps", "tune"):
     import_module(f"gpufleet.cli.{_name}").register(app)
 
 

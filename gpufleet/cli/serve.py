@@ -9,7 +9,7 @@ user gave override the environment (``GPUFLEET_*``, ``GPU_IDS``, ``MAX_BATCH_SIZ
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -23,11 +23,34 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _from_config(ctx: typer.Context, path: str) -> dict[str, Any]:
+    """Every ``serve`` parameter's value: the command line's where given there, else the ``--config`` file's,
+    else the flag's default. A file made on another machine gets a warning line naming what differs."""
+    from gpufleet.server.config_file import machine_differences, read_config
+
+    names = [n for n in ctx.params if n != "config"]
+    try:
+        options, machine = read_config(path, names)
+    except GpufleetError as exc:
+        _fail(str(exc))
+    values = dict(ctx.params)
+    for name, value in options.items():
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP", "ENVIRONMENT"):
+            values[name] = value
+    differs = machine_differences(machine) if machine else []
+    if differs:
+        typer.echo(f"warning: {path} was measured on another machine ({'; '.join(differs)}); "
+                   "re-run `gpufleet tune` here for this machine's figures", err=True)
+    return values
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``serve`` and ``load`` commands to the ``gpufleet`` app."""
 
     @app.command()
     def serve(
+        ctx: typer.Context,
         model: str = typer.Argument("orientation", help="Embedded name, module:Class, path/file.py:Class or .onnx."),
         host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (loopback by default)."),
         port: int = typer.Option(8000, "--port"),
@@ -61,11 +84,25 @@ def register(app: typer.Typer) -> None:
         grpc_port: Optional[int] = typer.Option(  # noqa: UP045
             None, "--grpc-port", help="Also serve KServe v2 gRPC on this port (default GPUFLEET_GRPC_PORT or off; "
                                       'needs pip install "gpufleet\\[grpc]").'),
+        config: Optional[str] = typer.Option(  # noqa: UP045
+            None, "--config", help="A TOML file of serve options (\\[serve] table, e.g. from `gpufleet tune`); "
+                                   "flags given here win over it, it wins over the environment."),
     ) -> None:
         """Serve a model over HTTP: /predict, KServe v2 (tritonclient), /health, /stats, /metrics."""
         from gpufleet.server.config import server_config
         from gpufleet.server.run import serve as run_server
 
+        if config is not None:
+            values = _from_config(ctx, config)
+            model, gpus, cpu_devices = values["model"], values["gpus"], values["cpu_devices"]
+            workers_per_device, backend, ray_address = (values["workers_per_device"], values["backend"],
+                                                        values["ray_address"])
+            max_batch_size, max_wait_ms, balancer = values["max_batch_size"], values["max_wait_ms"], values["balancer"]
+            max_queue, timeout_s, token = values["max_queue"], values["timeout_s"], values["token"]
+            host, port, max_body_mb = values["host"], values["port"], values["max_body_mb"]
+            drain_timeout_s, model_name = values["drain_timeout_s"], values["model_name"]
+            log_level, log_format, http_workers = values["log_level"], values["log_format"], values["http_workers"]
+            grpc_port = values["grpc_port"]
         if gpus is not None and cpu_devices is not None:
             _fail("--gpus and --cpu-devices exclude each other")
         pool = {"devices": gpus, "cpu_devices": cpu_devices, "workers_per_device": workers_per_device,

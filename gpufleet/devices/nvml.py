@@ -17,6 +17,7 @@ from typing import Any
 
 __all__ = [
     "device_count",
+    "driver_version",
     "gpu_utilization",
     "gpu_uuids",
     "mig_parents",
@@ -56,6 +57,17 @@ def _str(value: Any) -> str:
 def nvml_available() -> bool:
     """True when NVML could be loaded and initialised."""
     return _nvml() is not None
+
+
+def driver_version() -> str | None:
+    """The NVIDIA driver's version (``"580.159.04"``), or None without NVML."""
+    nv = _nvml()
+    if nv is None:
+        return None
+    try:
+        return _str(nv.nvmlSystemGetDriverVersion())
+    except Exception:
+        return None
 
 
 def device_count() -> int | None:

@@ -388,9 +388,10 @@ class Pool:
 
     def stats(self) -> dict:
         """Totals, throughput, per-GPU stats in the seed schema, per-worker stats and stage percentiles (ms)."""
-        return stats_report(self.workers, self.devices, balancer=self._balancer.name, backend=self.config.backend,
-                            mps=self.mps, outstanding=self._outstanding, started=self._started,
-                            preprocess_samples=self._placing.samples())
+        report = stats_report(self.workers, self.devices, balancer=self._balancer.name, backend=self.config.backend,
+                              mps=self.mps, outstanding=self._outstanding, started=self._started,
+                              preprocess_samples=self._placing.samples())
+        return {**report, "max_batch_size": self.config.max_batch_size, "max_wait_ms": self.config.max_wait_ms}
 
     async def stats_async(self) -> dict:
         """:meth:`stats` from an event loop, off the loop (it may take milliseconds); a

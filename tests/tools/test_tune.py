@@ -1,0 +1,116 @@
+"""gpufleet tune on CPU devices with a model whose batch cost is known (tests/tools/cost_model.py: 20 ms + 1 ms
+per item): the search finds the batch size and wait the cost model predicts, honours its budget, reports the
+configurations that miss the target, and the file it writes starts a server with those settings."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from gpufleet.cli import app
+from gpufleet.server.config_file import machine_differences, read_config, write_config
+from gpufleet.tools.served import ServedModel
+from gpufleet.tools.tune import TuneSpec, tune
+
+HERE = Path(__file__).parent
+MODEL = "cost_model:CostModel"
+SLO_MS = 100.0
+
+
+@pytest.fixture(autouse=True)
+def _importable(monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+
+
+def _spec(**kw) -> TuneSpec:
+    base = dict(model=MODEL, slo_p99_ms=SLO_MS, payload="orientation", cpu_devices=1, http=False,
+                concurrency=(1, 8), batch_sizes=(1, 2, 4, 8, 16), waits_ms=(2.0, 150.0), duration_s=0.4,
+                warmup_s=0.1, backends=("thread",), max_workers_per_device=1, budget_s=60.0)
+    return TuneSpec(**{**base, **kw})
+
+
+def test_tune_finds_what_the_cost_model_predicts():
+    # 8 closed-loop clients: batches up to 8 cut the per-item cost (20 ms per batch shared: 8 items in 28 ms, 4 in
+    # 24), a larger cap cannot fill, and a 150 ms wait misses a 100 ms p99 at one client (150 + 21 ms).
+    result = tune(_spec())
+    assert result.best is not None
+    chosen = result.best.candidate
+    assert chosen.max_batch_size >= 8 and chosen.max_wait_ms == 2.0
+    assert result.best.best.p99_ms <= SLO_MS
+    by_size = {t.candidate.max_batch_size: t for t in result.trials if t.candidate.max_wait_ms == 2.0}
+    assert by_size[1].peak < by_size[8].peak  # batching pays under this cost
+    waited = [t for t in result.trials if t.candidate.max_wait_ms == 150.0]
+    assert waited and waited[0].score == 0 and not waited[0].measurements[0].meets  # reported as a miss
+    assert len(waited[0].measurements) == 1  # early stop: no higher concurrency after a miss
+    assert any("HTTP front ends" in line for line in result.not_tried)
+
+
+def test_tune_honours_its_budget():
+    t0 = time.monotonic()
+    result = tune(_spec(budget_s=2.0))
+    longest = max(t.seconds for t in result.trials)
+    assert time.monotonic() - t0 <= 2.0 + longest + 1.0
+    assert len(result.trials) < 6 and any("over the budget" in line for line in result.not_tried)
+
+
+def test_written_file_starts_a_server_with_those_settings(tmp_path):
+    out = tmp_path / "tuned.toml"
+    res = CliRunner().invoke(app, ["tune", MODEL, "--cpu-devices", "1", "--slo-p99-ms", str(SLO_MS), "--payload",
+                                   "orientation", "--concurrency", "1,8", "--batch-sizes", "4,8", "--waits-ms", "2",
+                                   "--no-http", "--duration-s", "0.4", "--warmup-s", "0.1", "--backends", "thread",
+                                   "--max-workers-per-device", "1", "--max-http-workers", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    serve, machine = read_config(out, {"model", "max_batch_size", "max_wait_ms", "workers_per_device", "backend",
+                                       "http_workers", "cpu_devices"})
+    assert serve["model"] == MODEL and serve["max_batch_size"] in (4, 8) and "http_workers" not in serve
+    assert machine["cores"] == os.cpu_count()
+    # as if measured elsewhere: serve warns, naming what differs
+    write_config(out, serve, machine={**machine, "gpu": "NVIDIA H200"})
+    assert machine_differences({"gpu": "NVIDIA H200"}, {"gpu": "none"}) == ["gpu: NVIDIA H200 (file) vs none (here)"]
+    with ServedModel(None, ["--config", str(out), "--max-wait-ms", "7"]) as served:  # a given flag wins
+        assert "was measured on another machine (gpu: NVIDIA H200 (file)" in served.log.read_text()
+        stats = httpx.get(f"{served.url}/stats").json()
+        assert stats["max_batch_size"] == serve["max_batch_size"] and stats["max_wait_ms"] == 7.0
+        assert stats["backend"] == "thread"
+        r = httpx.post(f"{served.url}/predict", json={"x": 1})
+        assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[serve]\nmax_batchsize = 4\n", "unknown serve option(s) ['max_batchsize']"),
+    ("[serve\n", "is not valid TOML"),
+    ("[other]\nx = 1\n", "unknown section(s) ['other']"),
+])
+def test_bad_config_files_are_one_line(tmp_path, text, message):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    res = CliRunner().invoke(app, ["serve", "--config", str(cfg)])
+    assert res.exit_code == 2 and message in res.output and res.output.count("\n") == 1
+
+
+def test_missing_config_file_and_bad_tune_flags():
+    runner = CliRunner()
+    res = runner.invoke(app, ["serve", "--config", "/nonexistent/tuned.toml"])
+    assert res.exit_code == 2 and "config file not found: /nonexistent/tuned.toml" in res.output
+    res = runner.invoke(app, ["tune", MODEL, "--slo-p99-ms", "0"])
+    assert res.exit_code == 2 and "the p99 target must be > 0 ms" in res.output
+    res = runner.invoke(app, ["tune", MODEL, "--slo-p99-ms", "50", "--batch-sizes", "8,x"])
+    assert res.exit_code == 2 and "--batch-sizes must be comma-separated integers" in res.output
+
+
+def test_tune_through_a_real_server():
+    result = tune(_spec(http=True, batch_sizes=(8,), waits_ms=(2.0,), max_http_workers=1, duration_s=0.5))
+    assert [t.error for t in result.trials] == [None]
+    assert result.best is not None and result.best.best.rps > 0
+    assert result.serve_options()["http_workers"] == 1
+
+
+if sys.platform != "linux":  # pragma: no cover
+    pytestmark = pytest.mark.skip("servers on loopback: Linux CI")
