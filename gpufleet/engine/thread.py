@@ -4,9 +4,10 @@ The loop keeps up to ``pipeline_depth`` batches in flight for models that split 
 ``launch(batch)`` (enqueue the device work, return a handle) and ``collect(handle) -> list``, so the next
 batch is assembled and copied while the device computes the previous one. Other models run ``predict``.
 The pool runs the model's ``preprocess`` before items reach the batcher; ``postprocess`` runs on the pool's
-threads, so this thread only feeds the device. A model with ``prepare_batch`` (the embedded classifiers
-with ``GPUFLEET_DECODE_AHEAD=1``: JPEG decoding on the GPU) gets a second thread that takes batches from the batcher and prepares each one
-while the previous one runs on the device, at most one prepared batch waiting ahead of the loop.
+threads, so this thread only feeds the device. A model with ``prepare_batch`` (the embedded
+classifiers with ``GPUFLEET_DECODE_AHEAD=1``: JPEG decoding on the GPU) gets a second thread that takes batches
+from the batcher and prepares each one while the previous one runs on the device, at most one prepared batch
+waiting ahead of the loop.
 """
 
 from __future__ import annotations

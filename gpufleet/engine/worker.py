@@ -340,6 +340,49 @@ class RestartingWorker(BaseWorker):
                 "worker_failures": b["worker_failures"], "breaker_trips": b["breaker_trips"],
                 "last_failure": b["last_failure"]}
 
+    def feed(self, cv: threading.Condition, *, in_flight: Callable[[], int], up: Callable[[], bool],
+             stopping: Callable[[], bool], holding: Callable[[bool], None],
+             send: Callable[[list[Request]], None]) -> None:
+        """The feeder thread of a worker that serves elsewhere (a child process, a Ray actor): batches from the
+        batcher to ``send``, until the pool closes (``stopping``) or the batcher is closed and empty.
+
+        ``pipeline_depth`` batches go as soon as there is room (the far side launches the next before it
+        collects the previous one), and one more, queued there so the device never waits for the round trip,
+        goes only when it is full: a partial one keeps filling (``holding(True)`` meanwhile) until the far side
+        is down to ``pipeline_depth`` batches, so under a backlog of small requests the batches grow instead
+        of being cut each time a slot frees. ``cv`` guards ``in_flight``, ``up`` and ``stopping``.
+        """
+        # (CPU, a sleeping stand-in for a 4.2 ms/64-item GPU and 150 KB items: the extra batch took one process
+        # worker from 10,290 to 14,675 items/s, the ideal being 15,238; pipeline_depth 3 or 4 made no clear
+        # difference on 2x H200.)
+        launched = max(1, self.config.pipeline_depth)
+        depth = launched + 1
+
+        def has_room() -> bool:
+            return in_flight() < launched or stopping() or not up()
+
+        while True:
+            with cv:
+                while not stopping() and not (up() and in_flight() < depth):
+                    if self.batcher.closed and not len(self.batcher):
+                        return  # closing without drain: nothing left to send
+                    cv.wait(0.2)
+                if stopping():
+                    return
+                extra = in_flight() >= launched
+            if extra and len(self.batcher) < self.max_batch:
+                holding(True)
+                try:
+                    if not self.batcher.wait_full(self.max_batch, has_room, 0.2):
+                        continue  # nothing changed: look again (the far side may have died meanwhile)
+                finally:
+                    holding(False)
+            batch = self.batcher.take(self.max_batch, idle_timeout=0.2)
+            if batch is None:
+                return
+            for group in self.groups(self.admit(batch)):
+                send(group)
+
     @staticmethod
     def groups(batch: list[Request]) -> list[list[Request]]:
         """How a batch is sent: items that already crashed a worker go alone, so a poison input cannot take its

@@ -229,38 +229,14 @@ class RayWorker(RestartingWorker):
 
     # -- feeder and collector -----------------------------------------------------------------------------
     def _feed(self) -> None:
-        # As a process worker's feeder: pipeline_depth calls go as soon as there is room (the actor launches
-        # the next batch before it collects the previous one), and one more, queued in the actor so it never
-        # waits for the round trip, goes only when it is full: a partial one keeps filling until the actor is
-        # down to pipeline_depth calls, so under a backlog of small requests the batches grow instead of being
-        # cut each time a call returns.
-        launched = max(1, self.config.pipeline_depth)
-        depth = launched + 1
+        """The feeder thread: batches to the actor as a process worker's feeder sends them to its child (see
+        :meth:`~gpufleet.engine.worker.RestartingWorker.feed`; the extra call waits queued in the actor)."""
 
-        def actor_has_room() -> bool:
-            return len(self._inflight) < launched or self._stopping or not self._up
+        def hold(on: bool) -> None:
+            self._holding = on
 
-        while True:
-            with self._cv:
-                while not self._stopping and not (self._up and len(self._inflight) < depth):
-                    if self.batcher.closed and not len(self.batcher):
-                        return
-                    self._cv.wait(0.2)
-                if self._stopping:
-                    return
-                extra = len(self._inflight) >= launched
-            if extra and len(self.batcher) < self.max_batch:
-                self._holding = True
-                try:
-                    if not self.batcher.wait_full(self.max_batch, actor_has_room, 0.2):
-                        continue  # nothing changed: look again (the actor may have died meanwhile)
-                finally:
-                    self._holding = False
-            batch = self.batcher.take(self.max_batch, idle_timeout=0.2)
-            if batch is None:
-                return
-            for group in self.groups(self.admit(batch)):
-                self._send(group)
+        self.feed(self._cv, in_flight=lambda: len(self._inflight), up=lambda: self._up,
+                  stopping=lambda: self._stopping, holding=hold, send=self._send)
 
     def _send(self, reqs: list[Request]) -> None:
         items = [r.item for r in reqs]

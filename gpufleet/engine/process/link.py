@@ -200,42 +200,14 @@ class ChildLink:
 
     # -- feeder -------------------------------------------------------------------------------------------
     def feed(self) -> None:
-        """The feeder thread: batches from the worker's batcher to the child, until the pool closes."""
-        # +1: one batch waits, encoded, in the pipe (CPU, a sleeping stand-in for a 4.2 ms/64-item GPU and
-        # 150 KB items: 10,290 -> 14,675 items/s for one process worker; the ideal is 15,238). pipeline_depth
-        # 3 or 4 (4 or 5 sent) made no clear difference on 2x H200 (26.6-27.7k items/s either way).
-        # That extra batch goes only when it is full: a partial one keeps filling until the child is down to
-        # pipeline_depth batches, so under a backlog of small requests the batches grow (fewer, bigger batches:
-        # less per-batch work in the child, shorter queues) instead of being cut each time a slot frees.
-        w = self.worker
-        launched = max(1, w.config.pipeline_depth)
-        depth = launched + 1
+        """The feeder thread: batches from the worker's batcher to the child, until the pool closes (see
+        :meth:`~gpufleet.engine.worker.RestartingWorker.feed`; the extra batch waits, encoded, in the pipe)."""
 
-        def child_has_room() -> bool:
-            return len(self.inflight) < launched or self.stopping
+        def hold(on: bool) -> None:
+            self._holding = on
 
-        while True:
-            with self.cv:
-                while not self.stopping and not (self.up and len(self.inflight) < depth):
-                    if w.batcher.closed and not len(w.batcher):
-                        return  # closing without drain: nothing left to send
-                    self.cv.wait(0.2)
-                if self.stopping:
-                    return
-                extra = len(self.inflight) >= launched
-            if extra and len(w.batcher) < w.max_batch:
-                self._holding = True
-                try:
-                    if not w.batcher.wait_full(w.max_batch, child_has_room, 0.2):
-                        continue  # nothing changed: look again (the child may have died meanwhile)
-                finally:
-                    self._holding = False
-            batch = w.batcher.take(w.max_batch, idle_timeout=0.2)
-            if batch is None:
-                return
-            batch = w.admit(batch)
-            for group in w.groups(batch):
-                self._send_batch(group)
+        self.worker.feed(self.cv, in_flight=lambda: len(self.inflight), up=lambda: self.up,
+                         stopping=lambda: self.stopping, holding=hold, send=self._send_batch)
 
     def _send_batch(self, reqs: list[Request]) -> None:
         w = self.worker
