@@ -381,7 +381,19 @@ class RestartingWorker(BaseWorker):
             if batch is None:
                 return
             for group in self.groups(self.admit(batch)):
-                send(group)
+                if group[0].attempts:  # a suspect goes alone, with nothing in flight beside it: a death is its own
+                    self._wait_idle(cv, in_flight, up, stopping)
+                    send(group)
+                    self._wait_idle(cv, in_flight, up, stopping)
+                else:
+                    send(group)
+
+    @staticmethod
+    def _wait_idle(cv: threading.Condition, in_flight: Callable[[], int], up: Callable[[], bool],
+                   stopping: Callable[[], bool]) -> None:
+        with cv:
+            while in_flight() and up() and not stopping():
+                cv.wait(0.05)
 
     @staticmethod
     def groups(batch: list[Request]) -> list[list[Request]]:

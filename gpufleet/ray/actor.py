@@ -6,7 +6,7 @@ returned to the pool as :class:`gpufleet.engine.wire.BatchDone`. A sticky CUDA e
 (every later kernel in that context would fail); the pool then recreates the actor.
 
 The actor is threaded (``max_concurrency``): Ray receives the next calls and returns the finished ones on its
-own threads while one *model thread* runs every model call, in the order the batches arrived — as a process
+own threads while one *model thread* runs every model call, in the order the pool sent them — as a process
 child does: for models with ``launch``/``collect`` it launches the next batch before it collects the previous
 one, so the device never waits for Ray's round trip; for the others, Ray's work on the calls around a batch
 overlaps its ``predict``.
@@ -19,7 +19,6 @@ import os
 import socket
 import threading
 import time
-from collections import deque
 from typing import Any
 
 from gpufleet.devices.device import Device
@@ -42,7 +41,10 @@ class GpuActor:
                  max_batch_size: int, use_gpu: bool) -> None:
         self.name = name
         self.where: dict[str, Any] = {}
-        self._inbox: deque[_Call] = deque()  # calls received, not yet begun by the model thread
+        # calls received, not yet begun by the model thread, by their sequence number: Ray's threads may hand
+        # them over in another order than they were sent, and the pool counts a death against the oldest
+        self._inbox: dict[int, _Call] = {}
+        self._expect = 0  # the sequence number the model thread serves next
         self._cv = threading.Condition()
         try:
             self._setup(model_blob, batch_buckets, max_batch_size, use_gpu)
@@ -88,9 +90,10 @@ class GpuActor:
         setup failed."""
         return self.where
 
-    def run(self, items: list, stacked: tuple[Any, str] | None, preprocessed: bool) -> wire.BatchDone:
+    def run(self, seq: int, items: list, stacked: tuple[Any, str] | None, preprocessed: bool) -> wire.BatchDone:
         """Serve one batch (``items``, or the rows of ``stacked``: an array and the torch dtype name its rows
-        were sent as) and answer it as a whole. Runs on one of Ray's threads, which waits while the model
+        were sent as) and answer it as a whole; ``seq`` numbers the calls to this actor from 0, and the model
+        serves them in that order. Runs on one of Ray's threads, which waits while the model
         thread serves the batch."""
         if stacked is None:
             batch = items
@@ -99,13 +102,19 @@ class GpuActor:
             batch = StackedBatch(wire.as_tensor(block, torch_name) if torch_name else block)
         call = _Call(batch, preprocessed)
         with self._cv:
-            self._inbox.append(call)
-            self._cv.notify()
+            self._inbox[seq] = call
+            self._cv.notify_all()
         call.answered.wait()
         assert call.result is not None
         return call.result
 
     # -- the model thread ---------------------------------------------------------------------------------
+    def _take(self) -> _Call:
+        """The next call in sequence (under ``_cv``; it has arrived)."""
+        call = self._inbox.pop(self._expect)
+        self._expect += 1
+        return call
+
     def _serve(self) -> None:
         """Serve the calls in the order they came; with launch/collect, the next batch is launched before the
         previous one is collected (two batches on the device), as in a process child."""
@@ -135,8 +144,8 @@ class GpuActor:
         ready = self.step.ready
         with self._cv:
             while True:
-                if self._inbox:
-                    return self._inbox.popleft()
+                if self._expect in self._inbox:
+                    return self._take()
                 if pending is None:
                     self._cv.wait()
                     continue
@@ -144,7 +153,7 @@ class GpuActor:
                     return None
                 try:
                     if ready(pending.handle):
-                        return self._inbox.popleft() if self._inbox else None
+                        return self._take() if self._expect in self._inbox else None
                 except Exception:  # noqa: BLE001 - collect() reports the batch's error
                     return None
                 self._cv.wait(poll_interval(time.monotonic() - pending.t0))

@@ -111,6 +111,7 @@ class RayWorker(RestartingWorker):
         self._dead: BaseException | None = None  # set by the collector when the actor died
         self._sent_at: dict[Any, float] = {}  # call ref -> when it was sent
         self._holding = False  # the feeder waits for a full batch or room in the actor
+        self._seq = 0  # the next call's number at the current actor (it serves them in that order)
         self._supervisor = threading.Thread(target=self._supervise, name=f"gpufleet-{self.name}-sup", daemon=True)
         self._feeder = threading.Thread(target=self._feed, name=f"gpufleet-{self.name}-feed", daemon=True)
         self._collector = threading.Thread(target=self._collect, name=f"gpufleet-{self.name}-collect", daemon=True)
@@ -207,6 +208,7 @@ class RayWorker(RestartingWorker):
             return False
         self._actor, self._where, self.error = actor, where, None
         with self._cv:
+            self._seq = 0  # a new actor numbers its calls from 0
             self._up = True
             self._cv.notify_all()
         self.hooks.state()
@@ -247,7 +249,9 @@ class RayWorker(RestartingWorker):
                 self.batcher.put_many(reqs)  # the actor died meanwhile; the next one serves them
                 return
             try:
-                ref = actor.run.remote(None if stacked is not None else items, stacked, reqs[0].preprocessed)
+                ref = actor.run.remote(self._seq, None if stacked is not None else items, stacked,
+                                       reqs[0].preprocessed)
+                self._seq += 1
                 # (a batch of tensors goes as one array: pickling each tensor cost ~4x the throughput on one H200)
             except Exception as exc:  # noqa: BLE001 - an item Ray cannot serialize
                 if len(reqs) > 1:

@@ -12,7 +12,8 @@ from gpufleet.tools import confdoc
 # A value each field accepts, to probe the variables with.
 SAMPLES = {"devices": "0", "cpu_devices": "2", "workers_per_device": "2", "backend": "process",
            "ray_address": "auto", "max_batch_size": "7", "max_wait_ms": "3", "balancer": "speed", "max_queue": "9",
-           "timeout_s": "4", "http_workers": "3", "grpc_port": "8001"}
+           "timeout_s": "4", "http_workers": "3", "grpc_port": "8001", "heartbeat_timeout_s": "6",
+           "spare_process": "1"}
 
 
 def test_committed_page_is_current() -> None:
