@@ -21,6 +21,7 @@ class Batcher:
 
     def __init__(self, max_wait_s: float) -> None:
         self.max_wait_s = max_wait_s
+        self.cap: int | None = None  # the most items a take returns, whatever it asked (set live: Pool.configure)
         self._q: deque[Request] = deque()
         # One lock for the queue; the consumer waits on the condition. ``_want`` is how many queued items
         # wake the consumer, so producers do not wake it once per item while a batch fills.
@@ -78,6 +79,8 @@ class Batcher:
                         break
                     self._cv.wait(remaining)
                 self._want = 0
+            if self.cap is not None:  # lowered while this take waited with the old size
+                max_n = min(max_n, self.cap)
             return [q.popleft() for _ in range(min(max_n, len(q)))]
 
     def wait_full(self, max_n: int, ready: Callable[[], bool], timeout: float) -> bool:

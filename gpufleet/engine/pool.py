@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -53,6 +54,8 @@ class Pool:
         if devices is not None:
             options["devices"] = devices
         self.config = cfg = with_options(config or PoolConfig(), options, "gpufleet.PoolConfig")
+        # the workers' CUDA graphs and buffers are made for this size: configure() may lower it, not raise it
+        self._setup_max_batch = cfg.max_batch_size or cfg.max_probe_batch
         self._balancer = make_balancer(cfg.balancer)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -354,6 +357,40 @@ class Pool:
                 w.enabled = enabled
             self._refresh_routes()
         return [w.index for w in hit]
+
+    def configure(self, *, max_batch_size: int | None = None, max_wait_ms: float | None = None) -> dict[str, Any]:
+        """Change how every worker batches, while serving: the next batches use them (``gpufleet tune`` measures
+        several settings on one warm pool). ``max_batch_size`` may not exceed the size the workers were set up
+        for (their CUDA graphs and buffers cover no more: raise it by creating the pool anew). Returns the
+        settings in force."""
+        limit = self._setup_max_batch
+        if max_batch_size is not None and not 1 <= max_batch_size <= limit:
+            raise ConfigError(f"max_batch_size must be within 1..{limit} (the size the workers were set up for; "
+                              f"a larger one needs a new pool), got {max_batch_size}")
+        if max_wait_ms is not None and not 0 <= max_wait_ms <= 60_000:
+            raise ConfigError(f"max_wait_ms must be within 0..60000, got {max_wait_ms}")
+        with self._lock:
+            changes: dict[str, Any] = {}
+            if max_batch_size is not None:
+                changes["max_batch_size"] = max_batch_size
+            if max_wait_ms is not None:
+                changes["max_wait_ms"] = float(max_wait_ms)
+            self.config = dataclasses.replace(self.config, **changes)
+            for w in self.workers:
+                if max_batch_size is not None:
+                    w.max_batch = w.batcher.cap = max_batch_size
+                if max_wait_ms is not None:
+                    w.batcher.max_wait_s = max_wait_ms / 1000.0
+                w.batcher.wake()
+        log.info("batching now: max_batch_size=%d, max_wait_ms=%g", self.config.max_batch_size,
+                 self.config.max_wait_ms)
+        return {"max_batch_size": self.config.max_batch_size, "max_wait_ms": self.config.max_wait_ms,
+                "max_batch_size_limit": limit}
+
+    async def configure_async(self, *, max_batch_size: int | None = None,
+                              max_wait_ms: float | None = None) -> dict[str, Any]:
+        """:meth:`configure` from an event loop (see :meth:`stats_async`)."""
+        return self.configure(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
 
     @property
     def model(self) -> Any:

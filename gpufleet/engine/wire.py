@@ -190,7 +190,8 @@ class Cancel(msgspec.Struct, tag="c", array_like=True):
 
 
 class Call(msgspec.Struct, tag="q", array_like=True):
-    """An RPC: ``method`` is ``info``, ``stats``, ``health`` or ``set_enabled`` (``args``: device label, bool);
+    """An RPC: ``method`` is ``info``, ``stats``, ``health``, ``set_enabled`` (``args``: device label, bool) or
+    ``configure`` (``args``: max batch size, max wait in ms; either None);
     the answer is a :class:`Reply` with the same id."""
 
     id: int

@@ -199,6 +199,7 @@ def create_app(pool: Pool, *, model_name: str = "orientation", token: str | None
         Route("/dashboard", wrap("dashboard", o["dashboard"], open_=True), methods=["GET"]),
         Route("/monitor", wrap("monitor", o["monitor"]), methods=["GET"]),
         Route("/admin/devices/{device}/{action}", wrap("admin", o["admin"]), methods=["POST"]),
+        Route("/admin/batching", wrap("batching", o["batching"]), methods=["POST"]),
         Route("/openapi.json", wrap("openapi", openapi_json, open_=True), methods=["GET"]),
         Route("/docs", wrap("docs", docs, open_=True), methods=["GET"]),
         Route("/v2", wrap("v2_server", k["server_meta"]), methods=["GET"]),

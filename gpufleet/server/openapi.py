@@ -91,6 +91,11 @@ def spec() -> dict[str, Any]:
             params=({"name": "device", "in": "path", "required": True, "schema": {"type": "string"}},
                     {"name": "action", "in": "path", "required": True,
                      "schema": {"type": "string", "enum": ["drain", "enable"]}}))},
+        "/admin/batching": {"post": _op(
+            "Change max_batch_size (up to the set-up size) and/or max_wait_ms while serving",
+            _ok("The batching settings in force"), errors=("400", "401"), body={"application/json": {"schema": {
+                "type": "object", "properties": {"max_batch_size": {"type": "integer", "minimum": 1},
+                                                 "max_wait_ms": {"type": "number", "minimum": 0}}}}})},
         "/openapi.json": {"get": _op("This document", _ok("OpenAPI 3"))},
         "/docs": {"get": _op("A page listing these routes", _ok("HTML", {"type": "string"}, "text/html"))},
         "/v2": {"get": _op("Server metadata", _ok("Metadata"), tag="kserve")},

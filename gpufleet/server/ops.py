@@ -1,5 +1,6 @@
 """Operator endpoints: ``GET /dashboard`` (a self-contained page), ``GET /monitor`` (NVML readings) and
-``POST /admin/devices/{device}/drain|enable`` (stop or resume routing work to a device at run time).
+``POST /admin/devices/{device}/drain|enable`` (stop or resume routing work to a device at run time) and
+``POST /admin/batching`` (change ``max_batch_size``/``max_wait_ms`` while serving: ``gpufleet tune`` uses it).
 
 The dashboard ships inside the package (``static/dashboard.html``: vanilla JS and canvas, no CDN) and reads
 ``/stats``, ``/health`` and ``/monitor`` once a second. With ``--token`` set, every endpoint here but the
@@ -15,6 +16,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+import orjson
+
+from gpufleet.errors import ConfigError
 from gpufleet.server.base import ServerState, json_response
 from gpufleet.server.errors import HTTPError
 
@@ -28,7 +32,7 @@ def _page() -> bytes:
 
 
 def routes(state: ServerState) -> dict[str, Handler]:
-    """Handlers by name: ``dashboard``, ``monitor``, ``admin``."""
+    """Handlers by name: ``dashboard``, ``monitor``, ``admin``, ``batching``."""
     page = _page()
     monitors: list[Any] = []
 
@@ -60,4 +64,22 @@ def routes(state: ServerState) -> dict[str, Handler]:
         workers = await state.pool.set_enabled_async(device, action == "enable")
         return json_response({"device": device, "enabled": action == "enable", "workers": workers})
 
-    return {"dashboard": dashboard, "monitor": monitor_endpoint, "admin": admin}
+    async def batching(request: Request) -> Response:
+        try:
+            body = orjson.loads(await request.body() or b"{}")
+        except orjson.JSONDecodeError:
+            raise HTTPError(400, "the body must be JSON: {\"max_batch_size\": 64, \"max_wait_ms\": 2}") from None
+        if not isinstance(body, dict) or not body or set(body) - {"max_batch_size", "max_wait_ms"}:
+            raise HTTPError(400, "send a JSON object with max_batch_size and/or max_wait_ms, nothing else")
+        size, wait = body.get("max_batch_size"), body.get("max_wait_ms")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
+            raise HTTPError(400, f"max_batch_size must be an integer, got {size!r}")
+        if wait is not None and (not isinstance(wait, (int, float)) or isinstance(wait, bool)):
+            raise HTTPError(400, f"max_wait_ms must be a number, got {wait!r}")
+        try:
+            now = await state.pool.configure_async(max_batch_size=size, max_wait_ms=wait)
+        except ConfigError as exc:
+            raise HTTPError(400, str(exc)) from None
+        return json_response(now)
+
+    return {"dashboard": dashboard, "monitor": monitor_endpoint, "admin": admin, "batching": batching}

@@ -103,6 +103,19 @@ class ServedModel:
         except (httpx.HTTPError, ValueError):
             return {}
 
+    def configure(self, *, max_batch_size: int | None = None, max_wait_ms: float | None = None) -> dict[str, Any]:
+        """Change the server's batching while it runs (``POST /admin/batching``); ``GpufleetError`` if refused."""
+        import httpx
+
+        body = {k: v for k, v in (("max_batch_size", max_batch_size), ("max_wait_ms", max_wait_ms)) if v is not None}
+        try:
+            r = httpx.post(f"{self.url}/admin/batching", json=body, timeout=10)
+        except httpx.HTTPError as exc:
+            raise GpufleetError(f"cannot change the server's batching: {exc}") from exc
+        if r.status_code != 200:
+            raise GpufleetError(f"the server refused the batching {body}: {r.text[:200]}")
+        return r.json()
+
     def close(self) -> None:
         """SIGTERM (the server drains and exits), SIGKILL after a minute; removes the log."""
         if self._proc is not None:

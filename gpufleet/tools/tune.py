@@ -1,7 +1,9 @@
 """``gpufleet tune``: the fastest serving configuration whose p99 latency meets a target, on this machine.
 
 Each trial serves the model with one configuration (a real ``gpufleet serve`` on 127.0.0.1, or an in-process
-``Pool`` with ``http=False``) and loads it in a closed loop at rising concurrency; a trial's score is the highest
+``Pool`` with ``http=False``) and loads it in a closed loop at rising concurrency. Trials that differ only in
+batching reuse one warm server (``POST /admin/batching``, :meth:`gpufleet.Pool.configure`), so the batch and
+wait search pays one start-up; a trial's score is the highest
 throughput among the concurrencies whose p99 met the target with no failed request. Concurrency stops rising at
 the first miss (early stop) or when throughput stops rising. The search goes coarse to fine, each stage keeping
 the best so far:
@@ -237,33 +239,93 @@ def _load_processes(spec: TuneSpec, concurrency: int) -> int:
     return max(1, min(concurrency // 16, cores // 2, 12))
 
 
-def _served_trial(spec: TuneSpec, cand: Candidate, on_measure: Callable[[Measurement], None]) -> Trial:
-    from gpufleet.tools.load import run_load
-    from gpufleet.tools.served import ServedModel
+class _Host:
+    """What serves the trials: one warm server (or in-process pool) reused by every trial that differs from the
+    last only in batching (``max_batch_size``, ``max_wait_ms``: changed live), a new one when the workers, backend
+    or front ends change. A new one is set up for the largest batch size the search may try, so that smaller
+    ones need no restart; if that does not start (memory), for the trial's own size."""
 
-    flags = [*cand.serve_flags(), "--max-queue", "65536", "--log-level", "warning", *spec.extra_flags]
-    if spec.devices is not None:
-        flags += ["--gpus", spec.devices]
-    if spec.cpu_devices is not None:
-        flags += ["--cpu-devices", str(spec.cpu_devices)]
-    trial = Trial(cand)
-    t0 = time.monotonic()
-    try:
-        with ServedModel(spec.model, flags) as served:
-            trial.startup_s = served.startup_s
+    def __init__(self, spec: TuneSpec) -> None:
+        self.spec = spec
+        self.key: tuple[Any, ...] | None = None
+        self.limit = 0  # the batch size the current host was set up for
+        self.served: Any = None  # a ServedModel (http) or a Pool
+        self.items: list[Any] | None = None
 
-            def measure(c: int) -> tuple[float, float, float, int]:
-                rep = run_load(f"{served.url}/predict", concurrency=c, duration=spec.duration_s,
-                               warmup=spec.warmup_s, payload=spec.payload, processes=_load_processes(spec, c),
-                               timeout_s=max(10.0, spec.slo_p99_ms / 100))
-                lat = rep["latency"]
-                return rep["rps"], lat["p50_ms"], lat["p99_ms"], rep["requests"] - rep["ok"]
+    def close(self) -> None:
+        host, self.served, self.key = self.served, None, None
+        if host is not None:
+            host.close()
 
-            trial.measurements = list(_levels(spec, measure, on_measure))
-    except GpufleetError as exc:
-        trial.error = str(exc)
-    trial.seconds = time.monotonic() - t0
-    return trial
+    def _start(self, cand: Candidate, max_batch_size: int) -> Any:
+        spec = self.spec
+        if spec.http:
+            from gpufleet.tools.served import ServedModel
+
+            flags = [*replace(cand, max_batch_size=max_batch_size).serve_flags(), "--max-queue", "65536",
+                     "--log-level", "warning", *spec.extra_flags]
+            if spec.devices is not None:
+                flags += ["--gpus", spec.devices]
+            if spec.cpu_devices is not None:
+                flags += ["--cpu-devices", str(spec.cpu_devices)]
+            return ServedModel(spec.model, flags).__enter__()
+        from gpufleet.engine.pool import Pool
+        from gpufleet.models.resolve import resolve_model
+
+        return Pool(resolve_model(spec.model), devices=spec.devices, cpu_devices=spec.cpu_devices,
+                    max_batch_size=max_batch_size, max_wait_ms=cand.max_wait_ms,
+                    workers_per_device=cand.workers_per_device, backend=cand.backend, max_queue=65536)
+
+    def reuses(self, cand: Candidate) -> bool:
+        """``cand`` runs on the warm host (only its batching differs)."""
+        key = (cand.workers_per_device, cand.backend, cand.http_workers)
+        return self.served is not None and key == self.key and cand.max_batch_size <= self.limit
+
+    def prepare(self, cand: Candidate) -> float:
+        """Serve ``cand``: reconfigure the warm host, or start a new one; the seconds a start took (0: reused)."""
+        key = (cand.workers_per_device, cand.backend, cand.http_workers)
+        if self.reuses(cand):
+            self.served.configure(max_batch_size=cand.max_batch_size, max_wait_ms=cand.max_wait_ms)
+            return 0.0
+        self.close()
+        t0 = time.monotonic()
+        largest = max(max(self.spec.batch_sizes), cand.max_batch_size)
+        try:
+            self.served, self.limit = self._start(cand, largest), largest
+        except GpufleetError:
+            if largest == cand.max_batch_size:
+                raise
+            self.served, self.limit = self._start(cand, cand.max_batch_size), cand.max_batch_size
+        self.key = key
+        if largest != cand.max_batch_size:
+            self.served.configure(max_batch_size=cand.max_batch_size, max_wait_ms=cand.max_wait_ms)
+        return time.monotonic() - t0
+
+    def measure(self, c: int) -> tuple[float, float, float, int]:
+        spec = self.spec
+        if not spec.http:
+            if self.items is None:
+                self.items = _pool_items(spec.payload)
+            return _closed_loop(self.served, self.items, c, spec.warmup_s, spec.duration_s)
+        from gpufleet.tools.load import run_load
+
+        rep = run_load(f"{self.served.url}/predict", concurrency=c, duration=spec.duration_s, warmup=spec.warmup_s,
+                       payload=spec.payload, processes=_load_processes(spec, c),
+                       timeout_s=max(10.0, spec.slo_p99_ms / 100))
+        lat = rep["latency"]
+        return rep["rps"], lat["p50_ms"], lat["p99_ms"], rep["requests"] - rep["ok"]
+
+    def trial(self, cand: Candidate, on_measure: Callable[[Measurement], None]) -> Trial:
+        trial = Trial(cand)
+        t0 = time.monotonic()
+        try:
+            trial.startup_s = self.prepare(cand)
+            trial.measurements = list(_levels(self.spec, self.measure, on_measure))
+        except GpufleetError as exc:
+            trial.error = str(exc)
+            self.close()
+        trial.seconds = time.monotonic() - t0
+        return trial
 
 
 def _closed_loop(pool: Any, items: list[Any], concurrency: int, warmup_s: float,
@@ -316,39 +378,15 @@ def _pool_items(payload: str) -> list[Any]:
     return [orjson.loads(p.body) if p.content_type == "application/json" else p.body for p in make_payloads(payload)]
 
 
-def _pool_trial(spec: TuneSpec, cand: Candidate, on_measure: Callable[[Measurement], None]) -> Trial:
-    from gpufleet.engine.pool import Pool
-    from gpufleet.models.resolve import resolve_model
-
-    trial = Trial(cand)
-    t0 = time.monotonic()
-    items = _pool_items(spec.payload)
-    try:
-        pool = Pool(resolve_model(spec.model), devices=spec.devices, cpu_devices=spec.cpu_devices,
-                    max_batch_size=cand.max_batch_size, max_wait_ms=cand.max_wait_ms,
-                    workers_per_device=cand.workers_per_device, backend=cand.backend, max_queue=65536)
-    except GpufleetError as exc:
-        trial.error = str(exc)
-        trial.seconds = time.monotonic() - t0
-        return trial
-    try:
-        trial.startup_s = time.monotonic() - t0
-        trial.measurements = list(_levels(
-            spec, lambda c: _closed_loop(pool, items, c, spec.warmup_s, spec.duration_s), on_measure))
-    finally:
-        pool.close()
-    trial.seconds = time.monotonic() - t0
-    return trial
-
-
 # ---------------------------------------------------------------------------------------------------- searching
 
 
 class _Search:
     """The staged search over one budget; ``run`` measures a candidate (served or pooled)."""
 
-    def __init__(self, spec: TuneSpec, run: Callable[[Candidate], Trial], on_trial: Callable[[Trial], None]) -> None:
-        self.spec, self.run_trial, self.on_trial = spec, run, on_trial
+    def __init__(self, spec: TuneSpec, run: Callable[[Candidate], Trial], on_trial: Callable[[Trial], None],
+                 reuses: Callable[[Candidate], bool] = lambda c: False) -> None:
+        self.spec, self.run_trial, self.on_trial, self.reuses = spec, run, on_trial, reuses
         self.t0 = time.monotonic()
         self.trials: list[Trial] = []
         self.not_tried: list[str] = []
@@ -358,20 +396,24 @@ class _Search:
     def left_s(self) -> float:
         return self.spec.budget_s - (time.monotonic() - self.t0)
 
-    def estimate_s(self) -> float:
-        """A trial's expected cost: the mean of those so far, else a cold guess (start-up + every level)."""
-        done = [t.seconds for t in self.trials if t.error is None]
+    def estimate_s(self, cand: Candidate) -> float:
+        """A trial's expected cost: the mean measuring time so far, plus the mean start-up unless ``cand`` reuses
+        the warm server; before any trial, a cold guess (start-up + every level)."""
+        done = [t for t in self.trials if t.error is None]
+        levels = len(self.spec.concurrency) * (self.spec.warmup_s + self.spec.duration_s)
         if done:
-            return sum(done) / len(done)
-        return 5.0 + len(self.spec.concurrency) * (self.spec.warmup_s + self.spec.duration_s)
+            levels = sum(t.seconds - t.startup_s for t in done) / len(done)
+        starts = [t.startup_s for t in done if t.startup_s > 0]
+        start = sum(starts) / len(starts) if starts else 5.0
+        return levels + (0.0 if self.reuses(cand) else start)
 
     def try_(self, cand: Candidate) -> Trial | None:
         """Measure ``cand`` unless seen or over budget (then noted); keeps the best trial."""
         if cand in self.seen:
             return next(t for t in self.trials if t.candidate == cand)
-        if self.trials and self.estimate_s() > self.left_s():
-            self.not_tried.append(f"{cand.label()}: over the budget ({self.left_s():.0f} s left, a trial takes "
-                                  f"~{self.estimate_s():.0f} s)")
+        if self.trials and self.estimate_s(cand) > self.left_s():
+            self.not_tried.append(f"{cand.label()}: over the budget ({self.left_s():.0f} s left, this trial "
+                                  f"would take ~{self.estimate_s(cand):.0f} s)")
             return None
         self.seen.add(cand)
         trial = self.run_trial(cand)
@@ -452,15 +494,20 @@ def tune(spec: TuneSpec, *, on_trial: Callable[[Trial], None] | None = None,
 
     t0 = time.monotonic()
 
+    host = _Host(spec)
+
     def run(cand: Candidate) -> Trial:
         def measured(m: Measurement) -> None:
             if on_measure is not None:
                 on_measure(cand, m)
 
-        return (_served_trial if spec.http else _pool_trial)(spec, cand, measured)
+        return host.trial(cand, measured)
 
-    search = _Search(spec, run, on_trial or (lambda t: None))
-    search.run()
+    search = _Search(spec, run, on_trial or (lambda t: None), host.reuses)
+    try:
+        search.run()
+    finally:
+        host.close()
     if not mps_running():
         search.not_tried.append("MPS: not tried (no MPS daemon runs; start one with `gpufleet mps start`)")
     return TuneResult(spec, search.best, search.trials, search.not_tried, machine_facts(), time.monotonic() - t0)

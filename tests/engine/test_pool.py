@@ -101,6 +101,32 @@ def test_batches_fill_to_max_size_under_load() -> None:
     assert stats["total_batches"] == len(sizes)
 
 
+def test_configure_changes_batching_while_serving() -> None:
+    sizes: list[int] = []
+
+    def model(batch: list) -> list:
+        sizes.append(len(batch))
+        time.sleep(0.01)
+        return double(batch)
+
+    with Pool(model, cpu_devices=1, max_batch_size=8, max_wait_ms=50) as pool:
+        now = pool.configure(max_batch_size=3, max_wait_ms=20)
+        assert now == {"max_batch_size": 3, "max_wait_ms": 20.0, "max_batch_size_limit": 8}
+        futs = [pool.submit(i) for i in range(30)]
+        assert [f.result(timeout=10) for f in futs] == [2 * i for i in range(30)]
+        assert max(sizes) == 3 and sizes.count(3) >= 8
+        stats = pool.stats()
+        assert stats["max_batch_size"] == 3 and stats["max_wait_ms"] == 20.0
+        with pytest.raises(ConfigError, match=r"within 1\.\.8 .*needs a new pool"):
+            pool.configure(max_batch_size=9)  # the workers were set up for 8
+        with pytest.raises(ConfigError, match="max_wait_ms"):
+            pool.configure(max_wait_ms=-1)
+        pool.configure(max_batch_size=8)
+        sizes.clear()
+        futs = [pool.submit(i) for i in range(40)]
+        assert [f.result(timeout=10) for f in futs] == [2 * i for i in range(40)] and max(sizes) == 8
+
+
 @pytest.mark.timeout(30)
 def test_trickle_gives_batches_of_about_one() -> None:
     with Pool(double, cpu_devices=1, max_batch_size=8, max_wait_ms=2) as pool:

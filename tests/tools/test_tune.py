@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gpufleet.cli import app
+from gpufleet.errors import GpufleetError
 from gpufleet.server.config_file import machine_differences, read_config, write_config
 from gpufleet.tools.served import ServedModel
 from gpufleet.tools.tune import TuneSpec, tune
@@ -50,6 +51,8 @@ def test_tune_finds_what_the_cost_model_predicts():
     assert waited and waited[0].score == 0 and not waited[0].measurements[0].meets  # reported as a miss
     assert len(waited[0].measurements) == 1  # early stop: no higher concurrency after a miss
     assert any("HTTP front ends" in line for line in result.not_tried)
+    # one warm pool for the whole batch and wait search: only the first trial started one
+    assert result.trials[0].startup_s > 0 and all(t.startup_s == 0 for t in result.trials[1:])
 
 
 def test_tune_honours_its_budget():
@@ -106,10 +109,33 @@ def test_missing_config_file_and_bad_tune_flags():
 
 
 def test_tune_through_a_real_server():
-    result = tune(_spec(http=True, batch_sizes=(8,), waits_ms=(2.0,), max_http_workers=1, duration_s=0.5))
-    assert [t.error for t in result.trials] == [None]
+    result = tune(_spec(http=True, batch_sizes=(4, 8), waits_ms=(2.0,), max_http_workers=1, duration_s=0.5))
+    assert [t.error for t in result.trials] == [None, None]
+    assert result.trials[1].startup_s == 0  # batch 8 after 4: the same warm server, reconfigured
     assert result.best is not None and result.best.best.rps > 0
     assert result.serve_options()["http_workers"] == 1
+
+
+def test_batching_changes_live_through_front_ends():
+    flags = ["--cpu-devices", "1", "--http-workers", "2", "--max-batch-size", "8", "--max-wait-ms", "30"]
+    with ServedModel(MODEL, flags) as served:
+        assert served.configure(max_batch_size=2, max_wait_ms=40) == {
+            "max_batch_size": 2, "max_wait_ms": 40.0, "max_batch_size_limit": 8}
+        with httpx.Client() as http:  # whichever front end answers, the engine's batching changed
+            for _ in range(4):
+                stats = http.get(f"{served.url}/stats").json()
+                assert stats["max_batch_size"] == 2 and stats["max_wait_ms"] == 40.0
+        import concurrent.futures as cf
+
+        with cf.ThreadPoolExecutor(8) as ex:
+            answers = list(ex.map(lambda i: httpx.post(f"{served.url}/predict", json={"x": i}, timeout=30), range(8)))
+        assert all(r.status_code == 200 for r in answers)
+        assert max(r.json()["n"] for r in answers) <= 2
+        with pytest.raises(GpufleetError, match=r"within 1\.\.8"):
+            served.configure(max_batch_size=16)
+        for body in ({}, {"max_batch_size": "4"}, {"max_wait": 1}, [1]):
+            r = httpx.post(f"{served.url}/admin/batching", json=body)
+            assert r.status_code == 400 and "error" in r.json(), (body, r.text)
 
 
 if sys.platform != "linux":  # pragma: no cover

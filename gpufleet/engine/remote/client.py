@@ -160,6 +160,11 @@ class RemotePool:
         """Stop (or resume) routing to a device in the engine: :meth:`gpufleet.Pool.set_enabled`, remotely."""
         return await self._call("set_enabled", [device_label, enabled])
 
+    async def configure_async(self, *, max_batch_size: int | None = None,
+                              max_wait_ms: float | None = None) -> dict[str, Any]:
+        """Change the engine's batching while it serves: :meth:`gpufleet.Pool.configure`, remotely."""
+        return await self._call("configure", [max_batch_size, max_wait_ms])
+
     def _on_messages(self, link: StreamLink, msgs: list[FrontMessage]) -> None:
         pending = self._pending
         for m in msgs:

@@ -188,6 +188,9 @@ class PoolServer:
             elif m.method == "set_enabled":  # the dashboard's drain/enable, from any front end
                 label, enabled = m.args or (None, None)
                 value = self.pool.set_enabled(str(label), bool(enabled))
+            elif m.method == "configure":  # batching settings, from any front end
+                size, wait = m.args or (None, None)
+                value = self.pool.configure(max_batch_size=size, max_wait_ms=wait)
             else:
                 raise ValueError(f"unknown RPC method {m.method!r}")
             result = Reply(m.id, value)
