@@ -13,10 +13,9 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-
-import orjson
 
 from gpufleet.errors import ConfigError
 from gpufleet.server.base import ServerState, json_response
