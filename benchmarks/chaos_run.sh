@@ -6,7 +6,13 @@
 # With the device tool (~3 minutes):
 #   run(command="bash benchmarks/chaos_run.sh", carry=[".whl"], timeout_s=420)
 # Knobs: OUT [/tmp/out]  DUR [60]  KILLS [10]  LOADP [12] load processes  SERVE_ARGS [""] more serve flags
-#        GPUFLEET_SPARE_PROCESS [unset: on for GPUs] 0 to restart without the spare child.
+#        GPUFLEET_SPARE_PROCESS [unset: imports-only spare for GPUs] 0 no spare, 1 imports-only, warm (the
+#          spare sets the model up on the GPU too: a second copy in GPU memory, restarts are the hand-over)
+#        KILL_WHEN [gap] gap: a kill every GAP seconds (kills may land while a child still sets up);
+#          ready: each kill waits until /stats shows the worker up (and, with a warm spare, the spare warm),
+#          then GAP more seconds
+#        GAP [DUR / (KILLS + 1), at least 1]
+# GPU restart phases without a server: python3 benchmarks/restart_profile.py
 cd "$(dirname "$0")/.." || exit 1
 export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 COLUMNS=160
@@ -34,21 +40,37 @@ wpid() { curl -s "localhost:$PORT/health" | python3 -c "import json,sys; print(j
 python3 -m gpufleet load "http://127.0.0.1:$PORT/predict" --payload jpeg224 -c 256 --processes "${LOADP:-12}" \
   --duration "$DUR" --warmup 2 --max-error-rate 1 --json > "$OUT/chaos_load.json" 2> "$OUT/chaos_load.err" &
 LPID=$!
-GAP=$(python3 -c "print(max(1.0, $DUR / ($KILLS + 1)))")
+GAP=${GAP:-$(python3 -c "print(max(1.0, $DUR / ($KILLS + 1)))")}
+KILL_WHEN=${KILL_WHEN:-gap}
+# ready: the worker serves again and its spare (if any is warm-mode) is warm; gives up after 180 s
+wready() {
+  for _ in $(seq 1 360); do
+    curl -s "localhost:$PORT/stats" | python3 -c "
+import json, sys
+w = json.load(sys.stdin)['per_worker_stats'][0]
+sys.exit(0 if w['healthy'] and (w.get('spare_mode') != 'warm' or w.get('spare') == 'warm') else 1)" && return 0
+    sleep 0.5
+  done
+  echo "not ready after 180 s" >> "$OUT/chaos_kills.txt"
+}
 sleep 2
 : > "$OUT/chaos_kills.txt"
 for k in $(seq 1 "$KILLS"); do
+  [ "$KILL_WHEN" = ready ] && wready
   sleep "$GAP"
+  kill -0 $LPID 2>/dev/null || { echo "load ended before kill $k" >> "$OUT/chaos_kills.txt"; break; }
   P=$(wpid); kill -9 "$P" && echo "kill $k: pid $P at $(date +%s.%N)" >> "$OUT/chaos_kills.txt"
-  curl -s "localhost:$PORT/health" | head -c 400 >> "$OUT/chaos_kills.txt"; echo >> "$OUT/chaos_kills.txt"
+  curl -s "localhost:$PORT/health" | head -c 600 >> "$OUT/chaos_kills.txt"; echo >> "$OUT/chaos_kills.txt"
 done
 wait $LPID
 sleep 1
 curl -s "localhost:$PORT/stats" > "$OUT/chaos_stats.json"
 kill -TERM $SPID; for _ in $(seq 1 60); do kill -0 $SPID 2>/dev/null || break; sleep 0.5; done; kill -9 $SPID 2>/dev/null
-python3 - "$OUT" > "$OUT/chaos_summary.txt" <<'PY'
-import json, sys
+KILL_WHEN=$KILL_WHEN GAP=$GAP python3 - "$OUT" > "$OUT/chaos_summary.txt" <<'PY'
+import json, os, sys
 out = sys.argv[1]
+print("kill_when", os.environ["KILL_WHEN"], "gap_s", os.environ["GAP"], "spare_process",
+      os.environ.get("GPUFLEET_SPARE_PROCESS", "(default)"))
 try:
     load = json.load(open(f"{out}/chaos_load.json"))
 except Exception as exc:
@@ -59,9 +81,13 @@ for k in ("latency", "errors", "error_samples"):
         print(k, json.dumps(load[k]))
 st = json.load(open(f"{out}/chaos_stats.json"))
 w = st["per_worker_stats"][0]
-print("restarts", st["restarts"], "restart_s_total", w.get("restart_s_total"), "engine errors", st["errors"])
+print("restarts", st["restarts"], "setup_kills", w.get("setup_kills"), "restart_s_total", w.get("restart_s_total"),
+      "engine errors", st["errors"], "spare_mode", w.get("spare_mode"), "spare now", w.get("spare"))
 print("first start:", json.dumps(w.get("setup_breakdown")))
+# one line per restart that served again: its total, then each phase (seconds); warm_ahead is setup a warm
+# spare did before the kill (not part of the total), failed_starts start-ups killed before they were ready
 for i, r in enumerate(w.get("restart_history", []), 1):
-    print(f"restart {i}: {r.get('total', 0):.2f}s", json.dumps(r))
+    phases = "  ".join(f"{k} {v:.3f}" for k, v in r.items() if k != "total")
+    print(f"restart {i}: total {r.get('total', 0):.3f}s  {phases}")
 PY
 cat "$OUT/chaos_summary.txt"

@@ -13,12 +13,13 @@ from typing import Any, TypeVar
 
 from gpufleet.errors import ConfigError
 
-__all__ = ["BACKENDS", "BALANCERS", "ENV_NAMES", "MPS_MODES", "EnvValue", "PoolConfig", "env_overrides",
-           "with_options"]
+__all__ = ["BACKENDS", "BALANCERS", "ENV_NAMES", "MPS_MODES", "SPARE_MODES", "EnvValue", "PoolConfig",
+           "env_overrides", "with_options"]
 
 BALANCERS = ("round-robin", "queue-depth", "speed")
 BACKENDS = ("thread", "process", "ray")
 MPS_MODES = ("auto", "on", "off")
+SPARE_MODES = ("imports", "warm")  # spare_process as a string; True means "imports"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,8 +42,11 @@ class PoolConfig:
     (times an item is retried after the process serving it died), ``batch_timeout_s`` (a batch running
     longer kills the process; ``None``: no limit), ``heartbeat_timeout_s``, ``start_timeout_s`` (setup),
     ``restart_backoff_s``/``restart_backoff_max_s`` (exponential from the second failure in a row, with
-    jitter; the first restarts at once), ``spare_process`` (keep one spawned, imported, idle child per worker
-    to take over at a restart; ``None``: for GPU workers), ``breaker_threshold``
+    jitter; the first restarts at once; a start-up killed by a signal restarts at once, up to 3 in a row),
+    ``spare_process`` (keep one spare child per worker to take over at a restart: ``True``/``"imports"``:
+    spawned and imported, no device touched; ``"warm"``: the model set up on its device too, a second copy
+    in device memory, so a restart is the hand-over; ``False``: none; ``None``: ``"imports"`` for GPU
+    workers, none for CPU workers), ``breaker_threshold``
     (failures in a row that open a worker's circuit) and ``breaker_cooldown_s``, ``mps`` (``"auto"``: note
     whether an MPS daemon runs; ``"on"``: require one; ``"off"``: don't look).
 
@@ -73,7 +77,7 @@ class PoolConfig:
     start_timeout_s: float = 600.0
     restart_backoff_s: float = 0.5
     restart_backoff_max_s: float = 30.0
-    spare_process: bool | None = None
+    spare_process: bool | str | None = None
     breaker_threshold: int = 3
     breaker_cooldown_s: float = 5.0
     mps: str = "auto"
@@ -115,6 +119,10 @@ class PoolConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.breaker_threshold < 1:
             raise ConfigError(f"breaker_threshold must be >= 1, got {self.breaker_threshold}")
+        if self.spare_process is not None and not isinstance(self.spare_process, bool) \
+                and self.spare_process not in SPARE_MODES:
+            raise ConfigError(f"spare_process must be True, False, None, 'imports' or 'warm', got "
+                              f"{self.spare_process!r}")
         if self.mps not in MPS_MODES:
             raise ConfigError(f"unknown mps mode {self.mps!r}; choose one of: {', '.join(MPS_MODES)}")
         if self.batch_buckets is not None:
@@ -214,7 +222,12 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     if hit := first("GPUFLEET_HEARTBEAT_TIMEOUT_S"):
         out["heartbeat_timeout_s"] = _number(*hit, float)
     if hit := first("GPUFLEET_SPARE_PROCESS"):
-        out["spare_process"] = _bool(*hit)
+        mode = hit[1].lower()
+        try:
+            out["spare_process"] = mode if mode in SPARE_MODES else _bool(*hit)
+        except ConfigError:
+            raise ConfigError(f"{hit[0]}={hit[1]!r}: use 0 (no spare), 1 or imports (imports-only), or warm "
+                              "(the model set up in the spare too)") from None
     if (hit := first("GPUFLEET_ENABLE_BATCHING", "ENABLE_BATCHING")) and not _bool(*hit):
         out["max_batch_size"] = 1
     for key, names in ENV_NAMES.items():

@@ -87,6 +87,7 @@ class WorkerStats:
         self.oom_events = 0
         self.isolated_batches = 0  # batches served again in halves to isolate an item the model failed on
         self.restarts = 0
+        self.setup_kills = 0  # restarts whose new process was killed by a signal before it was ready
         self.restart_s_total = 0.0  # seconds from each failure seen to the replacement serving, summed
         self.last_restart: dict[str, float] = {}  # the last restart's breakdown (seconds per phase)
         self.busy_s = 0.0
@@ -121,6 +122,7 @@ class WorkerStats:
                 "oom_events": self.oom_events,
                 "isolated_batches": self.isolated_batches,
                 "restarts": self.restarts,
+                "setup_kills": self.setup_kills,
                 "restart_s_total": round(self.restart_s_total, 4),
                 "last_restart": dict(self.last_restart),
                 "busy_s": round(self.busy_s, 4),

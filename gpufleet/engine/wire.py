@@ -43,7 +43,7 @@ from gpufleet.errors import GpufleetError, WorkerError
 __all__ = [
     "Batch", "BatchDone", "Call", "Cancel", "ChildMessage", "Codec", "ErrorInfo", "Free", "FrontMessage",
     "Heartbeat", "Hello", "INLINE_MAX", "Progress", "Ready", "RemoteTraceback", "Reply", "SetupFailed", "Shutdown",
-    "Start", "State", "Submit", "as_tensor", "error_from", "error_info", "error_reply", "stackable",
+    "Start", "State", "Submit", "Warm", "as_tensor", "error_from", "error_info", "error_reply", "stackable",
 ]
 
 INLINE_MAX = 4096  # arrays up to this many bytes travel inside the message on the pipe hop
@@ -115,7 +115,11 @@ class Ready(msgspec.Struct, tag=True):
 
 
 class Start(msgspec.Struct, tag=True):
-    """To a spare child (spawned ahead, imports done, waiting): set up and serve now."""
+    """To a spare child (spawned ahead, imports done, waiting): set up (unless it did) and serve now."""
+
+
+class Warm(msgspec.Struct, tag=True):
+    """To a warm spare child: set the model up on the device now, then wait for ``Start``."""
 
 
 class SetupFailed(msgspec.Struct, tag=True):
@@ -174,7 +178,8 @@ class BatchDone(msgspec.Struct, tag=True, omit_defaults=True):
     dropped: list[str] = []
 
 
-ChildMessage = Union[Hello, Ready, SetupFailed, Heartbeat, Batch, Free, Shutdown, Progress, BatchDone, Start]  # noqa: UP007
+ChildMessage = Union[  # noqa: UP007
+    Hello, Ready, SetupFailed, Heartbeat, Batch, Free, Shutdown, Progress, BatchDone, Start, Warm]
 
 
 # -- front end <-> engine -----------------------------------------------------------------------------------

@@ -224,6 +224,9 @@ class RestartingWorker(BaseWorker):
         self._life = False  # up once, and the supervisor still brings it back when it dies
         self._down_since: float | None = None  # when the current copy's death was seen
         self._backoff_s = 0.0  # the wait chosen before the restart under way
+        self._waited_s = 0.0  # backoff waited since the copy's death (over failed start-ups too)
+        self._failed_starts_s = 0.0  # seconds spent in start-ups that failed since the copy's death
+        self._kills_in_setup = 0  # start-ups in a row cut short by a signal (not the model's failure)
         self._launch_s = 0.0  # how long the last successful start-up took (the estimate for the next one)
         self.launch_phases: dict[str, float] = {}  # the backend's breakdown of its last start-up (seconds)
         self.setup_breakdown: dict[str, float] = {}  # the first start-up's breakdown
@@ -231,6 +234,12 @@ class RestartingWorker(BaseWorker):
 
     # -- the supervisor: what a backend fills in ---------------------------------------------------------
     restart_what = "restarting"  # for the log line before a restart
+    free_setup_kills = 3  # start-ups in a row killed from outside that restart at once, without a failure
+
+    def setup_interrupted(self) -> bool:
+        """The last failed start-up was cut short from outside (its process killed by a signal: ``kill -9``,
+        the out-of-memory killer), not failed by the model."""
+        return False
 
     def _launch(self) -> bool:
         """Start the copy and wait for its setup; False (with ``error``) when it failed."""
@@ -268,12 +277,23 @@ class RestartingWorker(BaseWorker):
                 self._first_up()
             elif ok:
                 self._restarted(time.monotonic())
+            at_once = False
             if ok:
+                self._kills_in_setup = 0
                 self._serve_until_down()
                 self.went_down()
             else:
-                self.breaker.failure(f"restart failed: {self.error}")
-            if self._stop.is_set() or not self.wait_to_restart(self._stop, self.restart_what):
+                self._failed_starts_s += time.monotonic() - t0
+                # A start-up killed from outside says nothing about the model: counted (setup_kills), restarted
+                # at once, and only after a few in a row treated as a failure (backoff, circuit breaker).
+                at_once = self.setup_interrupted() and self._kills_in_setup < self.free_setup_kills
+                if at_once:
+                    self._kills_in_setup += 1
+                    with self.stats.lock:
+                        self.stats.setup_kills += 1
+                else:
+                    self.breaker.failure(f"restart failed: {self.error}")
+            if self._stop.is_set() or not self.wait_to_restart(self._stop, self.restart_what, at_once=at_once):
                 break
         self._life = False
         self.hooks.state()
@@ -283,14 +303,19 @@ class RestartingWorker(BaseWorker):
         """The copy's death was seen (call before telling the pool, so that it holds items meanwhile)."""
         if self._down_since is None:
             self._down_since = time.monotonic()
+            self._waited_s = self._failed_starts_s = 0.0
 
     def _restarted(self, now: float) -> None:
         """A restart finished: record where its time went (``launch_phases``) and log it."""
         since = self._down_since if self._down_since is not None else now
         self._down_since = None
         total = now - since
-        other = total - self._backoff_s - self._launch_s  # from the death seen to the new start: reaping
-        b = {"total": total, "reap": max(0.0, other), "backoff": self._backoff_s, **self.launch_phases}
+        # from the death seen to the new start, less the waits and the start-ups that failed: reaping
+        other = total - self._waited_s - self._failed_starts_s - self._launch_s
+        b = {"total": total, "reap": max(0.0, other), "backoff": self._waited_s}
+        if self._failed_starts_s:
+            b["failed_starts"] = self._failed_starts_s  # e.g. a start-up killed before it was ready
+        b.update(self.launch_phases)
         b = {k: round(v, 4) for k, v in b.items()}
         with self.stats.lock:
             self.stats.restart_s_total += total
@@ -429,16 +454,18 @@ class RestartingWorker(BaseWorker):
         if left:
             self.batcher.put_many(left)  # nowhere else to go: they wait for the restart
 
-    def wait_to_restart(self, stop: threading.Event, what: str) -> bool:
+    def wait_to_restart(self, stop: threading.Event, what: str, *, at_once: bool = False) -> bool:
         """After a failure of a worker that restarts (a process, an actor): wait the backoff, exponential in
-        the breaker's failures in a row and capped, with jitter; count a restart. False when ``stop`` is set
-        meanwhile (the pool is closing)."""
+        the breaker's failures in a row and capped, with jitter (none when ``at_once``); count a restart.
+        False when ``stop`` is set meanwhile (the pool is closing)."""
         k = max(1, self.breaker.failures)
         # The first failure in a row restarts at once: a copy that served before is most likely fine again
         # (killed, OOM-killed, a sticky CUDA error) and items wait for it. Repeated failures back off.
-        delay = 0.0 if k == 1 else min(self.config.restart_backoff_max_s, self.config.restart_backoff_s * 2 ** (k - 2))
+        delay = 0.0 if k == 1 or at_once else min(self.config.restart_backoff_max_s,
+                                                  self.config.restart_backoff_s * 2 ** (k - 2))
         delay *= random.uniform(0.75, 1.25)
         self._backoff_s = delay
+        self._waited_s += delay
         log.warning("%s: %s in %.2fs (failure %d in a row)", self.name, what, delay, k)
         end = time.monotonic() + delay
         while True:

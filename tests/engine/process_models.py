@@ -191,3 +191,19 @@ class MarksPreprocess(Model):
 
     def predict(self, batch: list) -> list:
         return [(True, x[1]) if isinstance(x, tuple) and x[:1] == ("pre",) else (False, x) for x in batch]
+
+
+class SlowSetup(Doubler):
+    """A Doubler whose ``setup`` takes ``setup_s`` seconds (a GPU model's weights and graphs); ``"setup_at"``
+    answers the wall-clock times its setup began and ended, ``"pid"`` the child's pid."""
+
+    setup_s = 1.5
+
+    def setup(self, device) -> None:
+        t0 = time.time()
+        time.sleep(self.setup_s)
+        super().setup(device)
+        self.setup_at = (t0, time.time())
+
+    def predict(self, batch: list) -> list:
+        return [self.setup_at if x == "setup_at" else y for x, y in zip(batch, super().predict(batch))]

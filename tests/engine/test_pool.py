@@ -729,6 +729,20 @@ def test_env_overrides_seed_names() -> None:
     assert env_overrides({}) == {}
 
 
+def test_spare_process_modes_from_arguments_and_environment() -> None:
+    from gpufleet.config import PoolConfig
+
+    for value in (None, False, True, "imports", "warm"):
+        assert PoolConfig(spare_process=value).spare_process == value
+    with pytest.raises(ConfigError, match="'imports' or 'warm'"):
+        PoolConfig(spare_process="hot")
+    assert env_overrides({"GPUFLEET_SPARE_PROCESS": "warm"})["spare_process"] == "warm"
+    assert env_overrides({"GPUFLEET_SPARE_PROCESS": "0"})["spare_process"] is False
+    assert env_overrides({"GPUFLEET_SPARE_PROCESS": "1"})["spare_process"] is True
+    with pytest.raises(ConfigError, match="GPUFLEET_SPARE_PROCESS='hot'.*warm"):
+        env_overrides({"GPUFLEET_SPARE_PROCESS": "hot"})
+
+
 def test_env_overrides_prefer_gpufleet_names_and_reject_garbage() -> None:
     out = env_overrides({"GPUFLEET_MAX_BATCH_SIZE": "8", "MAX_BATCH_SIZE": "64",
                          "GPUFLEET_MAX_WAIT_MS": "3", "MAX_BATCH_WAIT_TIME": "1"})

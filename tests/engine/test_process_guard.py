@@ -25,3 +25,6 @@ def test_unguarded_script_fails_fast_with_the_fix(tmp_path) -> None:
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=100, cwd=root, env=env)
     assert r.returncode != 0
     assert 'if __name__ == "__main__":' in r.stderr
+    # the parent's own error gives the hint for this exit (status 1 before the child's code ran), not for kills
+    assert 'exited with code 1 during setup; its stderr says why (a script that creates the Pool must do so ' \
+           'under `if __name__ == "__main__":`)' in r.stderr

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -28,6 +28,7 @@ from gpufleet.devices.device import Device
 from gpufleet.engine import wire
 from gpufleet.engine.oom import is_sticky_cuda_error
 from gpufleet.engine.process.shm import Attachments, SegmentPool
+from gpufleet.engine.process.spare import FAILED, IMPORTED, SETTING_UP, WARM, set_state
 from gpufleet.engine.progress import reporting_to
 from gpufleet.engine.step import BatchStep, poll_interval
 from gpufleet.errors import GpufleetError
@@ -56,7 +57,7 @@ class ChildSpec:
     max_batch_size: int = 0  # the pool's (0: probed), for models that size graphs or warm-up by it
     log_level: int = logging.WARNING
     restart: bool = False  # a replacement: warm up what serving needs first, the rest after Ready
-    spare: bool = False  # spawned ahead of need: import, then wait for ``Start`` before touching the device
+    spare: bool = False  # spawned ahead of need: import, then wait for ``Start`` (or ``Warm``, see spare.py)
 
 def _hello(device: Device) -> wire.Hello:
     """Initialise the device and say which one the context is on."""
@@ -144,9 +145,10 @@ class _Child:
             except (OSError, ValueError):
                 return  # the parent is gone; the main loop sees EOF
 
-    def setup(self, t_main: float, loaded: Any = None) -> bool:
+    def setup(self, t_main: float, loaded: Any = None, *, defer: bool = False) -> bool:
         """Set the model up and say Ready with where the time went (``t_main``: when this start-up began;
-        ``loaded``: the model, unpickled already by a spare)."""
+        ``loaded``: the model, unpickled already by a spare; ``defer``: a replacement, which warms up what
+        serving needs first and the rest after Ready)."""
         from gpufleet.engine.process.placement import load_model_blob
         from gpufleet.models.base import apply_pool_settings
         from gpufleet.models.resolve import model_factory
@@ -161,7 +163,7 @@ class _Child:
             # 64 only, and served batches of 65-128 ran eagerly, autotuning cuDNN for every new size (2x H200,
             # serving JPEGs with --backend process: p99 843 ms).
             apply_pool_settings(model, batch_buckets=self.spec.batch_buckets, max_batch_size=self.spec.max_batch_size)
-            if self.spec.restart and hasattr(model, "defer_warmup"):
+            if defer and hasattr(model, "defer_warmup"):
                 model.defer_warmup = True  # a replacement serves first; finish_warmup() runs after Ready
             t, timings["model_load"] = time.monotonic(), time.monotonic() - t
             model.setup(self.spec.device)
@@ -180,7 +182,7 @@ class _Child:
         timings["gc_freeze"] = time.monotonic() - t
         self.send(wire.Ready(step.pre is not None, step.post is not None, t_main, timings))
         finish = getattr(model, "finish_warmup", None)
-        if self.spec.restart and callable(finish):
+        if defer and callable(finish):
             threading.Thread(target=_finish_warmup, args=(finish,), name="gpufleet-warmup", daemon=True).start()
         return True
 
@@ -318,13 +320,13 @@ def _finish_warmup(finish: Any) -> None:
         log.exception("warming up after the restart failed")
 
 
-def _wait_for_start(conn: Any) -> bool:
-    """A spare: wait until the parent needs us (True) or lets us go (False)."""
+def _next_order(conn: Any) -> wire.Start | wire.Warm | None:
+    """A spare: wait until the parent needs us (``Start``), wants us warm (``Warm``) or lets us go (``None``)."""
     try:
         msg = msgspec.msgpack.decode(conn.recv_bytes(), type=wire.ChildMessage)
     except (EOFError, OSError, msgspec.DecodeError):
-        return False
-    return isinstance(msg, wire.Start)
+        return None
+    return msg if isinstance(msg, (wire.Start, wire.Warm)) else None
 
 
 class _Work:
@@ -338,8 +340,9 @@ class _Work:
         self.t0 = time.monotonic()
 
 
-def main(conn: Any, spec: ChildSpec) -> None:
-    """Entry point of the spawned child (``multiprocessing`` target)."""
+def main(conn: Any, spec: ChildSpec, state: Any = None) -> None:
+    """Entry point of the spawned child (``multiprocessing`` target); ``state``: a spare's shared state byte
+    (see :mod:`gpufleet.engine.process.spare`)."""
     os.environ.update(spec.env)  # before the model is unpickled or CUDA initialised
     # Ctrl-C, and a SIGTERM sent to the whole process group (systemd, `timeout`, `kill -TERM -pgid`), go to
     # the parent, which drains and then stops us; we exit on its Shutdown message, on EOF, or by SIGKILL.
@@ -347,26 +350,56 @@ def main(conn: Any, spec: ChildSpec) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=spec.log_level, format=f"%(asctime)s %(levelname)s worker-{spec.worker}: %(message)s")
     loaded = None
+    child: _Child | None = None
     if spec.spare:  # imports are done (this module's); load the model's too, then wait to be needed
-        from gpufleet.engine.process.placement import load_model_blob
-
-        try:
-            loaded = load_model_blob(spec.model)
-        except BaseException:  # noqa: BLE001 - setup loads it again and reports the error
-            loaded = None
-        if not _wait_for_start(conn):
-            os._exit(0)
+        loaded, child = _spare(conn, spec, state)
     t_main = time.monotonic()
-    child = _Child(conn, spec)
+    if child is None:
+        child = _Child(conn, spec)
     stop = threading.Event()
     threading.Thread(target=child._heartbeat, args=(stop,), name="gpufleet-heartbeat", daemon=True).start()
     try:
-        if child.setup(t_main, loaded):
+        if child.step is not None or child.setup(t_main, loaded, defer=spec.restart):
             child.serve()
     finally:
         stop.set()
         child.pool.close()
         child.codec.attachments.close()
+    _leave()
+
+
+def _spare(conn: Any, spec: ChildSpec, state: Any) -> tuple[Any, _Child | None]:
+    """A spare's life until ``Start``: unpickle the model, wait; told ``Warm``, set it up completely first.
+    Returns the model (unpickled, or ``None``) and, for a warm spare, the child that is set up."""
+    from gpufleet.engine.process.placement import load_model_blob
+
+    try:
+        loaded = load_model_blob(spec.model)
+    except BaseException:  # noqa: BLE001 - setup loads it again and reports the error
+        loaded = None
+    set_state(state, IMPORTED)
+    order = _next_order(conn)
+    if order is None:
+        os._exit(0)
+    if isinstance(order, wire.Start):
+        return loaded, None
+    set_state(state, SETTING_UP)
+    child = _Child(conn, spec)
+    # Its Hello and Ready wait in the pipe until the parent takes it over; the setup is the first start's
+    # (nothing deferred): a warm spare is meant to serve at full speed from its first batch.
+    if not child.setup(time.monotonic(), loaded):
+        set_state(state, FAILED)  # the parent reads why from the pipe and keeps imports-only spares instead
+        child.pool.close()
+        _leave()
+    set_state(state, WARM)
+    if _next_order(conn) is None:
+        child.pool.close()
+        child.codec.attachments.close()
+        _leave()
+    return loaded, child
+
+
+def _leave() -> NoReturn:
     # Done, all answered: leave without the interpreter's teardown, where a library's still-running C++ thread
     # aborted every child with "terminate called without an active exception" (and teardown only costs time).
     logging.shutdown()

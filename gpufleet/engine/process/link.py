@@ -80,9 +80,11 @@ class ChildLink:
         self._holding = False  # the feeder waits for a full batch or room in the child
 
     # -- generations --------------------------------------------------------------------------------------
-    def new_generation(self) -> int:
+    def new_generation(self, at_least: int | None = None) -> int:
+        """The next generation number (``at_least``: the one a spare child was spawned for, whose segment
+        names carry it)."""
         with self.cv:
-            self.gen += 1
+            self.gen = max(self.gen + 1, at_least or 0)
             return self.gen
 
     def connect(self, conn: Any) -> None:

@@ -23,8 +23,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
-
 from gpufleet.config import PoolConfig
 from gpufleet.devices.device import Device
 from gpufleet.engine import wire
@@ -33,6 +31,7 @@ from gpufleet.engine.process.child import STICKY_EXIT, ChildSpec, child_device
 from gpufleet.engine.process.child import main as child_main
 from gpufleet.engine.process.link import ChildLink, Sent
 from gpufleet.engine.process.placement import pin_env, verify_placement
+from gpufleet.engine.process.spare import IMPORTING, Spare, spare_mode
 from gpufleet.engine.request import Request
 from gpufleet.engine.worker import RestartingWorker
 from gpufleet.errors import DeadlineExceeded, DeviceError, PoolClosed, WorkerError
@@ -64,10 +63,13 @@ class ProcessWorker(RestartingWorker):
         self._started = threading.Event()  # this generation answered Ready / SetupFailed
         self._start_error: BaseException | None = None
         self._ready_msg: wire.Ready | None = None
-        # A spare child per worker (imports done, no device touched) cuts a restart's spawn and import time;
-        # default: for GPU workers, where that is seconds (torch, CUDA libraries).
-        self._use_spare = config.spare_process if config.spare_process is not None else device.is_cuda
-        self._spare: tuple[int, Any, Any] | None = None  # (its generation, process, pipe)
+        self._hello_seen = False  # this generation got as far as its own main()
+        self._died_by_signal = False  # the last failed start-up: its process was killed by a signal
+        # A spare child per worker cuts a restart to the model's setup (imports-only) or to the hand-over
+        # (warm); default: imports-only for GPU workers, where spawning and importing take seconds.
+        self.spare_mode = spare_mode(config.spare_process, device.is_cuda)
+        self._spare: Spare | None = None
+        self._spare_lock = threading.Lock()  # the supervisor replaces the spare, join() drops it
         self._supervisor = threading.Thread(target=self._supervise, name=f"gpufleet-{self.name}-sup", daemon=True)
         self._feeder = threading.Thread(target=self.link.feed, name=f"gpufleet-{self.name}-feed", daemon=True)
 
@@ -79,10 +81,26 @@ class ProcessWorker(RestartingWorker):
     def placement(self) -> dict[str, Any]:
         return {"pid": self.pid, "context_on": self.context_on}
 
+    @property
+    def spare_state(self) -> str | None:
+        """The spare child's state (:data:`~gpufleet.engine.process.spare.STATES`, or ``"dead"``); ``None``
+        when there is none."""
+        spare = self._spare
+        return None if spare is None else spare.state
+
+    def describe(self) -> dict[str, Any]:
+        spare = self._spare
+        return {**super().describe(), "spare_mode": self.spare_mode, "spare": self.spare_state,
+                "spare_pid": None if spare is None else spare.pid}
+
+    def health_extra(self) -> dict[str, Any]:
+        return {**super().health_extra(), "spare": self.spare_state}
+
     # -- what the link tells -------------------------------------------------------------------------------
     def on_start_message(self, msg: wire.Hello | wire.Ready | wire.SetupFailed) -> None:
         """The child's start-up, from the reader thread."""
         if isinstance(msg, wire.Hello):
+            self._hello_seen = True
             self.context_on = (f"{msg.kind}:{msg.current_device} {msg.name} ({msg.uuid})" if msg.kind == "cuda"
                                else msg.kind)
             try:
@@ -131,9 +149,10 @@ class ProcessWorker(RestartingWorker):
                 proc.kill()
         if self._supervisor.is_alive():
             self._supervisor.join(None if end is None else max(0.1, end - time.monotonic()))
-        spare, self._spare = self._spare, None
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
         if spare is not None:
-            _drop(spare[1], spare[2])
+            spare.drop()
         self.link.close_segments(all_generations=True)
 
     # -- supervisor ---------------------------------------------------------------------------------------
@@ -154,8 +173,9 @@ class ProcessWorker(RestartingWorker):
             log.error("%s", self.error)
             return False
 
-    def _start_process(self, gen: int, *, spare: bool) -> tuple[Any, Any]:
-        """Spawn the child of generation ``gen`` (a ``spare`` waits for ``Start`` after its imports)."""
+    def _start_process(self, gen: int, *, spare: bool, state: Any = None) -> tuple[Any, Any]:
+        """Spawn the child of generation ``gen`` (a ``spare`` waits for ``Start`` after its imports, and
+        publishes its state in the shared byte ``state``)."""
         parent_conn, child_conn = _CTX.Pipe(duplex=True)
         spec = ChildSpec(worker=self.index, name=self.name,
                          device=child_device(self.device) if self._env.get("CUDA_VISIBLE_DEVICES")
@@ -163,63 +183,92 @@ class ProcessWorker(RestartingWorker):
                          prefix=f"{self._prefix}g{gen}", heartbeat_s=min(0.5, self.config.heartbeat_timeout_s / 4),
                          batch_buckets=self.config.batch_buckets, max_batch_size=self.config.max_batch_size,
                          log_level=logging.getLogger().level or 30, restart=gen > 1, spare=spare)
-        proc = _CTX.Process(target=child_main, args=(child_conn, spec), name=f"gpufleet-{self.name}", daemon=True)
+        proc = _CTX.Process(target=child_main, args=(child_conn, spec, state), name=f"gpufleet-{self.name}",
+                            daemon=True)
         with _SPAWN_LOCK:
             proc.start()
         child_conn.close()
         return proc, parent_conn
 
-    def _take_spare(self, gen: int) -> tuple[Any, Any] | None:
-        """The spare spawned for generation ``gen``, told to start, if it is still there."""
-        spare, self._spare = self._spare, None
-        if spare is None:
-            return None
-        spare_gen, proc, conn = spare
-        try:
-            if spare_gen != gen or not proc.is_alive():
-                raise OSError("gone")
-            conn.send_bytes(msgspec.msgpack.encode(wire.Start()))
-        except (OSError, ValueError):
-            _drop(proc, conn)
-            return None
-        return proc, conn
+    def _take_spare(self) -> Spare | None:
+        """The spare, told to start, if there is one that can."""
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        if spare is None or spare.take():
+            return spare
+        self._spare_lost(spare)
+        return None
 
-    def _prepare_spare(self) -> None:
-        """Spawn the next generation's child now, while this one serves: its interpreter start and imports
-        (torch: seconds) are then done before a restart needs them."""
-        if not self._use_spare or self._stop.is_set():
+    def _spare_lost(self, spare: Spare) -> None:
+        """A spare that died or failed its warm-up: drop it; after a failed warm-up keep imports-only spares
+        (the likeliest cause: a second copy of the model does not fit on the device)."""
+        if spare.state == "failed":
+            why = spare.failure()
+            log.warning("%s: the warm spare failed its setup (%s); keeping an imports-only spare instead",
+                        self.name, why)
+            self.spare_mode = "imports"
+        else:
+            log.warning("%s: the spare process %d exited (code %s)", self.name, spare.pid, spare.proc.exitcode)
+        spare.drop()
+
+    def _ensure_spare(self) -> None:
+        """Spawn the next generation's spare child unless one is there (its interpreter start and imports, for
+        torch seconds, then happen before a restart needs them); tell a warm one to set up once the serving
+        child is ready."""
+        if self.spare_mode == "off" or self._stop.is_set():
             return
-        try:
-            proc, conn = self._start_process(self.link.gen + 1, spare=True)
-        except Exception as exc:  # noqa: BLE001 - only an optimisation: a restart spawns a fresh child
-            log.warning("%s: cannot start a spare process: %s", self.name, exc)
-            return
-        self._spare = (self.link.gen + 1, proc, conn)
+        spare = self._spare
+        if spare is not None and spare.state in ("dead", "failed"):
+            with self._spare_lock:
+                if self._spare is spare:
+                    self._spare = None
+            self._spare_lost(spare)
+        if self._spare is None:
+            gen = self.link.gen + 1
+            state = _CTX.RawValue("b", IMPORTING)
+            try:
+                proc, conn = self._start_process(gen, spare=True, state=state)
+            except Exception as exc:  # noqa: BLE001 - only an optimisation: a restart spawns a fresh child
+                log.warning("%s: cannot start a spare process: %s", self.name, exc)
+                return
+            with self._spare_lock:
+                if self._stop.is_set():
+                    Spare(gen, proc, conn, state, False).drop()
+                    return
+                self._spare = Spare(gen, proc, conn, state, self.spare_mode == "warm")
+        if self.link.up and self._spare is not None:
+            self._spare.warm_up()
 
     def _spawn(self) -> bool:
         """Start a child (the spare if one waits) and wait until it is set up; False (with ``self.error``)
         when it is not. ``launch_phases`` says where the time went."""
-        gen = self.link.new_generation()
         self._started.clear()
         self._start_error = None
         self._ready_msg = None
+        self._hello_seen = False
+        self._died_by_signal = False
         t0 = time.monotonic()
-        took = self._take_spare(gen)
-        proc, parent_conn = took if took is not None else self._start_process(gen, spare=False)
+        took = self._take_spare()
+        took_as = took.state if took is not None else ""  # importing, imported, setting_up or warm
+        gen = self.link.new_generation(took.gen if took is not None else None)
+        proc, parent_conn = (took.proc, took.conn) if took is not None else self._start_process(gen, spare=False)
         self._proc, self.pid = proc, proc.pid
         self.link.connect(parent_conn)
         self._reader = threading.Thread(target=self.link.read, args=(gen, parent_conn), daemon=True,
                                         name=f"gpufleet-{self.name}-read{gen}")
         self._reader.start()
+        if gen > 1:
+            self._ensure_spare()  # a restart: the next spare starts its imports now, so a kill meanwhile finds one
         end = time.monotonic() + self.config.start_timeout_s
         while not self._started.is_set():
             if self._stop.is_set():
                 self._start_error = PoolClosed("the pool closed during start-up")
                 break
-            if not proc.is_alive() and not self._started.wait(0.5):
-                self._start_error = WorkerError(
-                    f"{self.name}: the process exited during setup ({_exit(proc)}); its stderr says why (a script "
-                    "that creates the Pool must do so under `if __name__ == \"__main__\":`)")
+            if not proc.is_alive():
+                self._reader.join(0.5)  # it reads what the child sent before it exited (Ready, SetupFailed)
+                if not self._started.is_set():
+                    proc.join(1.0)
+                    self._start_error = self._died_in_setup(proc)
                 break
             if time.monotonic() > end:
                 self._start_error = WorkerError(f"{self.name}: setup took longer than start_timeout_s="
@@ -232,24 +281,57 @@ class ProcessWorker(RestartingWorker):
             log.error("%s failed in setup: %s", self.name, self.error)
             self._reap(proc)
             return False
-        self.launch_phases = self._phases(t0, took is not None)
+        self.launch_phases = self._phases(t0, took)
         self.error = None
         self.link.set_up(True)
         self.hooks.state()
         log.info("%s: process %d ready on %s%s", self.name, proc.pid, self.device.label,
-                 " (the spare)" if took is not None else "")
-        self._prepare_spare()
+                 f" (the spare, {took_as} when taken)" if took is not None else "")
+        self._ensure_spare()
         return True
 
-    def _phases(self, t0: float, spare: bool) -> dict[str, float]:
-        """Where a start-up's time went: spawning the interpreter and importing (``spawn``; a spare did that
-        ahead, so then it is only the hand-over), the child's phases, and the rest (``ready``: messages)."""
+    def _died_in_setup(self, proc: Any) -> WorkerError:
+        """The error for a child that exited before it was set up. Only an early exit with status 1, before
+        the child's own code ran, looks like the spawn re-import of a script that starts a pool at import."""
+        code = proc.exitcode
+        self._died_by_signal = code is not None and code < 0
+        hint = ""
+        if code == 1 and not self._hello_seen:
+            hint = ("; its stderr says why (a script that creates the Pool must do so under "
+                    "`if __name__ == \"__main__\":`)")
+        elif self._died_by_signal:
+            hint = " (from outside, or the out-of-memory killer: not the model's failure)"
+        elif code not in (0, None):
+            hint = "; its stderr says why"
+        return WorkerError(f"{self.name}: the process {_exit(proc)} during setup{hint}")
+
+    def setup_interrupted(self) -> bool:
+        return self._died_by_signal
+
+    def _phases(self, t0: float, spare: Spare | None) -> dict[str, float]:
+        """Where a start-up's time went: spawning the interpreter and importing (``spawn_imports``; with a
+        spare, ``spare_start``: the hand-over, and the rest of its imports if it was taken while importing),
+        the child's phases as far as they ran after ``t0`` (a warm spare ran them before: ``warm_ahead`` says
+        how many seconds of its setup were done ahead), and the rest (``ready``: messages)."""
         ready = self._ready_msg
         total = time.monotonic() - t0
         if ready is None or not ready.t_main:
             return {}
-        out = {"spare_start" if spare else "spawn_imports": max(0.0, ready.t_main - t0), **ready.timings}
-        out["ready"] = max(0.0, total - sum(out.values()))
+        start = "spare_start" if spare is not None else "spawn_imports"
+        out = {start: max(0.0, ready.t_main - t0)}
+        ahead, t = 0.0, ready.t_main
+        for name, seconds in ready.timings.items():  # the child's phases, in the order they ran
+            before = min(seconds, max(0.0, t0 - t))
+            ahead += before
+            if seconds - before > 0 or not before:
+                out[name] = seconds - before
+            t += seconds
+        rest = max(0.0, total - sum(out.values()))
+        if ahead:  # a warm spare: what is left is the hand-over (its Ready waited in the pipe)
+            out[start] += rest
+            out["warm_ahead"] = ahead
+        else:
+            out["ready"] = rest
         return {k: round(v, 4) for k, v in out.items()}
 
     def _reap(self, proc: Any) -> None:
@@ -288,6 +370,8 @@ class ProcessWorker(RestartingWorker):
             if self.breaker.poll():
                 log.info("%s: circuit half-open, probing", self.name)
                 self.hooks.state()
+            if self._spare is not None and self._spare.state in ("dead", "failed"):
+                self._ensure_spare()  # the spare died (killed, out of memory): the next restart needs one
         self._on_death(proc, reason)
 
     def _expire(self, reqs: list[Request], now: float) -> None:
@@ -316,18 +400,6 @@ class ProcessWorker(RestartingWorker):
     def _fail_sent(self, inflight: list[Sent], err: PoolClosed) -> None:
         for sent in inflight:
             self.fail(sent.reqs, err)
-
-
-def _drop(proc: Any, conn: Any) -> None:
-    """Let a spare go: closing its pipe ends it; kill it if it lingers."""
-    try:
-        conn.close()
-    except OSError:
-        pass
-    proc.join(1.0)
-    if proc.is_alive():
-        proc.kill()
-        proc.join(1.0)
 
 
 def _exit(proc: Any) -> str:
