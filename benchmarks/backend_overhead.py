@@ -5,6 +5,10 @@ stream): a backend that overlaps its own cost with the device's reaches 1000 / S
 
     python benchmarks/backend_overhead.py --backends thread,process,ray --seconds 3
     python benchmarks/backend_overhead.py --backends process,ray --sleep-ms 4.4 --cpu-devices 1
+    python benchmarks/backend_overhead.py --backends process,ray --sleep-ms 0.01 --batch 128 --item-kb 294
+    python benchmarks/backend_overhead.py --backends process,ray --sleep-ms 0.01 --batch 128 --item-kb 12 --bytes
+
+(294 KiB: one float16 224x224x3 image; ``--bytes``: items are ``bytes`` objects, as JPEGs are when serving.)
 
 Prints one JSON object per backend. With ray, the pool joins the cluster RAY_ADDRESS points at, else starts a
 local one; on a machine without GPUs the workers are CPU devices (--cpu-devices).
@@ -28,7 +32,7 @@ from gpufleet import Pool  # noqa: E402
 
 
 def measure(backend: str, seconds: float, batch: int, item_kb: int, cpu_devices: int | None,
-            sleep_ms: float | None = None) -> dict:
+            sleep_ms: float | None = None, as_bytes: bool = False) -> dict:
     model: object = NoOp if sleep_ms is None else SleepDevice(sleep_ms)  # an instance travels by value
     opts = {"cpu_devices": cpu_devices} if cpu_devices else {}
     if backend != "ray" and cpu_devices:
@@ -41,7 +45,7 @@ def measure(backend: str, seconds: float, batch: int, item_kb: int, cpu_devices:
             t0 = time.perf_counter()
             pool.submit(1).result(timeout=60)
             lat.append(time.perf_counter() - t0)
-        item = np.zeros(item_kb * 1024, np.uint8)
+        item: object = bytes(item_kb * 1024) if as_bytes else np.zeros(item_kb * 1024, np.uint8)
         n = 0
         t0 = time.perf_counter()
         end = time.monotonic() + seconds
@@ -57,7 +61,7 @@ def measure(backend: str, seconds: float, batch: int, item_kb: int, cpu_devices:
     q = np.percentile(np.array(lat) * 1e3, [50, 99])
     return {"backend": backend, "workers": workers, "one_item_p50_ms": round(float(q[0]), 3),
             "one_item_p99_ms": round(float(q[1]), 3), "items_per_s": round(rate, 1), "batch": batch,
-            "item_kb": item_kb, "batches_per_s": round(rate / batch, 1),
+            "item_kb": item_kb, "items": "bytes" if as_bytes else "array", "batches_per_s": round(rate / batch, 1),
             **({"sleep_ms": sleep_ms, "device_busy": round(rate / batch * sleep_ms / 1e3 / workers, 3)}
                if sleep_ms is not None else {})}
 
@@ -71,10 +75,11 @@ def main() -> None:
     ap.add_argument("--cpu-devices", type=int, default=None, help="CPU devices instead of GPUs")
     ap.add_argument("--sleep-ms", type=float, default=None,
                     help="a stand-in GPU taking this many ms per batch instead of a model that does nothing")
+    ap.add_argument("--bytes", action="store_true", help="items are bytes objects (JPEGs) instead of arrays")
     args = ap.parse_args()
     for b in args.backends.split(","):
         print(json.dumps(measure(b.strip(), args.seconds, args.batch, args.item_kb, args.cpu_devices,
-                                 args.sleep_ms)), flush=True)
+                                 args.sleep_ms, args.bytes)), flush=True)
 
 
 if __name__ == "__main__":

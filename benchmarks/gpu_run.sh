@@ -176,6 +176,11 @@ for step in ${STEPS:-pool serve video jpeg}; do
       # the same with a stand-in GPU of 4.4 ms per batch: how busy each backend keeps a device (1.0: never waits)
       pkg new timeout 120 python3 benchmarks/backend_overhead.py --backends process,ray --sleep-ms 4.4 --seconds 3 \
         >> "$W/backend_overhead.txt" 2>> "$W/backend_overhead.err"
+      # what moving a batch costs: 128 float16 224x224x3 images (W2 at batch 128), then 128 JPEG-sized bytes items
+      pkg new timeout 120 python3 benchmarks/backend_overhead.py --backends process,ray --sleep-ms 0.01 --batch 128 \
+        --item-kb 294 --seconds 3 >> "$W/backend_overhead.txt" 2>> "$W/backend_overhead.err"
+      pkg new timeout 120 python3 benchmarks/backend_overhead.py --backends process,ray --sleep-ms 0.01 --batch 128 \
+        --item-kb 12 --bytes --seconds 3 >> "$W/backend_overhead.txt" 2>> "$W/backend_overhead.err"
       cat "$W/backend_overhead.txt" >> "$W/steps.txt"
       for b in ${RAY_SERVE:-ray process}; do
         stamp "JPEG serving [backend $b, tuned]"

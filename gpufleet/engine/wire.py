@@ -347,13 +347,16 @@ class Codec:
     :meth:`encode` writes its arrays into one segment. ``copy=True`` (the parent) copies received arrays out of
     the segment; ``copy=False`` (the child) reads them in place, valid until the batch's answer is sent.
     Without segments it is the stream hop's codec: :meth:`pack` / :meth:`unpack` length-prefixed frames,
-    arrays inline.
+    arrays inline. ``bytes_min``: ``bytes`` values from this size go into the segment (the Ray hop sends every
+    JPEG there, so the call itself stays small).
     """
 
-    def __init__(self, decode_type: Any, *, segments: Any = None, attachments: Any = None, copy: bool = True) -> None:
+    def __init__(self, decode_type: Any, *, segments: Any = None, attachments: Any = None, copy: bool = True,
+                 bytes_min: int = BYTES_MIN) -> None:
         self.segments = segments
         self.attachments = attachments
         self.copy = copy
+        self.bytes_min = bytes_min
         self._enc = msgspec.msgpack.Encoder(enc_hook=self._hook)
         self._ref_enc = msgspec.msgpack.Encoder()
         self._ref_dec = msgspec.msgpack.Decoder(ArrayRef)
@@ -368,6 +371,7 @@ class Codec:
         """``value`` with arrays/tuples/large bytes wrapped, and the shared-memory bytes it needs."""
         torch = sys.modules.get("torch")
         need = 0
+        bytes_min = self.bytes_min
 
         def walk(v: Any) -> Any:
             nonlocal need
@@ -383,7 +387,7 @@ class Codec:
                 return _Tup(out) if isinstance(v, tuple) and type(v) is tuple else out
             elif isinstance(v, dict):
                 return {k: walk(x) for k, x in v.items()}
-            elif isinstance(v, bytes) and len(v) >= BYTES_MIN:
+            elif isinstance(v, bytes) and len(v) >= bytes_min:
                 need += len(v) + _ALIGN
                 return _Big(v)
             else:

@@ -10,6 +10,12 @@ own threads while one *model thread* runs every model call, in the order the poo
 child does: for models with ``launch``/``collect`` it launches the next batch before it collects the previous
 one, so the device never waits for Ray's round trip; for the others, Ray's work on the calls around a batch
 overlaps its ``predict``.
+
+Batches come one of two ways (the pool chooses per actor, see :mod:`gpufleet.ray.backend`): on the pool's own
+host, a :class:`~gpufleet.engine.wire.Batch` frame whose arrays and bytes lie in the pool's shared-memory segments
+(:meth:`GpuActor.run_shared`; the actor maps each segment once and, on a GPU, pins it, so a stacked batch is
+copied to the device straight from it); elsewhere, the items or one stacked array through Ray's object store
+(:meth:`GpuActor.run`). Answers go back as Ray return values either way.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ from typing import Any
 
 from gpufleet.devices.device import Device
 from gpufleet.engine import wire
-from gpufleet.engine.process.child import STICKY_EXIT, is_sticky_cuda_error
+from gpufleet.engine.process.child import STICKY_EXIT, HostPins, is_sticky_cuda_error
 from gpufleet.engine.process.placement import GPU_CHILD_THREADS
+from gpufleet.engine.process.shm import Attachments, SegmentPool
 from gpufleet.engine.step import BatchStep, poll_interval
 from gpufleet.errors import GpufleetError
 from gpufleet.models.base import StackedBatch
@@ -46,6 +53,8 @@ class GpuActor:
         self._inbox: dict[int, _Call] = {}
         self._expect = 0  # the sequence number the model thread serves next
         self._cv = threading.Condition()
+        self._codec: wire.Codec | None = None  # reads frames of run_shared; made by attach()
+        self._codec_lock = threading.Lock()  # Ray's threads decode calls side by side; the mappings are shared
         try:
             self._setup(model_blob, batch_buckets, max_batch_size, use_gpu)
         except BaseException as exc:  # noqa: BLE001 - reported by placement(), so the pool sees the model's error
@@ -90,17 +99,62 @@ class GpuActor:
         setup failed."""
         return self.where
 
+    def attach(self, segment: str, token: bytes) -> bool:
+        """Whether this actor sees the pool's shared memory: it maps ``segment`` and finds ``token`` at its start
+        (False on another host, or in another container). Then :meth:`run_shared` can read batches from it."""
+        with self._codec_lock:
+            attachments = self._attachments()
+            try:
+                seg = attachments.get(segment)
+            except OSError:
+                return False
+            if seg.buf is None or bytes(seg.buf[:len(token)]) != token:
+                attachments.drop([segment])
+                return False
+            if self._codec is None:
+                # the pipe hop's codec, reading in place (copy=False); its segment pool stays empty (answers go
+                # back through Ray), it only marks the hop whose small odd values may come pickled
+                self._codec = wire.Codec(wire.ChildMessage, segments=SegmentPool(f"gpufleet_unused_{os.getpid()}_"),
+                                         attachments=attachments, copy=False)
+            return True
+
+    def _attachments(self) -> Attachments:
+        if self._codec is not None:
+            attachments: Attachments = self._codec.attachments
+            return attachments
+        cuda = getattr(self, "device", None) is not None and self.device.is_cuda
+        pins = HostPins() if cuda else None
+        return Attachments(pins.register, pins.unregister) if pins is not None else Attachments()
+
+    def run_shared(self, seq: int, frame: bytes) -> wire.BatchDone:
+        """Serve one batch sent as a :class:`~gpufleet.engine.wire.Batch` frame whose arrays and bytes lie in the
+        pool's shared memory (read in place, valid until this call returns); as :meth:`run` otherwise. The
+        frame's ``dropped`` segments were unlinked by the pool: their mappings go first."""
+        assert self._codec is not None, "run_shared before attach"
+        with self._codec_lock:
+            msg = self._codec.decode(frame)
+            if msg.dropped:
+                self._codec.attachments.drop(msg.dropped)
+        batch = msg.items if msg.stacked is None else StackedBatch(msg.stacked)
+        preprocessed = msg.preprocessed
+        del msg  # the call holds the only reference to the batch's views into the segment
+        return self._serve_call(seq, batch, preprocessed)
+
     def run(self, seq: int, items: list, stacked: tuple[Any, str] | None, preprocessed: bool) -> wire.BatchDone:
         """Serve one batch (``items``, or the rows of ``stacked``: an array and the torch dtype name its rows
         were sent as) and answer it as a whole; ``seq`` numbers the calls to this actor from 0, and the model
         serves them in that order. Runs on one of Ray's threads, which waits while the model
         thread serves the batch."""
         if stacked is None:
-            batch = items
+            batch: Any = items
         else:
             block, torch_name = stacked
             batch = StackedBatch(wire.as_tensor(block, torch_name) if torch_name else block)
+        return self._serve_call(seq, batch, preprocessed)
+
+    def _serve_call(self, seq: int, batch: Any, preprocessed: bool) -> wire.BatchDone:
         call = _Call(batch, preprocessed)
+        del batch
         with self._cv:
             self._inbox[seq] = call
             self._cv.notify_all()

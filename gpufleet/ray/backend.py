@@ -1,8 +1,14 @@
 """``backend="ray"``: one :class:`~gpufleet.ray.actor.GpuActor` per GPU of a Ray cluster, as pool workers.
 
 Each :class:`RayWorker` has the pool's usual batcher; its *feeder* thread sends each batch to its actor in one
-remote call (arrays of one shape and dtype as one ``[n, *shape]`` array: one buffer in Ray's object store, read
-without a copy by the actor) and keeps up to ``pipeline_depth + 1`` calls in flight: the threaded actor
+remote call and keeps up to ``pipeline_depth + 1`` calls in flight. How the batch travels depends on where the
+actor runs. On the pool's own host (the actor could map a segment the pool wrote: :meth:`GpuActor.attach`), as a
+process worker's batches do: written once into one of the worker's shared-memory segments
+(:mod:`gpufleet.engine.process.shm`, arrays of one shape and dtype as one ``[n, *shape]`` block, ``bytes`` items
+too), the call carrying only a small frame of offsets; the segment is reused once the call is answered. Elsewhere
+(another node, or ``SHARED_MEMORY = False``), through Ray's object store: arrays of one shape and dtype as one
+``[n, *shape]`` array, read without a copy by the actor, other items pickled by Ray. (CPU, a batch of 128
+float16 224x224x3 images, 38.5 MB: 4.6 ms through a segment against 40-75 ms through ``ray.put``.) The threaded actor
 launches the next batch before it collects the previous one and has one more queued, so the device never
 waits for Ray's round trip; its *collector* thread answers the items as calls finish. An actor that dies (killed,
 crashed, its node lost) is recreated by the worker's *supervisor* after the same backoff as a process worker,
@@ -15,6 +21,8 @@ The pool's front ends, batchers and balancer stay in this process: Ray only plac
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import threading
 import time
 from typing import Any
@@ -26,16 +34,22 @@ from gpufleet.devices.device import Device
 from gpufleet.engine import wire
 from gpufleet.engine.backend import Fleet, WorkerHooks
 from gpufleet.engine.process.placement import model_blob
+from gpufleet.engine.process.shm import SegmentPool, unlink_prefix
 from gpufleet.engine.request import Request
 from gpufleet.engine.worker import RestartingWorker
-from gpufleet.errors import ConfigError, DeviceError, PoolClosed, WorkerError
+from gpufleet.errors import ConfigError, DeviceError, InputError, PoolClosed, WorkerError
 from gpufleet.models.resolve import model_factory
 from gpufleet.ray.actor import GpuActor
 from gpufleet.ray.cluster import RayNode, connect, gpu_nodes
 
-__all__ = ["RayWorker", "make_fleet"]
+__all__ = ["SHARED_MEMORY", "RayWorker", "make_fleet"]
 
 log = logging.getLogger(__name__)
+
+SHARED_MEMORY = True
+"""Send batches to actors on the pool's host through shared memory (False: every batch through Ray's object
+store, as to another node)."""
+_BYTES_MIN = 256  # bytes items from this size go into the segment: a batch of JPEGs leaves the call small
 
 
 def make_fleet(model: Any, config: PoolConfig, hooks: WorkerHooks) -> Fleet:
@@ -47,6 +61,7 @@ def make_fleet(model: Any, config: PoolConfig, hooks: WorkerHooks) -> Fleet:
     blob = model_blob(model)
     make_model = model_factory(model)
     actor_cls = ray.remote(GpuActor)
+    prefix = f"gpufleet_{os.getpid():x}{secrets.token_hex(2)}_r"  # this pool's shared-memory segments
     placed: dict[str, int] = {}  # node id -> GPUs given a worker so far
 
     def build(first_index: int, first_device: int) -> tuple[list[Device], list[Any]]:
@@ -69,7 +84,8 @@ def make_fleet(model: Any, config: PoolConfig, hooks: WorkerHooks) -> Fleet:
             for dev, (node, _gpu) in zip(devices, slots):
                 workers.append(RayWorker(index=first_index + len(workers), device=dev, config=config, hooks=hooks,
                                          ray=ray, actor_cls=actor_cls, blob=blob, make_model=make_model,
-                                         node=node, use_gpu=node is not None))
+                                         node=node, use_gpu=node is not None,
+                                         prefix=f"{prefix}{first_index + len(workers)}_"))
         return devices, workers
 
     devices, workers = build(0, 0)
@@ -95,7 +111,8 @@ class RayWorker(RestartingWorker):
     backend = "ray"
 
     def __init__(self, *, index: int, device: Device, config: PoolConfig, hooks: WorkerHooks, ray: Any,
-                 actor_cls: Any, blob: bytes, make_model: Any, node: RayNode | None, use_gpu: bool) -> None:
+                 actor_cls: Any, blob: bytes, make_model: Any, node: RayNode | None, use_gpu: bool,
+                 prefix: str) -> None:
         super().__init__(index=index, device=device, config=config, hooks=hooks, make_model=make_model)
         self._ray = ray
         self._actor_cls = actor_cls
@@ -112,6 +129,14 @@ class RayWorker(RestartingWorker):
         self._sent_at: dict[Any, float] = {}  # call ref -> when it was sent
         self._holding = False  # the feeder waits for a full batch or room in the actor
         self._seq = 0  # the next call's number at the current actor (it serves them in that order)
+        # shared memory for an actor on this host: the segments (kept across actors), the codec that writes
+        # batches into them, whether the current actor reads them, and the segment of each call in flight
+        self._prefix = prefix
+        self._segments = SegmentPool(prefix)
+        self._codec = wire.Codec(wire.ChildMessage, segments=self._segments, bytes_min=_BYTES_MIN)
+        self._seg_lock = threading.Lock()
+        self._shared = False
+        self._seg_of: dict[Any, str] = {}
         self._supervisor = threading.Thread(target=self._supervise, name=f"gpufleet-{self.name}-sup", daemon=True)
         self._feeder = threading.Thread(target=self._feed, name=f"gpufleet-{self.name}-feed", daemon=True)
         self._collector = threading.Thread(target=self._collect, name=f"gpufleet-{self.name}-collect", daemon=True)
@@ -145,6 +170,10 @@ class RayWorker(RestartingWorker):
         with self._cv:
             left, self._inflight = list(self._inflight.values()), {}
             self._sent_at.clear()
+            self._seg_of.clear()
+        with self._seg_lock:
+            self._segments.close()
+        unlink_prefix(self._prefix)
         for reqs in left:
             self.fail(reqs, PoolClosed("the pool closed before the item was served"))
 
@@ -206,8 +235,11 @@ class RayWorker(RestartingWorker):
                 self._actor = actor
                 self._kill_actor()
             return False
+        shared = SHARED_MEMORY and self._attach(actor)
+        where["batches_via"] = "shared memory" if shared else "object store"
         self._actor, self._where, self.error = actor, where, None
         with self._cv:
+            self._shared = shared
             self._seq = 0  # a new actor numbers its calls from 0
             self._up = True
             self._cv.notify_all()
@@ -216,14 +248,43 @@ class RayWorker(RestartingWorker):
                  where.get("hostname"), where.get("pid"), where.get("context_on"))
         return True
 
+    def _attach(self, actor: Any) -> bool:
+        """Whether ``actor`` reads this worker's shared memory: it maps a segment and finds what we wrote there
+        (same host and ``/dev/shm``; not across nodes, nor from another container or a ``ray://`` client)."""
+        token = secrets.token_bytes(16)
+        with self._seg_lock:
+            seg = self._segments.acquire(len(token))
+            assert seg.buf is not None
+            seg.buf[:len(token)] = token
+        try:
+            return bool(self._ray.get(actor.attach.remote(seg.name, token), timeout=self.config.start_timeout_s))
+        except Exception as exc:  # noqa: BLE001 - then the object store carries the batches
+            log.info("%s: the actor cannot read shared memory (%s); batches go through Ray's object store",
+                     self.name, _ray_error_text(exc))
+            return False
+        finally:
+            with self._seg_lock:
+                self._segments.release(seg.name)
+
+    def _release(self, refs: list[Any]) -> None:
+        """The segments of these calls (answered, or their actor gone) are free again (under ``_cv``)."""
+        names = [n for n in (self._seg_of.pop(r, None) for r in refs) if n is not None]
+        if names:
+            with self._seg_lock:
+                for name in names:
+                    self._segments.release(name)
+
     def _on_death(self, exc: BaseException) -> None:
         with self._cv:
             self._up = False
+            self._shared = False
             inflight, self._inflight = list(self._inflight.values()), {}
             self._sent_at.clear()
             self._cv.notify_all()
         self.hooks.state()
         self._kill_actor()
+        with self._cv:  # the actor is gone: nothing reads its calls' segments now (requeued items are rewritten)
+            self._release(list(self._seg_of))
         reason = f"actor died ({_ray_error_text(exc)})"
         self.breaker.failure(reason)
         log.warning("%s: %s", self.name, reason)
@@ -241,13 +302,18 @@ class RayWorker(RestartingWorker):
                   stopping=lambda: self._stopping, holding=hold, send=self._send)
 
     def _send(self, reqs: list[Request]) -> None:
+        with self._cv:
+            actor, shared = self._actor, self._shared
+        if shared:
+            self._send_shared(reqs, actor)
+            return
         items = [r.item for r in reqs]
         stacked = _stack(items)
         with self._cv:
-            actor = self._actor
-            if not self._up or actor is None:
+            if not self._up or self._actor is None:
                 self.batcher.put_many(reqs)  # the actor died meanwhile; the next one serves them
                 return
+            actor = self._actor
             try:
                 ref = actor.run.remote(self._seq, None if stacked is not None else items, stacked,
                                        reqs[0].preprocessed)
@@ -260,9 +326,55 @@ class RayWorker(RestartingWorker):
                     return
                 self.fail(reqs, _call_error(exc))
                 return
-            self._inflight[ref] = reqs
-            self._sent_at[ref] = time.monotonic()
-            self._cv.notify_all()
+            self._track(ref, reqs)
+
+    def _send_shared(self, reqs: list[Request], actor: Any) -> None:
+        """``reqs`` written into one segment, and a call carrying the frame that points into it."""
+        items = [r.item for r in reqs]
+        codec = self._codec
+        block, need = codec.stack(items)  # one block: one copy to the GPU in the actor, no per-item work
+        prepared: list = []
+        if block is None:
+            prepared, need = codec.prepare(items)
+        with self._seg_lock:
+            seg = self._segments.acquire(need) if need else None
+            dropped, self._segments.dropped = self._segments.dropped, []
+        try:
+            frame = codec.encode(wire.Batch(0, prepared, stacked=block, dropped=dropped,
+                                            preprocessed=reqs[0].preprocessed), seg)
+        except Exception as exc:  # noqa: BLE001 - an item neither msgpack nor pickle can carry
+            with self._seg_lock:
+                self._segments.dropped[:0] = dropped  # told with the next batch instead
+                if seg is not None:
+                    self._segments.release(seg.name)
+            if len(reqs) > 1:
+                for r in reqs:
+                    self._send([r])
+            else:
+                err = InputError(f"cannot send the item to the actor: {type(exc).__name__}: {exc}")
+                err.__cause__ = exc
+                self.fail(reqs, err)
+            return
+        with self._cv:
+            if not self._up or self._actor is not actor:
+                # the actor died meanwhile; the next one serves them (the dropped names go with the next batch)
+                with self._seg_lock:
+                    self._segments.dropped[:0] = dropped
+                    if seg is not None:
+                        self._segments.release(seg.name)
+                self.batcher.put_many(reqs)
+                return
+            ref = actor.run_shared.remote(self._seq, frame)
+            self._seq += 1
+            if seg is not None:
+                self._seg_of[ref] = seg.name
+            self._track(ref, reqs)
+
+    def _track(self, ref: Any, reqs: list[Request]) -> None:
+        """A call sent (under ``_cv``): the collector answers its items."""
+        self._inflight[ref] = reqs
+        self._sent_at[ref] = time.monotonic()
+        self._cv.notify_all()
 
     def _collect(self) -> None:
         ray = self._ray
@@ -289,6 +401,7 @@ class RayWorker(RestartingWorker):
                     with self._cv:
                         reqs = self._inflight.pop(ref, None)
                         self._sent_at.pop(ref, None)
+                        self._release([ref])
                         self._cv.notify_all()
                     if reqs is not None:
                         self.fail(reqs, _call_error(exc))
@@ -296,6 +409,7 @@ class RayWorker(RestartingWorker):
                 with self._cv:
                     reqs = self._inflight.pop(ref, None)
                     sent = self._sent_at.pop(ref, 0.0)
+                    self._release([ref])
                     self._cv.notify_all()
                 if self._holding:
                     self.batcher.wake()  # the feeder holds a partial batch until the actor has room: it has now

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from gpufleet.models.base import Model
 
 
@@ -11,3 +13,11 @@ class FailsInSetup(Model):
 
     def predict(self, batch: list) -> list:
         return batch
+
+
+class SlowRows(Model):
+    """Each item's first value times two, after 5 ms per batch: batches stay in flight long enough to be cut."""
+
+    def predict(self, batch: list) -> list:
+        time.sleep(0.005)
+        return [float(x.flat[0]) * 2 for x in batch]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from gpufleet import Pool
+from gpufleet.engine.process.shm import leaked_segments
 from gpufleet.errors import ConfigError, InputError, WorkerDied, WorkerError
 from tests.engine.process_models import Doubler, Overlapping
 from tests.waiting import wait_until
@@ -62,6 +63,53 @@ def test_a_killed_actor_loses_no_item_and_comes_back(local_ray) -> None:
         assert wait_until(lambda: victim.healthy and victim.placement()["pid"] != old_pid, 60)
         assert pool.stats()["restarts"] >= 1
         assert pool.submit(5).result(timeout=60) == 10
+
+
+def test_actors_on_this_host_read_batches_from_shared_memory(local_ray) -> None:
+    from tests.engine.process_models import Echo
+
+    with Pool(Echo, backend="ray", cpu_devices=1, max_batch_size=8, max_wait_ms=5) as pool:
+        w = pool.workers[0]
+        assert w.placement()["batches_via"] == "shared memory"
+        arrays = [np.full((3, 32, 32), i, np.float16) for i in range(16)]  # stacked: one block in a segment
+        out = list(pool.map(arrays))
+        assert all(o.dtype == np.float16 and o.shape == (3, 32, 32) and o.flat[0] == i for i, o in enumerate(out))
+        items = [b"x" * 100, bytes(range(256)) * 4, b"j" * 100_000, {"image": b"\xff\xd8" * 3000}, (1, "a"), 7]
+        assert list(pool.map(items)) == items  # small bytes inline, larger ones (JPEGs) in the segment
+        assert leaked_segments(w._prefix)  # this worker's segments, kept for the next batches
+    assert leaked_segments(w._prefix) == []
+
+
+def test_without_shared_memory_batches_go_through_the_object_store(local_ray, monkeypatch) -> None:
+    from gpufleet.ray import backend
+
+    monkeypatch.setattr(backend, "SHARED_MEMORY", False)  # as for an actor on another node
+    with Pool(Doubler, backend="ray", cpu_devices=1, max_batch_size=8, max_wait_ms=5) as pool:
+        w = pool.workers[0]
+        assert w.placement()["batches_via"] == "object store"
+        arrays = [np.full((3, 32, 32), i, np.float32) for i in range(16)]
+        assert [o.flat[0] for o in pool.map(arrays)] == [2 * i for i in range(16)]
+        assert pool.submit(b"ab").result(timeout=60) == b"abab"
+        assert leaked_segments(w._prefix) == []  # none made
+
+
+def test_a_killed_actor_reading_shared_memory_loses_no_item_and_frees_its_segments(local_ray) -> None:
+    from tests.ray.ray_models import SlowRows
+
+    with Pool(SlowRows, backend="ray", cpu_devices=1, max_batch_size=8, max_wait_ms=2,
+              restart_backoff_s=0.1) as pool:
+        w = pool.workers[0]
+        rows = (np.full((64, 64), i, np.float32) for i in range(1500))  # 16 KB each: every batch in a segment
+        results: list = []
+        feeder = threading.Thread(target=lambda: results.extend(pool.map(rows, return_exceptions=True)))
+        feeder.start()
+        assert wait_until(lambda: w.stats.total_batches > 5 and w._seg_of, 60)
+        local_ray.kill(w._actor, no_restart=True)
+        feeder.join(120)
+        assert results == [2.0 * i for i in range(1500)]  # none lost, none twice, in order
+        assert pool.stats()["restarts"] >= 1 and w.placement()["batches_via"] == "shared memory"
+        assert wait_until(lambda: not w._seg_of, 10)  # no segment held for a call that will never answer
+    assert leaked_segments(w._prefix) == []
 
 
 def test_an_item_that_kills_its_actor_gives_up_after_its_retries(local_ray) -> None:

@@ -39,6 +39,8 @@ def test_actors_on_every_gpu_of_every_node(cluster) -> None:
         per_gpu = pool.stats()["per_gpu_stats"]
         assert sorted(g["node"] for g in per_gpu) == sorted([a.node_id] * 2 + [b.node_id] * 2)
         assert all(g["total_requests"] > 0 for g in per_gpu)
+        # the fake nodes share this host's /dev/shm: the actors read batches from the pool's segments
+        assert {w.placement()["batches_via"] for w in pool.workers} == {"shared memory"}
 
 
 def test_a_lost_node_moves_its_actors_and_loses_no_item(cluster) -> None:
