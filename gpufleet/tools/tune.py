@@ -430,11 +430,15 @@ class _Search:
         return self.spec.max_http_workers or max(1, (os.cpu_count() or 1) // 2)
 
     def start_http_workers(self) -> int:
-        """Front ends while the other settings are searched: enough that HTTP does not cap the batch search
-        (a quarter of the cores, at most 8), refined last."""
+        """Front ends while the other settings are searched: as many as ``gpufleet serve`` starts on this machine
+        (so HTTP does not cap the batch search and the serve defaults are among the candidates), refined last."""
         if not self.spec.http:
             return 1
-        return max(1, min(8, (os.cpu_count() or 1) // 4, self.max_http_workers()))
+        from gpufleet.devices.discovery import select
+        from gpufleet.server.config import machine_defaults
+
+        gpus = sum(d.kind == "cuda" for d in select(self.spec.devices, cpu_devices=self.spec.cpu_devices))
+        return max(1, min(machine_defaults(gpus)["http_workers"], self.max_http_workers()))
 
     def batch_sizes(self) -> Candidate:
         """Doubling until throughput stops rising or the server does not start (memory)."""
