@@ -42,13 +42,16 @@ python3 -m gpufleet load "http://127.0.0.1:$PORT/predict" --payload jpeg224 -c 2
 LPID=$!
 GAP=${GAP:-$(python3 -c "print(max(1.0, $DUR / ($KILLS + 1)))")}
 KILL_WHEN=${KILL_WHEN:-gap}
-# ready: the worker serves again and its spare (if any is warm-mode) is warm; gives up after 180 s
+# ready: the worker serves again after the last kill (its restart count reached RESTARTS) and, with a warm-mode
+# spare, the spare is warm; gives up after 180 s
+RESTARTS=0
 wready() {
   for _ in $(seq 1 360); do
     curl -s "localhost:$PORT/stats" | python3 -c "
 import json, sys
 w = json.load(sys.stdin)['per_worker_stats'][0]
-sys.exit(0 if w['healthy'] and (w.get('spare_mode') != 'warm' or w.get('spare') == 'warm') else 1)" && return 0
+up = w['healthy'] and w.get('restarts', 0) >= $RESTARTS
+sys.exit(0 if up and (w.get('spare_mode') != 'warm' or w.get('spare') == 'warm') else 1)" && return 0
     sleep 0.5
   done
   echo "not ready after 180 s" >> "$OUT/chaos_kills.txt"
@@ -60,6 +63,7 @@ for k in $(seq 1 "$KILLS"); do
   sleep "$GAP"
   kill -0 $LPID 2>/dev/null || { echo "load ended before kill $k" >> "$OUT/chaos_kills.txt"; break; }
   P=$(wpid); kill -9 "$P" && echo "kill $k: pid $P at $(date +%s.%N)" >> "$OUT/chaos_kills.txt"
+  RESTARTS=$k  # the next wready waits for this kill's restart
   curl -s "localhost:$PORT/health" | head -c 600 >> "$OUT/chaos_kills.txt"; echo >> "$OUT/chaos_kills.txt"
 done
 wait $LPID

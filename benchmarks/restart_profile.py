@@ -3,10 +3,10 @@
 A process worker's restart reports coarse phases (``spawn_imports``, ``cuda_context``, ``weights``,
 ``cuda_graphs``, ``warmup``); this splits them: ``import torch``, ``import torchvision``, ``import gpufleet``,
 CUDA initialisation (``torch.cuda.init`` + ``set_device``), the CUDA context (the first allocation), building
-the embedded classifier's module on the CPU (random initialisation), ``.to(cuda)``, the cast to half
-precision, ``channels_last``, the first forward pass (cuDNN autotuning) and a second one, a CUDA-graph capture
-per batch bucket (two buffers each, as the worker does), and, last, the whole ``ImageClassifier.setup`` again
-in this now warm process (what a spare that already imported would pay). Without a GPU the CUDA steps are
+the classifier's module with random weights on the CPU and, as the embedded classifier does, on the GPU,
+``.to(cuda)``, the cast to half precision, ``channels_last``, the first forward pass (cuDNN autotuning) and a
+second one, a CUDA-graph capture per batch bucket (two buffers each, as the worker does), and, last, the whole
+``ImageClassifier.setup`` again in this now warm process. Without a GPU the CUDA steps are
 skipped (``null``) and the rest runs on the CPU.
 
     python3 benchmarks/restart_profile.py                      # resnet50, buckets 1..128
@@ -74,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         return build_module(args.model).eval()
 
     module = timed("build_module_cpu", build)
+    if cuda:  # what the embedded classifier does for random weights: initialise them on the GPU itself
+        with torch.device("cuda", args.device):
+            timed("build_module_gpu", lambda: (build(), sync())[0])
+    else:
+        steps["build_module_gpu"] = None
     dev = torch.device("cuda", args.device) if cuda else torch.device("cpu")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype] if cuda \
         else torch.float32

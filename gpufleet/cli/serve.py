@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
             None, "--ray-address", help='--backend ray: the cluster ("auto", ray://head:10001; default: '
                                         'GPUFLEET_RAY_ADDRESS, RAY_ADDRESS, else a local Ray).'),
         max_batch_size: Optional[int] = typer.Option(  # noqa: UP045
-            None, "--max-batch-size", help="0 = probe the best size (default: 128 on GPUs, 32 on CPU devices)."),
+            None, "--max-batch-size", help="0 = probe the best size (default: 64 on GPUs, 32 on CPU devices)."),
         max_wait_ms: Optional[float] = typer.Option(  # noqa: UP045
             None, "--max-wait-ms", help="Wait for a batch to fill (default: 2 on GPUs, 5 on CPU devices)."),
         balancer: Optional[str] = typer.Option(None, "--balancer", help="round-robin | queue-depth | speed"),  # noqa: UP045

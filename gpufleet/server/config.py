@@ -120,9 +120,10 @@ def server_config(options: Mapping[str, Any], environ: Mapping[str, str] | None 
 
 
 # The batch settings of `gpufleet serve` on GPUs when neither a flag nor the environment sets them: measured on
-# one H200 serving ResNet-50 JPEGs at c=256 (2026-12-04), 128 / 2 ms with 8 front ends served 8,421 req/s
-# (p99 48 ms) against 2,638-2,727 with the pool's 32 / 5 ms and one front end.
-GPU_SERVE_BATCH = {"max_batch_size": 128, "max_wait_ms": 2.0}
+# one H200 serving ResNet-50 JPEGs at c=256 with 8 front ends (`gpufleet tune`, 2026-12-05), batch 64 / 2 ms
+# served 11,001 req/s (p99 40 ms) against 9,213 (p99 51 ms) at batch 128 and 9,825 at 32; the pool's 32 / 5 ms
+# with one front end served 2,638-2,727 (2026-12-04).
+GPU_SERVE_BATCH = {"max_batch_size": 64, "max_wait_ms": 2.0}
 FRONTENDS_PER_GPU = 8  # the best count measured on 16 cores + 1 H200 (2026-12-04)
 
 
@@ -130,10 +131,10 @@ def machine_defaults(gpus: int, cores: int | None = None) -> dict[str, Any]:
     """What ``gpufleet serve`` uses for the options that no flag, keyword or environment variable set, from
     the machine: ``http_workers`` = ``min(8 × gpus, cores // 2)``, at least 1, and 1 when the engine serves
     on CPU devices (``gpus == 0``: its workers need those cores) or without ``SO_REUSEPORT``; on GPUs also
-    ``max_batch_size=128`` and ``max_wait_ms=2``. ``cores`` defaults to the CPUs this process may run on.
+    ``max_batch_size=64`` and ``max_wait_ms=2``. ``cores`` defaults to the CPUs this process may run on.
 
     >>> machine_defaults(gpus=1, cores=16)
-    {'http_workers': 8, 'max_batch_size': 128, 'max_wait_ms': 2.0}
+    {'http_workers': 8, 'max_batch_size': 64, 'max_wait_ms': 2.0}
     >>> machine_defaults(gpus=0, cores=2)
     {'http_workers': 1}
     """

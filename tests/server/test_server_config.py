@@ -59,7 +59,7 @@ def test_machine_defaults_rule() -> None:
 
     assert machine_defaults(gpus=0, cores=64) == {"http_workers": 1}  # CPU devices: the workers need the cores
     assert machine_defaults(gpus=1, cores=2)["http_workers"] == 1
-    assert machine_defaults(gpus=1, cores=16) == {"http_workers": 8, "max_batch_size": 128, "max_wait_ms": 2.0}
+    assert machine_defaults(gpus=1, cores=16) == {"http_workers": 8, "max_batch_size": 64, "max_wait_ms": 2.0}
     assert machine_defaults(gpus=1, cores=64)["http_workers"] == 8
     assert machine_defaults(gpus=2, cores=32)["http_workers"] == 16
     assert machine_defaults(gpus=8, cores=12)["http_workers"] == 6
@@ -74,12 +74,12 @@ def test_serve_settings_flags_and_env_win_over_the_machine(monkeypatch: pytest.M
                  "ENABLE_BATCHING", "GPUFLEET_HTTP_WORKERS"):
         monkeypatch.delenv(name, raising=False)
     pool, cfg = run._machine_settings({"max_batch_size": None}, ServerConfig())
-    assert (pool.max_batch_size, pool.max_wait_ms) == (128, 2.0) and cfg.http_workers >= 1
+    assert (pool.max_batch_size, pool.max_wait_ms) == (64, 2.0) and cfg.http_workers >= 1
     pool, cfg = run._machine_settings({"max_batch_size": 16}, ServerConfig(http_workers=3))
     assert (pool.max_batch_size, pool.max_wait_ms, cfg.http_workers) == (16, 2.0, 3)
     monkeypatch.setenv("MAX_BATCH_WAIT_TIME", "0.004")
     pool, _ = run._machine_settings({}, ServerConfig())
-    assert (pool.max_batch_size, pool.max_wait_ms) == (128, 4.0)
+    assert (pool.max_batch_size, pool.max_wait_ms) == (64, 4.0)
     monkeypatch.setattr(run, "_gpu_count", lambda config: 0)  # CPU devices: one front end, the pool's own batching
     pool, cfg = run._machine_settings({}, ServerConfig())
     assert (pool.max_batch_size, pool.max_wait_ms, cfg.http_workers) == (32, 4.0, 1)

@@ -124,9 +124,15 @@ class ImageClassifier(TorchModel):
     def load(self, device: Device) -> torch.nn.Module:
         # Workers set up in parallel threads and torch's RNG is global: seed and build under one lock so
         # every device gets identical (random) weights.
+        # Random weights are initialised on the GPU itself (CPU initialisation of ResNet-50 took seconds of a
+        # replacement worker's restart when the cores were busy serving); weights from a file load on the CPU.
         with _BUILD_LOCK:
             torch.manual_seed(0)
-            module = build_module(self.name)
+            if device.is_cuda and not self.weights:
+                with torch.device(device.torch):
+                    module = build_module(self.name)
+            else:
+                module = build_module(self.name)
         if self.weights:
             module.load_state_dict(torch.load(self.weights, map_location="cpu"))
         return module
