@@ -48,6 +48,16 @@ class GraphCache:
         """The bucket for ``n`` items, or ``None`` past the largest (run eagerly)."""
         return bucket_for(n, self.buckets) if n <= self.buckets[-1] else None
 
+    def captured(self, n: int, shape: Sequence[int], dtype: torch.dtype) -> int | None:
+        """The smallest bucket ≥ ``n`` whose graphs (every buffer) are captured for this item shape and dtype;
+        ``None`` when none is. While other buckets are still being captured elsewhere, a batch can run padded
+        in one of these instead of waiting for its own capture."""
+        key = tuple(shape)
+        for b in self.buckets:
+            if b >= n and all((b, key, dtype, s) in self._graphs for s in range(self.buffers)):
+                return b
+        return None
+
     def get(self, bucket: int, shape: torch.Size, dtype: torch.dtype) -> Captured:
         """The next buffer's graph for this bucket and item shape, capturing it on first use."""
         slot = self._turn

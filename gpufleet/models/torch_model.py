@@ -92,6 +92,7 @@ class TorchModel(Model):
         self.defer_warmup = False
         self.setup_timings: dict[str, float] = {}  # where setup's time went: weights, cuda_graphs, warmup
         self._deferred: tuple[int, ...] = ()
+        self._capturing = False  # finish_warmup has deferred graphs left to capture
 
     # -- hooks for subclasses -----------------------------------------------------------------------------
     def load(self, device: Device) -> torch.nn.Module:
@@ -150,6 +151,7 @@ class TorchModel(Model):
             sizes = self.warmup_batch_sizes
             if self.defer_warmup and self._graphs is not None and len(sizes) > 1:
                 self._deferred, sizes = tuple(b for b in sizes if b != max(sizes)), (max(sizes),)
+                self._capturing = True
             if self._graphs is not None:
                 self._graphs.warm(sizes, self.example_shape, self.example_dtype)
                 t2 = time.perf_counter()
@@ -164,12 +166,15 @@ class TorchModel(Model):
                  str(self.dtype).replace("torch.", ""), self._channels_last, self._graphs is not None)
 
     def finish_warmup(self) -> None:
-        """Capture the graphs that ``defer_warmup`` left out, while serving (a batch that needs one first
-        captures it itself)."""
+        """Capture the graphs that ``defer_warmup`` left out, while serving (meanwhile a batch whose own bucket
+        is not captured yet runs padded in a captured one)."""
         deferred, self._deferred = self._deferred, ()
         if deferred and self._graphs is not None and self.example_shape is not None:
             t = time.perf_counter()
-            self._graphs.warm(deferred, self.example_shape, self.example_dtype)
+            try:
+                self._graphs.warm(deferred, self.example_shape, self.example_dtype)
+            finally:
+                self._capturing = False
             log.info("%s on %s: %d deferred CUDA graph bucket(s) captured in %.2fs", type(self).__name__,
                      self.device.label, len(deferred), time.perf_counter() - t)
 
@@ -194,6 +199,8 @@ class TorchModel(Model):
         if x.device.type != "cpu":  # items already on the GPU were stacked on the current stream
             self._stream.wait_stream(torch.cuda.current_stream(self._dev))
         bucket = self._graphs.bucket(n) if self._graphs is not None else None
+        if bucket is not None and self._capturing:  # deferred graphs are being captured: pad into a ready one
+            bucket = self._graphs.captured(bucket, x.shape[1:], x.dtype) or bucket  # type: ignore[union-attr]
         if bucket is not None:
             handle = self._launch_graph(x, n, bucket, slot)
             handle.batch_s = batch_s

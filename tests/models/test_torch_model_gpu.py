@@ -95,6 +95,28 @@ def test_cuda_graphs_fall_back_to_eager_past_the_largest_bucket() -> None:
     assert len(m._graphs) == 0
 
 
+def test_a_replacement_pads_small_batches_into_its_captured_bucket_until_the_rest_is_captured() -> None:
+    """A restarted worker captures only its largest bucket before serving; until finish_warmup has captured the
+    others, a batch of 1 runs padded in that one (no capture stalls it) and answers as eager does."""
+    dev = select("0")[0]
+    m = TorchModel(_net(), precision="fp32", cuda_graphs=True, batch_buckets=(1, 4, 16),
+                   example_shape=(3, 16, 16), warmup_batch_sizes=(1, 4, 16))
+    m.defer_warmup = True
+    m.setup(dev)
+    assert m._capturing and m._graphs is not None
+    captured = set(m._graphs._graphs)
+    assert {k[0] for k in captured} == {16}
+    x = torch.randn(3, 16, 16)
+    out = m.predict([x])
+    assert set(m._graphs._graphs) == captured  # served from the bucket of 16, nothing captured on demand
+    with torch.inference_mode():
+        ref = m.module(x[None].to(dev.torch)).cpu()
+    torch.testing.assert_close(out[0], ref[0], rtol=1e-4, atol=1e-4)
+    m.finish_warmup()
+    assert not m._capturing and {k[0] for k in m._graphs._graphs} == {1, 4, 16}
+    torch.testing.assert_close(m.predict([x])[0], ref[0], rtol=1e-4, atol=1e-4)
+
+
 def test_workers_report_weights_and_context_on_their_gpu() -> None:
     with Pool(TorchModel(_net()), "all") as pool:
         for row, dev in zip(pool.stats()["per_worker_stats"], pool.devices, strict=True):
