@@ -34,7 +34,7 @@ from gpufleet.devices.device import Device
 from gpufleet.engine import wire
 from gpufleet.engine.backend import Fleet, WorkerHooks
 from gpufleet.engine.process.placement import model_blob
-from gpufleet.engine.process.shm import SegmentPool, unlink_prefix
+from gpufleet.engine.process.shm import SegmentPool, encode_batch, unlink_prefix
 from gpufleet.engine.request import Request
 from gpufleet.engine.worker import RestartingWorker
 from gpufleet.errors import ConfigError, DeviceError, InputError, PoolClosed, WorkerError
@@ -330,23 +330,10 @@ class RayWorker(RestartingWorker):
 
     def _send_shared(self, reqs: list[Request], actor: Any) -> None:
         """``reqs`` written into one segment, and a call carrying the frame that points into it."""
-        items = [r.item for r in reqs]
-        codec = self._codec
-        block, need = codec.stack(items)  # one block: one copy to the GPU in the actor, no per-item work
-        prepared: list = []
-        if block is None:
-            prepared, need = codec.prepare(items)
-        with self._seg_lock:
-            seg = self._segments.acquire(need) if need else None
-            dropped, self._segments.dropped = self._segments.dropped, []
         try:
-            frame = codec.encode(wire.Batch(0, prepared, stacked=block, dropped=dropped,
-                                            preprocessed=reqs[0].preprocessed), seg)
+            frame, seg, dropped = encode_batch(self._codec, self._segments, self._seg_lock, [r.item for r in reqs],
+                                               bid=0, preprocessed=reqs[0].preprocessed)
         except Exception as exc:  # noqa: BLE001 - an item neither msgpack nor pickle can carry
-            with self._seg_lock:
-                self._segments.dropped[:0] = dropped  # told with the next batch instead
-                if seg is not None:
-                    self._segments.release(seg.name)
             if len(reqs) > 1:
                 for r in reqs:
                     self._send([r])
@@ -361,13 +348,13 @@ class RayWorker(RestartingWorker):
                 with self._seg_lock:
                     self._segments.dropped[:0] = dropped
                     if seg is not None:
-                        self._segments.release(seg.name)
+                        self._segments.release(seg)
                 self.batcher.put_many(reqs)
                 return
             ref = actor.run_shared.remote(self._seq, frame)
             self._seq += 1
             if seg is not None:
-                self._seg_of[ref] = seg.name
+                self._seg_of[ref] = seg
             self._track(ref, reqs)
 
     def _track(self, ref: Any, reqs: list[Request]) -> None:

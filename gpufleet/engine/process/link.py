@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import msgspec
 
 from gpufleet.engine import wire
-from gpufleet.engine.process.shm import Attachments, SegmentPool, unlink_prefix
+from gpufleet.engine.process.shm import Attachments, SegmentPool, encode_batch, unlink_prefix
 from gpufleet.engine.request import Request
 from gpufleet.engine.worker import RestartingWorker
 from gpufleet.errors import InputError
@@ -213,23 +213,11 @@ class ChildLink:
 
     def _send_batch(self, reqs: list[Request]) -> None:
         w = self.worker
-        items = [r.item for r in reqs]
-        block, need = self._codec.stack(items)  # one block: one copy to the GPU in the child, no per-item work
-        prepared: list = []
-        if block is None:
-            prepared, need = self._codec.prepare(items)
-        with self._seg_lock:
-            seg = self._segments.acquire(need) if need else None
-            dropped, self._segments.dropped = self._segments.dropped, []
         bid = next(self._ids)
         try:
-            data = self._codec.encode(wire.Batch(bid, prepared, stacked=block, dropped=dropped,
-                                                 preprocessed=reqs[0].preprocessed), seg)
+            data, seg, _ = encode_batch(self._codec, self._segments, self._seg_lock, [r.item for r in reqs], bid=bid,
+                                        preprocessed=reqs[0].preprocessed)
         except Exception as exc:  # noqa: BLE001 - an item neither msgpack nor pickle can carry
-            with self._seg_lock:
-                self._segments.dropped[:0] = dropped  # told with the next batch instead
-                if seg is not None:
-                    self._segments.release(seg.name)
             if len(reqs) > 1:
                 for r in reqs:
                     self._send_batch([r])
@@ -238,13 +226,13 @@ class ChildLink:
                 err.__cause__ = exc
                 w.fail(reqs, err)
             return
-        sent = Sent(reqs, None if seg is None else seg.name)
+        sent = Sent(reqs, seg)
         with self.cv:
             if not self.up:
                 w.batcher.put_many(reqs)  # the child died meanwhile; the restart serves them
                 if seg is not None:
                     with self._seg_lock:
-                        self._segments.release(seg.name)
+                        self._segments.release(seg)
                 return
             if not self.inflight:
                 sent.t_start = time.monotonic()

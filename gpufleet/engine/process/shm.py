@@ -14,9 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 from multiprocessing import resource_tracker, shared_memory
 from multiprocessing.shared_memory import SharedMemory
+from typing import Any
 
 _posixshmem = getattr(shared_memory, "_posixshmem", None)
 
@@ -131,6 +133,33 @@ class SegmentPool:
 
     def __len__(self) -> int:
         return len(self._free) + len(self._used)
+
+
+def encode_batch(codec: Any, segments: SegmentPool, lock: threading.Lock, items: list, *, bid: int,
+                 preprocessed: bool) -> tuple[bytes, str | None, list[str]]:
+    """``items`` as one encoded ``wire.Batch`` (``codec``: a ``wire.Codec``): one ``[n, ...]`` block when they
+    share a shape and dtype, their bytes in a segment of ``segments`` when they need one. Returns the bytes, the
+    segment's name (``None``: none) and the names of freed segments the batch tells the far side to drop. If
+    encoding fails, the segment and those names go back to ``segments`` and the error is raised."""
+    from gpufleet.engine import wire
+
+    block, need = codec.stack(items)  # one block: one copy to the device on the far side, no per-item work
+    prepared: list = []
+    if block is None:
+        prepared, need = codec.prepare(items)
+    with lock:
+        seg = segments.acquire(need) if need else None
+        dropped, segments.dropped = segments.dropped, []
+    try:
+        data = codec.encode(wire.Batch(bid, prepared, stacked=block, dropped=dropped, preprocessed=preprocessed),
+                            seg)
+    except Exception:
+        with lock:
+            segments.dropped[:0] = dropped  # told with the next batch instead
+            if seg is not None:
+                segments.release(seg.name)
+        raise
+    return data, None if seg is None else seg.name, dropped
 
 
 class Attachments:
