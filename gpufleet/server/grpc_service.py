@@ -197,10 +197,19 @@ def _wrap(state: ServerState, name: str, fn: Handler, *, open_: bool = False, wo
             message = f"internal error: {type(failure).__name__}: {message}"
         if status >= 500:
             log.warning("gRPC %s -> %s: %s", name, CODES.get(status, "UNKNOWN"), message)
+        if context.done():  # the call ended already (its deadline passed, the client left): nobody to tell
+            return None
         if status == 429 or isinstance(failure, WorkerDied):
             context.set_trailing_metadata((("retry-after", "1"),))
-        await context.abort(grpc_code(status), message)
+        try:
+            await context.abort(grpc_code(status), message)
+        except abort_error:
+            raise
+        except Exception as exc:  # noqa: BLE001 - it ended while its status was being sent (the same race)
+            log.debug("gRPC %s ended before its status %s could be sent: %s", name, grpc_code(status), exc)
+        return None
 
+    abort_error = require_grpc().aio.AbortError
     return call
 
 
