@@ -26,7 +26,8 @@ class ItemFuture(Future):
 class Request:
     """An item, its future, and the times the engine needs for deadlines and stats."""
 
-    __slots__ = ("item", "future", "t_submit", "t_enqueue", "deadline", "worker", "preprocessed", "attempts")
+    __slots__ = ("item", "future", "t_submit", "t_enqueue", "deadline", "worker", "preprocessed", "attempts",
+                 "alone")
 
     def __init__(self, item: Any, future: Future, t_submit: float, deadline: float | None,
                  preprocessed: bool = False) -> None:
@@ -37,4 +38,5 @@ class Request:
         self.deadline = deadline
         self.worker: Any = None
         self.preprocessed = preprocessed  # the model's preprocess already ran (an HTTP front end ran it)
-        self.attempts = 0  # workers that died while serving it (process, ray): it then travels alone
+        self.attempts = 0  # workers that died while serving it (process, ray)
+        self.alone = False  # a suspect since such a death: it travels alone

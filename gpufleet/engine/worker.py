@@ -406,7 +406,7 @@ class RestartingWorker(BaseWorker):
             if batch is None:
                 return
             for group in self.groups(self.admit(batch)):
-                if group[0].attempts:  # a suspect goes alone, with nothing in flight beside it: a death is its own
+                if group[0].alone:  # a suspect goes alone, with nothing in flight beside it: a death is its own
                     self._wait_idle(cv, in_flight, up, stopping)
                     send(group)
                     self._wait_idle(cv, in_flight, up, stopping)
@@ -425,17 +425,21 @@ class RestartingWorker(BaseWorker):
         """How a batch is sent: items that already crashed a worker go alone, so a poison input cannot take its
         neighbours' retries with it; the rest in one batch, or two when some were preprocessed elsewhere (the
         worker skips preprocess for a preprocessed batch)."""
-        suspects = [[r] for r in batch if r.attempts]
-        rest = [r for r in batch if not r.attempts] if suspects else batch
+        suspects = [[r] for r in batch if r.alone]
+        rest = [r for r in batch if not r.alone] if suspects else batch
         pre = [r for r in rest if r.preprocessed]
         raw = [r for r in rest if not r.preprocessed] if pre else rest
         return suspects + [g for g in (pre, raw) if g]
 
-    def after_death(self, sent: list[list[Request]], reason: str, *, first_was_running: bool = True) -> None:
+    def after_death(self, sent: list[list[Request]], reason: str, *, first_was_running: bool = True,
+                    from_outside: bool = False) -> None:
         """The worker died (``reason``) with ``sent`` batches unanswered, oldest first. It served batches in
         order, so only the oldest was running (if ``first_was_running``): its items count an attempt and fail
-        with ``WorkerDied`` past ``max_retries``; the others never started and move without counting. Every
-        other item goes to other healthy workers (the pool's ``requeue``), or waits here for the restart."""
+        with ``WorkerDied`` past ``max_retries``; from then on they travel alone (suspects), except after a
+        first death ``from_outside`` (killed by SIGKILL: an operator, an orchestrator, the out-of-memory
+        killer), which they retry together, at full speed, and only a second death sends alone. The others never
+        started and move without counting. Every other item goes to other healthy workers (the pool's
+        ``requeue``), or waits here for the restart."""
         retry: list[Request] = []
         for k, reqs in enumerate(sent):
             for r in reqs:
@@ -443,6 +447,7 @@ class RestartingWorker(BaseWorker):
                     continue
                 if k == 0 and first_was_running:
                     r.attempts += 1
+                    r.alone = r.attempts > 1 or not from_outside
                     if r.attempts > self.config.max_retries:
                         self.fail([r], WorkerDied(
                             f"{self.name}: the worker {reason} while serving this item; gave up after {r.attempts} "

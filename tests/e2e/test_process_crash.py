@@ -62,6 +62,28 @@ def test_kill9_under_load_loses_nothing_and_restarts() -> None:
     assert leaked_segments(OURS) == []
 
 
+def test_a_batch_killed_from_outside_retries_together_then_alone() -> None:
+    """kill -9 from outside is seldom the items' doing: the running batch's items retry together (each counts
+    an attempt); killed again, they are suspects and go alone, as after a crash."""
+    with Pool(Doubler, cpu_devices=1, backend="process", max_batch_size=8, max_wait_ms=50, max_retries=3,
+              restart_backoff_s=0.05) as pool:
+        w = pool.workers[0]
+        futures = [pool.submit(("size", 0.8)) for _ in range(4)]
+        for _ in range(2):
+            pid = w.pid
+            assert wait_until(lambda p=pid: w.healthy and w.link.inflight and w.pid == p, 60)
+            time.sleep(0.3)  # the child is running the batch
+            os.kill(pid, signal.SIGKILL)
+            assert wait_until(lambda p=pid: w.pid != p, 60)
+        assert [f.result(timeout=60) for f in futures] == [1, 1, 1, 1]  # after the second kill: alone
+        futures = [pool.submit(("size", 0.8)) for _ in range(4)]
+        assert wait_until(lambda: w.healthy and w.link.inflight, 60)
+        time.sleep(0.3)
+        os.kill(w.pid, signal.SIGKILL)
+        assert [f.result(timeout=60) for f in futures] == [4, 4, 4, 4]  # after one: together
+        assert pool.stats()["errors"] == 0
+
+
 def test_poison_item_fails_after_retries_others_succeed_breaker_opens_and_closes() -> None:
     with Pool(Doubler, cpu_devices=2, backend="process", max_retries=2, max_wait_ms=5, breaker_threshold=1,
               breaker_cooldown_s=0.3, restart_backoff_s=0.05) as pool:

@@ -21,12 +21,16 @@ def double(batch: list) -> list:
 class Doubler(Model):
     """``x * 2`` for numbers and arrays; ``"poison"`` kills the process, ``"hang"`` sleeps forever,
     ``"sticky"`` raises a sticky CUDA error, ``"oom"`` runs out of memory, ``"bad"`` raises InputError,
-    ``("sleep", s, v)`` sleeps s seconds (reporting progress) then answers v, ``"pid"`` answers the child's pid."""
+    ``("sleep", s, v)`` sleeps s seconds (reporting progress) then answers v, ``"pid"`` answers the child's pid,
+    a batch of ``("size", s)`` sleeps s seconds once and answers its own size for each."""
 
     def setup(self, device) -> None:
         self.device = device
 
     def predict(self, batch: list) -> list:
+        if batch and all(isinstance(x, (list, tuple)) and x and x[0] == "size" for x in batch):
+            time.sleep(batch[0][1])
+            return [len(batch)] * len(batch)
         out = []
         for x in batch:
             if isinstance(x, str):

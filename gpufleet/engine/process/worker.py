@@ -394,12 +394,17 @@ class ProcessWorker(RestartingWorker):
         self.breaker.failure(reason)
         log.warning("%s: process %s %s", self.name, proc.pid, reason)
         # Batches go out in id order: when the oldest was sent, the child was running it.
+        # A kill -9 from outside (not ours: those say why) is seldom the items' doing: they retry together once.
         self.after_death([sent.reqs for sent in inflight], f"process {reason}",
-                         first_was_running=bool(inflight) and inflight[0].sent)
+                         first_was_running=bool(inflight) and inflight[0].sent,
+                         from_outside=reason == KILLED_FROM_OUTSIDE)
 
     def _fail_sent(self, inflight: list[Sent], err: PoolClosed) -> None:
         for sent in inflight:
             self.fail(sent.reqs, err)
+
+
+KILLED_FROM_OUTSIDE = "was killed by SIGKILL"  # what _exit says of a kill -9 that the pool did not send
 
 
 def _exit(proc: Any) -> str:
