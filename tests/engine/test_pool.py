@@ -81,15 +81,21 @@ class ByDevice(Model):
 
 
 # -- batching ---------------------------------------------------------------------------------------------
-@pytest.mark.timeout(30)
-def test_batches_fill_to_max_size_under_load() -> None:
-    sizes: list[int] = []
+def _recording(sizes: list[int]):
+    """``double`` that takes 10 ms a batch and appends each batch's size to ``sizes``."""
 
     def model(batch: list) -> list:
         sizes.append(len(batch))
         time.sleep(0.01)
         return double(batch)
 
+    return model
+
+
+@pytest.mark.timeout(30)
+def test_batches_fill_to_max_size_under_load() -> None:
+    sizes: list[int] = []
+    model = _recording(sizes)
     with Pool(model, cpu_devices=1, max_batch_size=8, max_wait_ms=50) as pool:
         futs = [pool.submit(i) for i in range(80)]
         assert [f.result(timeout=10) for f in futs] == [2 * i for i in range(80)]
@@ -103,12 +109,7 @@ def test_batches_fill_to_max_size_under_load() -> None:
 
 def test_configure_changes_batching_while_serving() -> None:
     sizes: list[int] = []
-
-    def model(batch: list) -> list:
-        sizes.append(len(batch))
-        time.sleep(0.01)
-        return double(batch)
-
+    model = _recording(sizes)
     with Pool(model, cpu_devices=1, max_batch_size=8, max_wait_ms=50) as pool:
         now = pool.configure(max_batch_size=3, max_wait_ms=20)
         assert now == {"max_batch_size": 3, "max_wait_ms": 20.0, "max_batch_size_limit": 8}
