@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -345,9 +346,12 @@ class ProcessWorker(RestartingWorker):
     def _watch(self) -> None:
         proc, cfg, link = self._proc, self.config, self.link
         reason = ""
+        from_outside = False
         while True:
             if mp.connection.wait([proc.sentinel], timeout=0.1):
                 proc.join(2.0)  # the sentinel can fire a moment before the exit status is there
+                # a kill -9 that neither the pool (it says why) nor the child (its death note) explains
+                from_outside = not reason and not link.death_note and proc.exitcode == -signal.SIGKILL
                 reason = reason or link.death_note or _exit(proc)
                 break
             now = time.monotonic()
@@ -372,7 +376,7 @@ class ProcessWorker(RestartingWorker):
                 self.hooks.state()
             if self._spare is not None and self._spare.state in ("dead", "failed"):
                 self._ensure_spare()  # the spare died (killed, out of memory): the next restart needs one
-        self._on_death(proc, reason)
+        self._on_death(proc, reason, from_outside=from_outside)
 
     def _expire(self, reqs: list[Request], now: float) -> None:
         """Fail running items whose deadline passed; the child's late answer is dropped."""
@@ -381,7 +385,7 @@ class ProcessWorker(RestartingWorker):
             self.fail([r], DeadlineExceeded(f"deadline passed after {now - r.t_submit:.3f}s "
                                             f"(running on {self.name})"))
 
-    def _on_death(self, proc: Any, reason: str) -> None:
+    def _on_death(self, proc: Any, reason: str, *, from_outside: bool = False) -> None:
         self.went_down()  # first: the pool keeps holding items for us while we restart
         self.link.set_up(False)  # the feeder stops sending
         self.link.death_note = ""
@@ -394,17 +398,13 @@ class ProcessWorker(RestartingWorker):
         self.breaker.failure(reason)
         log.warning("%s: process %s %s", self.name, proc.pid, reason)
         # Batches go out in id order: when the oldest was sent, the child was running it.
-        # A kill -9 from outside (not ours: those say why) is seldom the items' doing: they retry together once.
+        # A kill -9 from outside is seldom the items' doing: they retry together once.
         self.after_death([sent.reqs for sent in inflight], f"process {reason}",
-                         first_was_running=bool(inflight) and inflight[0].sent,
-                         from_outside=reason == KILLED_FROM_OUTSIDE)
+                         first_was_running=bool(inflight) and inflight[0].sent, from_outside=from_outside)
 
     def _fail_sent(self, inflight: list[Sent], err: PoolClosed) -> None:
         for sent in inflight:
             self.fail(sent.reqs, err)
-
-
-KILLED_FROM_OUTSIDE = "was killed by SIGKILL"  # what _exit says of a kill -9 that the pool did not send
 
 
 def _exit(proc: Any) -> str:
@@ -412,8 +412,6 @@ def _exit(proc: Any) -> str:
     if code is None:
         return "stopped responding"
     if code < 0:
-        import signal
-
         try:
             return f"was killed by {signal.Signals(-code).name}"
         except ValueError:
