@@ -276,14 +276,17 @@ class _Host:
                     max_batch_size=max_batch_size, max_wait_ms=cand.max_wait_ms,
                     workers_per_device=cand.workers_per_device, backend=cand.backend, max_queue=65536)
 
+    @staticmethod
+    def _key(cand: Candidate) -> tuple[Any, ...]:
+        """What a host is started with and cannot change live."""
+        return cand.workers_per_device, cand.backend, cand.http_workers
+
     def reuses(self, cand: Candidate) -> bool:
         """``cand`` runs on the warm host (only its batching differs)."""
-        key = (cand.workers_per_device, cand.backend, cand.http_workers)
-        return self.served is not None and key == self.key and cand.max_batch_size <= self.limit
+        return self.served is not None and self._key(cand) == self.key and cand.max_batch_size <= self.limit
 
     def prepare(self, cand: Candidate) -> float:
         """Serve ``cand``: reconfigure the warm host, or start a new one; the seconds a start took (0: reused)."""
-        key = (cand.workers_per_device, cand.backend, cand.http_workers)
         if self.reuses(cand):
             self.served.configure(max_batch_size=cand.max_batch_size, max_wait_ms=cand.max_wait_ms)
             return 0.0
@@ -296,7 +299,7 @@ class _Host:
             if largest == cand.max_batch_size:
                 raise
             self.served, self.limit = self._start(cand, cand.max_batch_size), cand.max_batch_size
-        self.key = key
+        self.key = self._key(cand)
         if largest != cand.max_batch_size:
             self.served.configure(max_batch_size=cand.max_batch_size, max_wait_ms=cand.max_wait_ms)
         return time.monotonic() - t0
