@@ -21,13 +21,12 @@ __all__ = ["DEFAULT_BUCKETS", "Captured", "GraphCache"]
 log = logging.getLogger(__name__)
 
 class Captured:
-    """One captured graph with its static input ``x``, static output ``y`` and the event of its last replay."""
+    """One captured graph with its static input ``x`` and static output ``y``."""
 
-    __slots__ = ("graph", "x", "y", "done")
+    __slots__ = ("graph", "x", "y")
 
     def __init__(self, graph: torch.cuda.CUDAGraph, x: torch.Tensor, y: Any) -> None:
         self.graph, self.x, self.y = graph, x, y
-        self.done: torch.cuda.Event | None = None
 
 
 class GraphCache:
