@@ -158,8 +158,10 @@ class ImageClassifier(TorchModel):
 
     # -- items ----------------------------------------------------------------------------------------------
     def prepare_frontend(self, devices: list[Device]) -> None:
-        """In an HTTP front end (this copy is never set up): keep JPEGs encoded when the engine decodes on GPUs."""
-        self._engine_decodes = any(d.is_cuda for d in devices)
+        """In an HTTP front end (this copy is never set up): keep JPEGs encoded when the engine decodes on GPUs,
+        unless ``GPUFLEET_JPEG_DECODE=frontend`` asks the front ends to decode them on their CPU cores."""
+        where = os.environ.get("GPUFLEET_JPEG_DECODE", "engine")
+        self._engine_decodes = any(d.is_cuda for d in devices) and where != "frontend"
 
     def preprocess(self, item: Any) -> Any:
         """Encoded JPEGs stay encoded for batched GPU decode (CUDA) or are decoded here (CPU devices)."""
