@@ -40,11 +40,13 @@ py-spy record --pid $SPID --threads --gil --format raw --rate 200 --duration "$S
 [ -n "$FRONT" ] && py-spy record --pid "$FRONT" --threads --format raw --rate 200 --duration "$SECS" \
   --nonblocking -o "$OUT/profile_front.txt" > /dev/null 2>> "$OUT/profile_spy.err" &
 top -b -n 1 -d "$SECS" -H -p $SPID 2>/dev/null | head -30 > "$OUT/profile_top.txt" &
+command -v nvidia-smi > /dev/null && timeout "$SECS" nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader \
+  -lms 500 > "$OUT/profile_gpu_util.txt" 2>/dev/null &
 wait $LPID
 curl -s "localhost:$PORT/stats" > "$OUT/profile_stats.json"
 kill -TERM $SPID; for _ in $(seq 1 60); do kill -0 $SPID 2>/dev/null || break; sleep 0.5; done; kill -9 $SPID 2>/dev/null
 python3 - "$OUT" > "$OUT/profile_summary.txt" <<'PY'
-import collections, json, re, sys
+import json, sys
 out = sys.argv[1]
 load = json.load(open(f"{out}/profile_load.json"))
 print("load:", json.dumps({k: v for k, v in load.items() if not isinstance(v, (list, dict))}))
@@ -54,39 +56,12 @@ try:
     print("worker:", json.dumps({k: v for k, v in w.items() if not isinstance(v, (list, dict))})[:900])
 except Exception as exc:  # noqa: BLE001
     print("stats:", exc)
-for name in ("engine", "engine_gil", "front"):
-    try:
-        lines = open(f"{out}/profile_{name}.txt").read().splitlines()
-    except OSError as exc:
-        print(f"== {name}: {exc}")
-        continue
-    own, incl, per_thread = collections.Counter(), collections.Counter(), collections.Counter()
-    total = 0
-    for line in lines:
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        k = int(n)
-        frames = stack.split(";")
-        thread = frames[0]
-        total += k
-        per_thread[thread] += k
-        fs = [re.sub(r" \((?:.*/)?([^/]*)\)$", r" \1", f) for f in frames[1:]
-              if "threading.py" not in f and "concurrent/futures" not in f]
-        if fs:
-            own[(thread, fs[-1])] += k
-        for f in set(fs):
-            incl[(thread, f)] += k
-    print(f"== {name}: {total} samples")
-    for t, k in per_thread.most_common(8):
-        print(f"  thread {t}: {100 * k / max(total, 1):.1f}%")
-    print("  own time:")
-    for (t, f), k in own.most_common(30):
-        print(f"    {100 * k / max(total, 1):5.1f}%  {t[:28]:28s} {f}")
-    print("  with callees:")
-    for (t, f), k in incl.most_common(45):
-        print(f"    {100 * k / max(total, 1):5.1f}%  {t[:28]:28s} {f}")
 PY
+[ -s "$OUT/profile_gpu_util.txt" ] && echo "GPU utilization: $(tr -d ' %' < "$OUT/profile_gpu_util.txt" | sort -n \
+  | awk '{a[NR]=$1} END {print "median " a[int((NR+1)/2)] "%, samples " NR}')" >> "$OUT/profile_summary.txt"
+for name in engine engine_gil front; do
+  python3 benchmarks/profile_summary.py "$OUT/profile_$name.txt" >> "$OUT/profile_summary.txt"
+done
 cat "$OUT/profile_top.txt" >> "$OUT/profile_summary.txt"
 cat "$OUT/profile_spy.err" >> "$OUT/profile_summary.txt"
 cat "$OUT/profile_summary.txt"

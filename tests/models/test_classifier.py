@@ -87,6 +87,16 @@ def test_front_end_preprocess_keeps_jpegs_encoded_for_a_gpu_engine() -> None:
     assert isinstance(img, torch.Tensor) and img.shape == (3, 64, 64) and img.dtype == torch.uint8
 
 
+def test_front_ends_decode_for_a_gpu_engine_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpufleet.devices import Device
+
+    monkeypatch.setenv("GPUFLEET_JPEG_DECODE", "frontend")
+    model = ImageClassifier("resnet18", image_size=64)
+    model.prepare_frontend([Device(index=0, kind="cuda", name="GPU", memory_gb=80.0)])
+    img = model.preprocess(_jpeg(1))
+    assert isinstance(img, torch.Tensor) and img.shape == (3, 64, 64) and img.dtype == torch.uint8
+
+
 def test_items_from_a_front_end_become_tensors() -> None:
     from gpufleet.models.zoo.classifier import _as_tensor
 
