@@ -7,6 +7,8 @@ same length out), ``postprocess`` per output (CPU). A plain function ``f(batch) 
 Serving extras (``gpufleet serve --http-workers N``, thread backend): a model whose ``preprocess`` needs no
 ``setup`` sets the class attribute ``frontend_preprocess = True`` and the HTTP front-end processes run it;
 an optional ``prepare_frontend(devices)`` is called once per front end with the engine's devices first.
+Process backend: an optional ``prepare_spare()`` runs in a spare child as soon as it has unpickled the model
+(long before it takes over): work ``setup`` needs that touches no device, such as imports.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pytest
 
 from gpufleet import Pool
 from gpufleet.errors import DeadlineExceeded, WorkerError
-from tests.engine.process_models import Doubler, SlowSetup
+from tests.engine.process_models import Doubler, SlowSetup, SpareReady
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -60,6 +60,15 @@ def test_a_spare_child_takes_over_and_a_new_spare_follows() -> None:
             assert wait_until(lambda n=k + 1: len(w.restart_history) == n, 10)  # recorded just after it serves
             assert "spare_start" in w.stats.last_restart and "spawn_imports" not in w.stats.last_restart
         assert pool.stats()["restarts"] == 2
+
+
+def test_a_spare_runs_the_models_prepare_spare_before_it_takes_over() -> None:
+    with Pool(SpareReady(), cpu_devices=1, backend="process", spare_process=True) as pool:
+        w = pool.workers[0]
+        assert pool.submit(0).result(timeout=60) is False  # the first child was no spare
+        assert wait_until(lambda: w.spare_state == "imported", 30)
+        os.kill(w.pid, signal.SIGKILL)
+        assert pool.submit(0).result(timeout=60) is True
 
 
 def test_a_warm_spare_is_set_up_before_the_kill_and_takes_over_at_once() -> None:

@@ -211,3 +211,18 @@ class SlowSetup(Doubler):
 
     def predict(self, batch: list) -> list:
         return [self.setup_at if x == "setup_at" else y for x, y in zip(batch, super().predict(batch))]
+
+
+class SpareReady(Model):
+    """Answers whether ``prepare_spare`` ran in its process (a spare child's model, before it took over)."""
+
+    prepared = False
+
+    def prepare_spare(self) -> None:
+        type(self).prepared = True
+
+    def setup(self, device) -> None:
+        pass
+
+    def predict(self, batch: list) -> list:
+        return [type(self).prepared for _ in batch]
