@@ -42,3 +42,14 @@ class SleepDevice:
 
     def predict(self, batch: list) -> list:
         return self.collect(self.launch(batch))
+
+
+class Ack:
+    """Answers every item with ``{"ok": 1}``, whatever it is: ``gpufleet serve benchmarks/noop_model.py:Ack``
+    under W3's load measures HTTP, JSON and the engine's queues alone (the "HTTP alone" ceiling)."""
+
+    def setup(self, device: object) -> None:
+        self.device = device
+
+    def predict(self, batch: list) -> list:
+        return [{"ok": 1}] * len(batch)

@@ -40,6 +40,11 @@ py-spy record --pid $SPID --threads --gil --format raw --rate 200 --duration "$S
 [ -n "$FRONT" ] && py-spy record --pid "$FRONT" --threads --format raw --rate 200 --duration "$SECS" \
   --nonblocking -o "$OUT/profile_front.txt" > /dev/null 2>> "$OUT/profile_spy.err" &
 top -b -n 1 -d "$SECS" -H -p $SPID 2>/dev/null | head -30 > "$OUT/profile_top.txt" &
+# the whole machine's CPU use over the same seconds (load generator and front ends included), from /proc/stat
+( a=$(head -1 /proc/stat); sleep "$SECS"; b=$(head -1 /proc/stat)
+  python3 -c "import sys; a, b = ([int(x) for x in s.split()[1:]] for s in sys.argv[1:]); d = [y - x for x, y in zip(a, b)]
+print(f'machine CPU busy: {100 * (1 - (d[3] + d[4]) / sum(d)):.0f}% of {__import__(\"os\").cpu_count()} cores')" "$a" "$b" \
+  > "$OUT/profile_cpu.txt" ) &
 command -v nvidia-smi > /dev/null && timeout "$SECS" nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader \
   -lms 500 > "$OUT/profile_gpu_util.txt" 2>/dev/null &
 wait $LPID
@@ -59,6 +64,7 @@ except Exception as exc:  # noqa: BLE001
 PY
 [ -s "$OUT/profile_gpu_util.txt" ] && echo "GPU utilization: $(tr -d ' %' < "$OUT/profile_gpu_util.txt" | sort -n \
   | awk '{a[NR]=$1} END {print "median " a[int((NR+1)/2)] "%, samples " NR}')" >> "$OUT/profile_summary.txt"
+cat "$OUT/profile_cpu.txt" >> "$OUT/profile_summary.txt" 2>/dev/null
 for name in engine engine_gil front; do
   python3 benchmarks/profile_summary.py "$OUT/profile_$name.txt" >> "$OUT/profile_summary.txt"
 done
