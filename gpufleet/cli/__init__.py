@@ -38,7 +38,7 @@ class _Group(TyperGroup):
         except _click.ClickException as exc:
             typer.echo(f"error: {exc.format_message()}", err=True)
             code = exc.exit_code
-        except _click.Abort:
+        except typer.Abort:  # typer's vendored click does not re-export Abort in its exceptions module
             typer.echo("interrupted", err=True)
             code = 130
         except GpufleetError as exc:

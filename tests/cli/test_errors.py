@@ -78,6 +78,19 @@ def test_real_entry_point_uses_the_same_style():
     assert "(see 'gpufleet serve --help')" in p.stderr
 
 
+def test_help_into_a_closed_pipe_ends_without_a_traceback():
+    """``gpufleet bench --help | head -1``: the reader goes away mid-output; no traceback follows."""
+    env = {k: v for k, v in os.environ.items() if k not in ENVS}
+    env["PYTHONPATH"] = str(ROOT)
+    p = subprocess.Popen([sys.executable, "-m", "gpufleet", "bench", "--help"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, bufsize=0)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()  # before the help is written: its write fails with a broken pipe
+    err = p.stderr.read()
+    assert p.wait(timeout=120) != 0
+    assert "Traceback" not in err, err
+
+
 def _line_of(text: str) -> int:
     path = ROOT / "tests" / "tools" / "failing_model.py"
     return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
