@@ -146,6 +146,7 @@ class ImageClassifier(TorchModel):
         dev = torch.device(device.torch)
         self._mean = torch.tensor(_MEAN, device=dev).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(_STD, device=dev).view(1, 3, 1, 1) * 255
+        self._scale, self._shift = 1 / self._std, -self._mean / self._std  # (x - mean) / std as x * scale + shift
         if device.is_cuda and self.cuda_graphs and self.warmup_batch_sizes == (1,):
             top = self.max_batch_size or 64
             self.warmup_batch_sizes = tuple(b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b <= top) or (1,)
@@ -271,7 +272,12 @@ class ImageClassifier(TorchModel):
 
     # -- device side ----------------------------------------------------------------------------------------
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x.float() - self._mean) / self._std).to(self.dtype)
+        # One pass from uint8 to the model's dtype and layout, computed in float32: the four-step version (to
+        # float32, subtract, divide, to fp16, then channels_last) moved ~300 MB per batch of 64 at 224x224,
+        # about 2% of ResNet-50's time on an H200.
+        if self._channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return torch.addcmul(self._shift, x, self._scale, out=torch.empty_like(x, dtype=self.dtype))
 
     def finalize(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         score, cls = y.float().softmax(1).max(1)
