@@ -261,3 +261,14 @@ def test_child_unmaps_the_segments_the_parent_unlinked() -> None:
             maps = [line for line in f if f"{prefix}p" in line]
     assert maps  # the child maps the parent's live segments
     assert not [line for line in maps if "(deleted)" in line]  # and nothing the parent unlinked
+
+
+def test_a_spare_prepares_an_embedded_model_given_by_name(monkeypatch) -> None:
+    """``gpufleet serve resnet50`` sends the model's name: the spare resolves it to run its ``prepare_spare``."""
+    from gpufleet.engine.process import child
+    from gpufleet.models.zoo.classifier import ImageClassifier
+
+    calls: list[str] = []
+    monkeypatch.setattr(ImageClassifier, "prepare_spare", lambda self: calls.append(self.name))
+    child._prepare_spare("resnet18")
+    assert calls == ["resnet18"]

@@ -403,11 +403,14 @@ def _spare(conn: Any, spec: ChildSpec, state: Any) -> tuple[Any, _Child | None]:
 def _prepare_spare(loaded: Any) -> None:
     """The model's optional ``prepare_spare()``: what its setup needs that touches no device (e.g. importing
     torchvision's model definitions: 5-6 s of a ResNet-50 restart on a busy H100 host), done while waiting."""
-    hook = None if loaded is None or isinstance(loaded, type) else getattr(loaded, "prepare_spare", None)
-    if not callable(hook):
-        return
     try:
-        hook()
+        if isinstance(loaded, str):  # an embedded model's name (``gpufleet serve resnet50``): its instance has it
+            from gpufleet.models.resolve import resolve_model
+
+            loaded = resolve_model(loaded)
+        hook = None if loaded is None or isinstance(loaded, type) else getattr(loaded, "prepare_spare", None)
+        if callable(hook):
+            hook()
     except Exception as exc:  # noqa: BLE001 - setup does that work then, and reports what fails
         log.warning("prepare_spare failed (%s: %s); the setup does that work at the restart", type(exc).__name__, exc)
 
