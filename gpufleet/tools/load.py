@@ -48,12 +48,14 @@ class LoadError(Exception):
 
 
 class Payload:
-    """One request body and its content type."""
+    """One request: its HTTP body and content type, and ``raw``, the item itself for protocols that carry tensors
+    (gRPC: the JPEG, not the JSON that wraps it in base64 for ``/predict``)."""
 
-    __slots__ = ("body", "content_type")
+    __slots__ = ("body", "content_type", "raw")
 
-    def __init__(self, body: bytes, content_type: str) -> None:
+    def __init__(self, body: bytes, content_type: str, raw: bytes | None = None) -> None:
         self.body, self.content_type = body, content_type
+        self.raw = body if raw is None else raw
 
 
 def _jpeg(angle: int, seed: int) -> bytes:
@@ -70,8 +72,8 @@ def make_payloads(kind: str, variants: int = 8) -> list[Payload]:
     if kind in ("orientation", "jpeg224"):
         out = []
         for i in range(variants):
-            b64 = base64.b64encode(_jpeg((0, 90, 180, 270)[i % 4], seed=i)).decode()
-            out.append(Payload(orjson.dumps({"image": b64}), "application/json"))
+            jpeg = _jpeg((0, 90, 180, 270)[i % 4], seed=i)
+            out.append(Payload(orjson.dumps({"image": base64.b64encode(jpeg).decode()}), "application/json", jpeg))
         return out
     if kind.startswith("file:"):
         path = Path(kind[5:])
@@ -216,8 +218,9 @@ async def _http_sender(url: str, concurrency: int, token: str | None, timeout_s:
 @asynccontextmanager
 async def _grpc_sender(url: str, token: str | None, timeout_s: float, model: str | None) -> AsyncIterator[_Send]:
     """``send(payload, errors) -> status`` over KServe v2 gRPC through ``gpufleet.AsyncClient`` (no retries:
-    the load counts each refusal). Each payload is one ``BYTES`` item; statuses are the HTTP statuses the gRPC
-    codes stand for (RESOURCE_EXHAUSTED 429, UNAVAILABLE 503, DEADLINE_EXCEEDED 504 ...)."""
+    the load counts each refusal). Each payload is one ``BYTES`` item (``Payload.raw``: for ``jpeg224`` the
+    JPEG); statuses are the HTTP statuses the gRPC codes stand for (RESOURCE_EXHAUSTED 429, UNAVAILABLE 503,
+    DEADLINE_EXCEEDED 504 ...)."""
     from gpufleet.client import AsyncClient, Retry
     from gpufleet.errors import GpufleetError
 
@@ -230,7 +233,8 @@ async def _grpc_sender(url: str, token: str | None, timeout_s: float, model: str
     async def send(payload: Payload, errors: _Errors) -> int:
         x = inputs.get(id(payload))
         if x is None:
-            x = inputs[id(payload)] = {"input": np.array([payload.body], dtype=object)}
+            # one item of a batched BYTES input, [1, 1] as KServe v2 and Triton's batching models expect it
+            x = inputs[id(payload)] = {"input": np.array([[payload.raw]], dtype=object)}
         try:
             await client.infer(x)
             return 200

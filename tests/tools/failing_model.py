@@ -15,6 +15,24 @@ class AlwaysFails:
         raise RuntimeError("this model always fails (test)")
 
 
+class JpegOnly:
+    """Answers each item's size when it is a JPEG's bytes; anything else (a JSON body, base64) fails that item."""
+
+    def setup(self, device) -> None:
+        self.device = device
+
+    def preprocess(self, item):
+        from gpufleet.errors import InputError
+
+        data = bytes(item) if isinstance(item, (bytes, bytearray, memoryview)) else b""
+        if not data.startswith(b"\xff\xd8"):
+            raise InputError(f"not a JPEG: {type(item).__name__} {bytes(data[:16])!r}")
+        return len(data)
+
+    def predict(self, batch: list) -> list:
+        return batch
+
+
 class SlowSetup:
     """``setup`` takes 5 s: a command that fails before loading the model fails well before that."""
 

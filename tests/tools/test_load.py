@@ -119,6 +119,26 @@ def test_over_grpc_through_the_client(failing_server):
     assert p.returncode == 1 and p.stderr.startswith("error: ") and "UNAVAILABLE" in p.stderr, p
 
 
+@pytest.mark.skipif(not HAS_GRPC, reason="needs grpcio")
+def test_jpegs_over_grpc_are_the_jpegs_themselves(tmp_path):
+    """--payload jpeg224 over gRPC sends each JPEG as one [1, 1] BYTES item (as Triton's batching models want),
+    not the JSON body /predict takes."""
+    port, grpc_port = free_port(), free_port()
+    with (tmp_path / "server.log").open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gpufleet", "serve", "tests/tools/failing_model.py:JpegOnly",
+                                 "--port", str(port), "--grpc-port", str(grpc_port), "--cpu-devices", "1",
+                                 "--log-level", "error"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(proc, f"http://127.0.0.1:{port}")
+            p = gpufleet("load", f"grpc://127.0.0.1:{grpc_port}", "--model", "JpegOnly", "--payload", "jpeg224",
+                         "-c", "2", "--duration", "1", "--warmup", "0", "--json")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    report = json.loads(p.stdout)
+    assert p.returncode == 0 and report["requests"] > 0 and report["errors"] == {}, report
+
+
 def test_report_format_without_errors():
     report = {"mode": "closed-loop", "url": "u", "concurrency": 1, "processes": 1, "duration_s": 1.0,
               "warmup_s": 0, "requests": 3, "ok": 3, "rps": 3.0, "errors": {}, "error_rate": 0.0,
