@@ -10,13 +10,8 @@
 # ($TVENV) that sees $TSITE (PyTriton, pyzmq, numpy 1.26, ...) before the image's packages; gpufleet never sees it.
 # Writes $OUT/triton_summary.txt (one line per server and concurrency: req/s, p50, p99, non-200 count, average
 # batch, GPU memory; the servers' set-up lines), $OUT/triton_run.log and $OUT/triton_details.tgz (the loads' JSON
-# reports, server logs, gpufleet /stats: the device tool brings back at most 8 files).
-#
-# The same requests: `gpufleet load --payload jpeg224` over gRPC sends the JSON body {"image": <base64>} as the
-# BYTES element (gpufleet serve answers every one 400 "image is not a complete JPEG"), and Triton wants
-# [batch, *dims] = [1, 1] where the load sends [1] (a batching Triton model cannot take [1]; see
-# triton_server.py). So the loads of BOTH servers run with a sitecustomize shim ($SHIM, written below) that
-# sends each JPEG's raw bytes as a [1, 1] BYTES tensor: identical requests to both (gpufleet takes [N, 1] BYTES).
+# reports, server logs, gpufleet /stats: the device tool brings back at most 8 files). The same requests to both:
+# `gpufleet load --payload jpeg224` over gRPC sends each JPEG as one [1, 1] BYTES item.
 #
 # With the device tool, two calls on one warm machine (the pytriton wheel is 53 MB, over what one call carries
 # beside the rest); wheels from benchmarks/fetch_triton_wheels.sh (.carry/pt, .carry/t) and gpufleet's server
@@ -25,7 +20,7 @@
 #   run(command="WHEELS=.carry/c bash benchmarks/triton_run.sh", carry=[".carry/c", ".carry/t"], timeout_s=600)
 # Knobs: OUT [/tmp/out]  DUR [8]  WARM [2]  CONCS ["8 256"]  LOADP [12] load processes
 #        TRITON_MODES ["graphs eager"]  TRITON_INSTANCES [2]  GPUFLEET [1] also serve gpufleet  HTTP_REF [1] also
-#        gpufleet's /predict over HTTP (JSON + base64, unshimmed) for reference
+#        gpufleet's /predict over HTTP (JSON + base64) for reference
 #        DEVICE [cuda] (cpu: a CPU-only test of this script)  ARCH [resnet50] (resnet18 for quick CPU tests)
 #        WHEELS [.whl] gpufleet's wheel folders -> /tmp/site  TRITON_WHEELS [.carry/t]  PT_WHEELS [/tmp/pt] -> TSITE
 #        TSITE [/tmp/tsite]  TVENV [/tmp/tvenv]  PY [python3]  BASE_PORT [8100]
@@ -39,7 +34,6 @@ export PYTHONUNBUFFERED=1 COLUMNS=160
 PY=${PY:-python3}; DUR=${DUR:-8}; WARM=${WARM:-2}; CONCS=${CONCS:-8 256}; LOADP=${LOADP:-12}
 MODES=${TRITON_MODES:-graphs eager}; INST=${TRITON_INSTANCES:-2}; DEVICE=${DEVICE:-cuda}; ARCH=${ARCH:-resnet50}
 TSITE=${TSITE:-/tmp/tsite}; TVENV=${TVENV:-/tmp/tvenv}; BASE_PORT=${BASE_PORT:-8100}
-SHIM=${SHIM:-/tmp/gpufleet_load_shim}
 SUMMARY=$OUT/triton_summary.txt; LOG=$OUT/triton_run.log
 WORK=${WORK:-/tmp/triton_work}; rm -rf "$WORK"; mkdir -p "$WORK"  # details, packed into $OUT/triton_details.tgz
 BUDGET=${BUDGET:-470}  # seconds after which no further server starts (the device tool stops a call at 600 s)
@@ -123,41 +117,6 @@ if [ "$TRITON_OK" = 1 ]; then
 numpy.__version__, "pytriton", pytriton.__file__)' >> "$SUMMARY" 2>&1 || { say "the Triton env does not import"; TRITON_OK=0; }
 fi
 
-# -- the load shim (see the header) ----------------------------------------------------------------------------
-mkdir -p "$SHIM"
-cat > "$SHIM/sitecustomize.py" <<'PY'
-# Written by benchmarks/triton_run.sh for `gpufleet load` only: --payload jpeg224 sends each JPEG's raw bytes (not
-# the JSON body {"image": <base64>}), as a [1, 1] BYTES tensor (a batching Triton model wants [batch, *dims]).
-import base64
-
-import orjson
-
-import gpufleet.client as _client
-import gpufleet.tools.load as _load
-
-_make = _load.make_payloads
-
-
-def make_payloads(kind, *args, **kwargs):
-    out = _make(kind, *args, **kwargs)
-    if kind != "jpeg224":
-        return out
-    return [_load.Payload(base64.b64decode(orjson.loads(p.body)["image"]), "image/jpeg")
-            if p.content_type == "application/json" else p for p in out]
-
-
-_encode = _client.encode_infer
-
-
-def encode_infer(model, inputs, *args, **kwargs):
-    inputs = {k: v.reshape(1, -1) if getattr(v, "ndim", 0) == 1 else v for k, v in inputs.items()}
-    return _encode(model, inputs, *args, **kwargs)
-
-
-_load.make_payloads = make_payloads
-_client.encode_infer = encode_infer
-PY
-
 # -- helpers ---------------------------------------------------------------------------------------------------
 SPID=""
 stop_server() {  # SIGTERM to the server's process group (setsid), then SIGKILL after 45 s
@@ -178,13 +137,12 @@ wait_ready() {  # URL, seconds, log: until URL answers 200 or the server exits
   say "not ready after $2 s: $1"; tail -30 "$3" >> "$LOG"; return 1
 }
 run_load() {  # name url model c [http]
-  local name=$1 url=$2 model=$3 c=$4 path=$GF_PATH
-  [ "${5:-}" = http ] || path=$SHIM:$GF_PATH
+  local name=$1 url=$2 model=$3 c=$4
   local args=(--payload jpeg224 -c "$c" --duration "$DUR" --warmup "$WARM" --processes "$LOADP"
               --max-error-rate 1 --json)
   [ "${5:-}" = http ] || args+=(--model "$model")
   say "load $name c=$c ($(date -u +%T))"
-  timeout $((DUR + WARM + 150)) env PYTHONPATH="$path" "$PY" -m gpufleet load "$url" "${args[@]}" \
+  timeout $((DUR + WARM + 150)) env PYTHONPATH="$GF_PATH" "$PY" -m gpufleet load "$url" "${args[@]}" \
     > "$WORK/load_${name}_c$c.json" 2> "$WORK/load_${name}_c$c.err" || say "  load exit $?"
   echo "$name c=$c gpu_mem_mib $(gpu_mem)" >> "$WORK/mem.txt"
 }
