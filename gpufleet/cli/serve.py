@@ -127,7 +127,8 @@ def register(app: typer.Typer) -> None:
         concurrency: int = typer.Option(256, "--concurrency", "-c", help="Clients in the closed loop."),
         duration: float = typer.Option(30.0, "--duration", help="Measured seconds."),
         warmup: float = typer.Option(5.0, "--warmup", help="Seconds of unmeasured warm-up first."),
-        payload: str = typer.Option("orientation", "--payload", help="orientation | jpeg224 | file:PATH"),
+        payload: str = typer.Option("orientation", "--payload", help="orientation | jpeg224 (a JPEG: over HTTP "
+                                    "as JSON {\"image\": base64}, over gRPC itself) | file:PATH"),
         burst: Optional[int] = typer.Option(None, "--burst", help="Send N requests at once instead."),  # noqa: UP045
         token: Optional[str] = typer.Option(None, "--token", envvar="GPUFLEET_TOKEN"),  # noqa: UP045
         processes: int = typer.Option(1, "--processes", help="Client processes sharing the concurrency."),
