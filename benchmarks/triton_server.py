@@ -24,8 +24,8 @@ ZeroMQ -> this process.
 
 Shape: with ``max_batch_size`` > 0 Triton wants ``[batch, *dims]`` with non-empty dims (checked on tritonserver
 2.51: dims ``()`` is refused at load, "must specify 'dims'"; dims ``(1,)`` refuses the shape ``[1]`` gpufleet's
-client sends, "Expected [-1,1], got [1]"), so the input is dims ``(1,)`` and the load must send ``[1, 1]``;
-triton_run.sh does that with a sitecustomize shim around ``gpufleet.client.encode_infer`` (see there).
+client sent then, "Expected [-1,1], got [1]"), so the input is dims ``(1,)`` and the request's shape ``[1, 1]``,
+which ``gpufleet load --payload jpeg224`` sends over gRPC.
 
 Environment (what triton_run.sh sets up): PyTriton 0.7.0 with numpy < 2 (with numpy 2 its Python-backend stub
 misreads BYTES inputs and dies); the stub takes its ``sys.path`` from the ``python3`` first on PATH, which PyTriton
