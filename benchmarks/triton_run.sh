@@ -138,7 +138,7 @@ wait_ready() {  # URL, seconds, log: until URL answers 200 or the server exits
 }
 run_load() {  # name url model c [http]
   local name=$1 url=$2 model=$3 c=$4
-  local args=(--payload jpeg224 -c "$c" --duration "$DUR" --warmup "$WARM" --processes "$LOADP"
+  local args=(--payload jpeg224 -c "$c" --duration "$DUR" --warmup "$WARM" --processes "$((LOADP < c ? LOADP : c))"
               --max-error-rate 1 --json)
   [ "${5:-}" = http ] || args+=(--model "$model")
   say "load $name c=$c ($(date -u +%T))"

@@ -178,7 +178,7 @@ def build(args: argparse.Namespace) -> tuple[list[Instance], str]:
     import torch
     import torchvision
 
-    dev = torch.device(args.device)
+    dev = torch.device("cuda", 0) if args.device == "cuda" else torch.device(args.device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
         major = torch.cuda.get_device_capability(dev)[0]
