@@ -32,7 +32,7 @@ from gpufleet.engine.request import Request
 from gpufleet.engine.step import BatchStep
 from gpufleet.engine.worker import BaseWorker
 from gpufleet.errors import DeviceError, GpufleetError, WorkerError
-from gpufleet.models.base import apply_pool_settings
+from gpufleet.models.base import apply_pool_settings, setup_model
 from gpufleet.models.resolve import model_factory
 
 __all__ = ["ThreadWorker", "make_fleet", "weights_device"]
@@ -120,9 +120,9 @@ class ThreadWorker(BaseWorker):
                             max_batch_size=self.max_batch or self.config.max_probe_batch)
         if self.device.is_cuda:
             with CUDA_SETUP_LOCK:  # one CUDA set-up (and graph capture) at a time in this process
-                model.setup(self.device)
+                setup_model(model, self.device)
         else:
-            model.setup(self.device)
+            setup_model(model, self.device)
         self._model = model
         self.weights_on = weights_device(model)
         if self.device.is_cuda:

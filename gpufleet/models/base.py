@@ -18,7 +18,7 @@ from typing import Any
 
 from gpufleet.devices.device import Device
 
-__all__ = ["FunctionModel", "Model", "StackedBatch", "apply_pool_settings", "optional_stage"]
+__all__ = ["FunctionModel", "Model", "StackedBatch", "apply_pool_settings", "optional_stage", "setup_model"]
 
 
 class StackedBatch(list):
@@ -105,6 +105,13 @@ def optional_stage(model: Any, name: str) -> Callable[[Any], Any] | None:
     if isinstance(model, Model) and getattr(type(model), name, None) is getattr(Model, name):
         return None
     return fn
+
+
+def setup_model(model: Any, device: Any) -> None:
+    """Call the model's ``setup(device)`` when it has one (the contract makes it optional)."""
+    fn = getattr(model, "setup", None)
+    if callable(fn):
+        fn(device)
 
 
 def apply_pool_settings(model: Any, *, batch_buckets: tuple[int, ...] | None, max_batch_size: int) -> None:

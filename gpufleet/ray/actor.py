@@ -34,7 +34,7 @@ from gpufleet.engine.process.placement import GPU_CHILD_THREADS
 from gpufleet.engine.process.shm import Attachments, SegmentPool
 from gpufleet.engine.step import BatchStep, poll_interval
 from gpufleet.errors import GpufleetError
-from gpufleet.models.base import StackedBatch
+from gpufleet.models.base import StackedBatch, setup_model
 
 __all__ = ["GpuActor"]
 
@@ -88,7 +88,7 @@ class GpuActor:
             torch.set_num_threads(GPU_CHILD_THREADS)
         model = model_factory(load_model_blob(model_blob))()
         apply_pool_settings(model, batch_buckets=batch_buckets, max_batch_size=max_batch_size)
-        model.setup(self.device)
+        setup_model(model, self.device)
         self.step = BatchStep(model, self.device, self.name)
         ctx = ray.get_runtime_context()
         self.where = {"node": ctx.get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid(),

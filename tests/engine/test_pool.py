@@ -877,3 +877,15 @@ def test_a_worker_loop_crash_fails_in_flight_items_instead_of_hanging() -> None:
 
 def wait_until(cond, timeout: float = 5.0) -> bool:
     return _wait_until(cond, timeout)
+
+
+class _PredictOnly:
+    """The smallest model the contract allows: ``predict`` and nothing else (no ``setup``)."""
+
+    def predict(self, batch: list) -> list:
+        return [x + 1 for x in batch]
+
+
+def test_a_model_with_only_predict_is_served() -> None:
+    with Pool(_PredictOnly(), cpu_devices=1) as pool:
+        assert list(pool.map(range(5))) == [1, 2, 3, 4, 5]

@@ -32,7 +32,7 @@ from gpufleet.engine.process.spare import FAILED, IMPORTED, SETTING_UP, WARM, se
 from gpufleet.engine.progress import reporting_to
 from gpufleet.engine.step import BatchStep, poll_interval
 from gpufleet.errors import GpufleetError
-from gpufleet.models.base import StackedBatch
+from gpufleet.models.base import StackedBatch, setup_model
 
 __all__ = ["STICKY_EXIT", "ChildSpec", "is_sticky_cuda_error", "main"]
 
@@ -166,7 +166,7 @@ class _Child:
             if defer and hasattr(model, "defer_warmup"):
                 model.defer_warmup = True  # a replacement serves first; finish_warmup() runs after Ready
             t, timings["model_load"] = time.monotonic(), time.monotonic() - t
-            model.setup(self.spec.device)
+            setup_model(model, self.spec.device)
             setup_s = time.monotonic() - t
             parts = {k: float(v) for k, v in (getattr(model, "setup_timings", None) or {}).items()}
             timings.update(parts)  # e.g. TorchModel: weights, cuda_graphs, warmup
