@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,8 +157,9 @@ class VideoJob:
         self.started = time.perf_counter()
 
     # -- public -------------------------------------------------------------------------------------------
-    def events(self) -> Iterator[FrameResult | StreamEnd]:
-        """Frame results (in frame order within each stream) and one ``StreamEnd`` per stream."""
+    def events(self, on_idle: Callable[[], None] | None = None) -> Iterator[FrameResult | StreamEnd]:
+        """Frame results (in frame order within each stream) and one ``StreamEnd`` per stream; ``on_idle`` is
+        called whenever none came for 0.1 s (e.g. to flush buffered output of a stalled live stream)."""
         self.started = time.perf_counter()
         for s in self.streams:
             t = threading.Thread(target=self._run_stream, args=(s,), name=f"gpufleet-video-{s.name}", daemon=True)
@@ -169,6 +170,8 @@ class VideoJob:
             try:
                 ev = self._out.get(timeout=0.1)
             except queue.Empty:
+                if on_idle is not None:
+                    on_idle()
                 continue
             if isinstance(ev, StreamEnd):
                 live -= 1

@@ -71,7 +71,12 @@ def run_here(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, jsonl
             if on_start is not None:
                 on_start(totals)
             t_start, cpu0 = time.perf_counter(), time.process_time()  # set-up (model load) not counted
-            for ev in job.events():
+            def flush() -> None:  # nothing came for a while (a stalled live stream): its lines are due now
+                for sk in sinks.values():
+                    if sk.jsonl is not None:
+                        sk.jsonl.flush()
+
+            for ev in job.events(on_idle=flush):
                 if isinstance(ev, StreamEnd):
                     ends[ev.stream] = ev
                     if ev.stream in sinks:

@@ -1,12 +1,14 @@
-"""Drawing (numpy and torch give the same pixels) and JSON conversion of model outputs."""
+"""Drawing (numpy and torch give the same pixels), JSON conversion of model outputs and the JSONL sink."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import torch
 
 from gpufleet.video.models import TextDetVideo, make_preparer, resolve_model
-from gpufleet.video.sinks import draw_boxes, jsonable
+from gpufleet.video.sinks import JsonlSink, draw_boxes, jsonable
 
 
 def test_draw_boxes_numpy_and_torch_agree() -> None:
@@ -48,3 +50,18 @@ def test_scores_are_written_above_boxes_identically_on_numpy_and_torch() -> None
     assert (label_rows != 255).any()
     plain = draw_boxes(img, [{"box": [10, 30, 50, 50]}])
     assert np.array_equal(plain[18:28, 10:40], img[18:28, 10:40])  # no score, no label
+
+
+def test_jsonl_sink_writes_whole_lines_in_blocks(tmp_path) -> None:
+    path = tmp_path / "f.jsonl"
+    sink = JsonlSink(path)
+    sink.write({"frame": 0, "results": {"score": np.float32(0.5), "box": torch.tensor([1, 2])}})
+    sink.write({"frame": 1, "results": None, "error": "bad"})
+    assert path.read_bytes() in (b"", path.read_bytes().rstrip(b"\n") + b"\n")  # nothing, or whole lines
+    sink.flush()  # what the pipeline calls when no frame came for a while (a stalled live stream)
+    lines = path.read_text().splitlines()
+    assert [json.loads(x) for x in lines] == [{"frame": 0, "results": {"score": 0.5, "box": [1, 2]}},
+                                              {"frame": 1, "results": None, "error": "bad"}]
+    sink.write({"frame": 2, "results": [3]})
+    sink.close()
+    assert len(path.read_text().splitlines()) == 3 and sink.lines == 3
