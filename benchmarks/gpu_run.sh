@@ -37,7 +37,9 @@ Environment knobs (defaults in brackets):
   AB [1: A/B when .old is there; 0: new only]
   SECS [3] seconds per bench point   BENCH_ARGS ["--model resnet50 --precision fp16 --cuda-graphs
   --batch-sizes 64,128 --scale"]   DUR [8] / WARM [2] load seconds   LOADP [12] load processes at c=256
-  SERVE_CONFIGS ["default tuned"]   TUNED_ARGS ["--http-workers 8 --max-batch-size 128 --max-wait-ms 2"]
+  SERVE_CONFIGS ["default tuned"; also frontdec: JPEGs decoded on the front ends' CPUs,
+  GPUFLEET_JPEG_DECODE=frontend, with FRONTDEC_ARGS [""]]
+  TUNED_ARGS ["--http-workers 8 --max-batch-size 128 --max-wait-ms 2"]
   VIDEO_MODEL [resnet18]
 EOF
 }
@@ -86,13 +88,13 @@ for label in $LABELS; do
   echo "$label: $(pkg "$label" python3 -c 'import gpufleet; print(gpufleet.__file__)' 2>&1)" >> "$W/packages.txt"
 done
 
-serve_one() {  # $1 = label, $2 = config name, $3 = extra serve flags
+serve_one() {  # $1 = label, $2 = config name, $3 = extra serve flags, $4 = VAR=value for the server's env
   local label=$1 cfg=$2 tag="$1_$2" spid i PORT
   # A port nothing listens on, so the readiness check and the load reach this server and no other.
   PORT=$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
   # Started as a plain command (env execs python3), so $! is the server itself and the TERM below reaches it.
   # shellcheck disable=SC2086  # $3 is split into flags on purpose
-  env PYTHONSAFEPATH=1 "$(pypath "$label")" python3 -m gpufleet serve resnet50 --port "$PORT" --log-level warning $3 \
+  env PYTHONSAFEPATH=1 "$(pypath "$label")" ${4:-} python3 -m gpufleet serve resnet50 --port "$PORT" --log-level warning $3 \
     > "$W/serve_$tag.log" 2>&1 &
   spid=$!
   for i in $(seq 1 240); do  # readiness turns 200 once every front end listens and the model is warm
@@ -103,8 +105,13 @@ serve_one() {  # $1 = label, $2 = config name, $3 = extra serve flags
   local L=(python3 -m gpufleet load "http://127.0.0.1:$PORT/predict" --payload jpeg224 --duration "${DUR:-8}"
            --warmup "${WARM:-2}" --json)
   pkg "$label" timeout 120 "${L[@]}" -c 8 > "$W/serve_${tag}_c8.json" 2> "$W/serve_${tag}_c8.err"
+  local a b; a=$(head -1 /proc/stat)
   pkg "$label" timeout 120 "${L[@]}" -c 256 --processes "${LOADP:-12}" > "$W/serve_${tag}_c256.json" \
     2> "$W/serve_${tag}_c256.err"
+  b=$(head -1 /proc/stat)  # the whole machine's CPU over the c=256 run (load generator included)
+  python3 -c "import os, sys; a, b = ([int(x) for x in s.split()[1:]] for s in sys.argv[1:]); d = [y - x for x, y in zip(a, b)]
+print(f'serve $tag c=256: machine CPU busy {100 * (1 - (d[3] + d[4]) / sum(d)):.0f}% of {os.cpu_count()} cores')" \
+    "$a" "$b" >> "$W/steps.txt"
   for n in 50 500; do  # the seed's load test: n requests at once
     pkg "$label" timeout 60 python3 -m gpufleet load "http://127.0.0.1:$PORT/predict" --payload jpeg224 --burst $n \
       --json > "$W/burst_${tag}_$n.json" 2> "$W/burst_${tag}_$n.err"
@@ -129,14 +136,16 @@ for step in ${STEPS:-pool serve video jpeg}; do
       done ;;
     serve)
       for cfg in ${SERVE_CONFIGS:-default tuned}; do
+        envs=""
         case $cfg in
           default) args="" ;;
           tuned) args=${TUNED_ARGS:---http-workers 8 --max-batch-size 128 --max-wait-ms 2} ;;
+          frontdec) args=${FRONTDEC_ARGS:-}; envs="GPUFLEET_JPEG_DECODE=frontend" ;;
           *) echo "unknown serve config $cfg" >> "$W/steps.txt"; continue ;;
         esac
         for label in $LABELS; do
-          stamp "JPEG serving [$label $cfg: gpufleet serve resnet50 $args]"
-          serve_one "$label" "$cfg" "$args"
+          stamp "JPEG serving [$label $cfg: ${envs:-}${envs:+ }gpufleet serve resnet50 $args]"
+          serve_one "$label" "$cfg" "$args" "${envs:-}"
           summary
         done
       done ;;
