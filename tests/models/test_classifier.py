@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from gpufleet import InputError, Pool
+from gpufleet.errors import ConfigError
 from gpufleet.models.resolve import resolve_model
 from gpufleet.models.zoo.classifier import ImageClassifier
 
@@ -95,6 +96,9 @@ def test_front_ends_decode_for_a_gpu_engine_when_asked(monkeypatch: pytest.Monke
     model.prepare_frontend([Device(index=0, kind="cuda", name="GPU", memory_gb=80.0)])
     img = model.preprocess(_jpeg(1))
     assert isinstance(img, torch.Tensor) and img.shape == (3, 64, 64) and img.dtype == torch.uint8
+    monkeypatch.setenv("GPUFLEET_JPEG_DECODE", "cpu")
+    with pytest.raises(ConfigError, match="GPUFLEET_JPEG_DECODE must be 'engine' or 'frontend', got 'cpu'"):
+        ImageClassifier("resnet18", image_size=64)
 
 
 def test_items_from_a_front_end_become_tensors() -> None:

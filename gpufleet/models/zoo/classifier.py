@@ -50,6 +50,14 @@ def decoder_device(dev: torch.device) -> torch.device:
         return _decoder_device
 
 
+def _jpeg_decode_where() -> str:
+    """``GPUFLEET_JPEG_DECODE``: ``engine`` (the default: a GPU engine decodes JPEGs in batches) or ``frontend``."""
+    where = os.environ.get("GPUFLEET_JPEG_DECODE", "").strip().lower() or "engine"
+    if where not in ("engine", "frontend"):
+        raise ConfigError(f"GPUFLEET_JPEG_DECODE must be 'engine' or 'frontend', got {where!r}")
+    return where
+
+
 def build_module(name: str) -> torch.nn.Module:
     """A torchvision classifier with random weights (no downloads)."""
     try:
@@ -110,6 +118,7 @@ class ImageClassifier(TorchModel):
 
     def __init__(self, name: str = "resnet50", *, image_size: int = 224, weights: str | None = None,
                  **kwargs: Any) -> None:
+        _jpeg_decode_where()  # a wrong value fails where the model is made (`gpufleet serve`: one error line)
         kwargs.setdefault("cuda_graphs", True)
         kwargs.setdefault("example_shape", (3, image_size, image_size))
         kwargs.setdefault("example_dtype", torch.uint8)
@@ -166,8 +175,7 @@ class ImageClassifier(TorchModel):
     def prepare_frontend(self, devices: list[Device]) -> None:
         """In an HTTP front end (this copy is never set up): keep JPEGs encoded when the engine decodes on GPUs,
         unless ``GPUFLEET_JPEG_DECODE=frontend`` asks the front ends to decode them on their CPU cores."""
-        where = os.environ.get("GPUFLEET_JPEG_DECODE", "engine")
-        self._engine_decodes = any(d.is_cuda for d in devices) and where != "frontend"
+        self._engine_decodes = any(d.is_cuda for d in devices) and _jpeg_decode_where() != "frontend"
 
     def preprocess(self, item: Any) -> Any:
         """Encoded JPEGs stay encoded for batched GPU decode (CUDA) or are decoded here (CPU devices)."""
