@@ -69,11 +69,12 @@ class JsonlSink:
 
     def flush(self) -> None:
         """Write the lines encoded so far."""
-        view = memoryview(self._buf)
-        while view:
-            view = view[self._fh.write(view):]
-        view.release()
-        self._buf.clear()
+        if self._buf:
+            data = bytes(self._buf)
+            self._buf.clear()
+            done = 0
+            while done < len(data):  # a raw file may take part of a write
+                done += self._fh.write(data[done:] if done else data)
         self._flushed = time.monotonic()
 
     def close(self) -> None:
