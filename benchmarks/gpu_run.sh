@@ -109,9 +109,7 @@ serve_one() {  # $1 = label, $2 = config name, $3 = extra serve flags, $4 = VAR=
   pkg "$label" timeout 120 "${L[@]}" -c 256 --processes "${LOADP:-12}" > "$W/serve_${tag}_c256.json" \
     2> "$W/serve_${tag}_c256.err"
   b=$(head -1 /proc/stat)  # the whole machine's CPU over the c=256 run (load generator included)
-  python3 -c "import os, sys; a, b = ([int(x) for x in s.split()[1:]] for s in sys.argv[1:]); d = [y - x for x, y in zip(a, b)]
-print(f'serve $tag c=256: machine CPU busy {100 * (1 - (d[3] + d[4]) / sum(d)):.0f}% of {os.cpu_count()} cores')" \
-    "$a" "$b" >> "$W/steps.txt"
+  echo "serve $tag c=256: $(python3 benchmarks/cpu_busy.py "$a" "$b")" >> "$W/steps.txt"
   for n in 50 500; do  # the seed's load test: n requests at once
     pkg "$label" timeout 60 python3 -m gpufleet load "http://127.0.0.1:$PORT/predict" --payload jpeg224 --burst $n \
       --json > "$W/burst_${tag}_$n.json" 2> "$W/burst_${tag}_$n.err"

@@ -42,9 +42,7 @@ py-spy record --pid $SPID --threads --gil --format raw --rate 200 --duration "$S
 top -b -n 1 -d "$SECS" -H -p $SPID 2>/dev/null | head -30 > "$OUT/profile_top.txt" &
 # the whole machine's CPU use over the same seconds (load generator and front ends included), from /proc/stat
 ( a=$(head -1 /proc/stat); sleep "$SECS"; b=$(head -1 /proc/stat)
-  python3 -c "import sys; a, b = ([int(x) for x in s.split()[1:]] for s in sys.argv[1:]); d = [y - x for x, y in zip(a, b)]
-print(f'machine CPU busy: {100 * (1 - (d[3] + d[4]) / sum(d)):.0f}% of {__import__(\"os\").cpu_count()} cores')" "$a" "$b" \
-  > "$OUT/profile_cpu.txt" ) &
+  python3 benchmarks/cpu_busy.py "$a" "$b" > "$OUT/profile_cpu.txt" ) &
 command -v nvidia-smi > /dev/null && timeout "$SECS" nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader \
   -lms 500 > "$OUT/profile_gpu_util.txt" 2>/dev/null &
 wait $LPID
