@@ -36,6 +36,10 @@ class _Sinks:
         if self.video is not None and r.image is not None:
             self.video.write(r.image, r.results)
 
+    def flush(self) -> None:
+        if self.jsonl is not None:
+            self.jsonl.flush()
+
     def close(self) -> None:
         try:
             if self.jsonl is not None:
@@ -73,8 +77,7 @@ def run_here(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, jsonl
             t_start, cpu0 = time.perf_counter(), time.process_time()  # set-up (model load) not counted
             def flush() -> None:  # nothing came for a while (a stalled live stream): its lines are due now
                 for sk in sinks.values():
-                    if sk.jsonl is not None:
-                        sk.jsonl.flush()
+                    sk.flush()
 
             for ev in job.events(on_idle=flush):
                 if isinstance(ev, StreamEnd):

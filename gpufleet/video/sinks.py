@@ -54,7 +54,7 @@ class JsonlSink:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = self.path.open("wb", buffering=0)
+        self._fh = self.path.open("wb")
         self._buf = bytearray()
         self._encoder = msgspec.json.Encoder(enc_hook=_plain)
         self._flushed = time.monotonic()
@@ -70,11 +70,9 @@ class JsonlSink:
     def flush(self) -> None:
         """Write the lines encoded so far."""
         if self._buf:
-            data = bytes(self._buf)
+            self._fh.write(self._buf)
+            self._fh.flush()
             self._buf.clear()
-            done = 0
-            while done < len(data):  # a raw file may take part of a write
-                done += self._fh.write(data[done:] if done else data)
         self._flushed = time.monotonic()
 
     def close(self) -> None:
