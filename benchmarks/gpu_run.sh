@@ -12,8 +12,9 @@ $OUT/summary.txt (a few lines per workload) and $OUT/results.tgz (every raw JSON
   serve  gpufleet serve resnet50, then gpufleet load --payload jpeg224 at -c 8 and -c 256 (req/s, p50, p99,
          errors) and --burst 50 and 500, once with the defaults and once tuned (8 HTTP front ends, larger
          batches).
-  video  gpufleet video --model resnet18 on the 1080p H.264 file (1 input, 8 inputs, 8 inputs at
-         --batch-size 128) beside the NVDEC decode-only ceiling (benchmarks/video_ceiling.py).
+  video  gpufleet video --model resnet18 on the 1080p H.264 file (1 input and 8 inputs, ROUNDS times each,
+         in turn with the NVDEC decode-only ceiling, benchmarks/video_ceiling.py; then 8 inputs at
+         --batch-size 128); the summary compares the medians.
   jpeg   benchmarks/jpeg_ceiling.py: W3's JPEG decode ceiling (torchvision batched decode_jpeg on the GPU, 1 and
          2 threads) and the engine on those JPEGs without HTTP (decoding ahead vs in launch, and decoded input).
   tune   gpufleet tune resnet50 --slo-p99-ms 50 (TUNE_BUDGET s), then W3 through serve --config tuned.toml beside
@@ -38,7 +39,10 @@ Environment knobs (defaults in brackets):
   SECS [3] seconds per bench point   BENCH_ARGS ["--model resnet50 --precision fp16 --cuda-graphs
   --batch-sizes 64,128 --scale"]   DUR [8] / WARM [2] load seconds   LOADP [12] load processes at c=256
   SERVE_CONFIGS ["default tuned"; also frontdec: JPEGs decoded on the front ends' CPUs,
-  GPUFLEET_JPEG_DECODE=frontend, with FRONTDEC_ARGS [""]]
+  GPUFLEET_JPEG_DECODE=frontend, with FRONTDEC_ARGS [""]; process: --backend process; da: JPEGs decoded
+  one batch ahead on a side thread, GPUFLEET_DECODE_AHEAD=1; si<ms>: the engine's thread switch interval,
+  GPUFLEET_SWITCH_INTERVAL_MS=<ms>; dasi<ms>: both]
+  ROUNDS [3] rounds of the video figures
   TUNED_ARGS ["--http-workers 8 --max-batch-size 128 --max-wait-ms 2"]
   VIDEO_MODEL [resnet18]
 EOF
@@ -139,6 +143,10 @@ for step in ${STEPS:-pool serve video jpeg}; do
           default) args="" ;;
           tuned) args=${TUNED_ARGS:---http-workers 8 --max-batch-size 128 --max-wait-ms 2} ;;
           frontdec) args=${FRONTDEC_ARGS:-}; envs="GPUFLEET_JPEG_DECODE=frontend" ;;
+          process) args="--backend process" ;;
+          si*) args=""; envs="GPUFLEET_SWITCH_INTERVAL_MS=${cfg#si}" ;;
+          dasi*) args=""; envs="GPUFLEET_DECODE_AHEAD=1 GPUFLEET_SWITCH_INTERVAL_MS=${cfg#dasi}" ;;
+          da) args=""; envs="GPUFLEET_DECODE_AHEAD=1" ;;
           *) echo "unknown serve config $cfg" >> "$W/steps.txt"; continue ;;
         esac
         for label in $LABELS; do
@@ -149,21 +157,20 @@ for step in ${STEPS:-pool serve video jpeg}; do
       done ;;
     video)
       V=/tmp/video; mkdir -p "$V"; F=$V/video1080.mp4
-      stamp "video 1080p: decode-only ceilings"
-      pkg new timeout 200 python3 benchmarks/video_ceiling.py --file "$F" --inputs 8 --segments 1 \
-        > "$W/video_ceiling_8.json" 2> "$W/video_ceiling_8.err"
-      pkg new timeout 60 python3 benchmarks/video_ceiling.py --file "$F" --inputs 1 --segments 4 \
-        > "$W/video_ceiling_1.json" 2> "$W/video_ceiling_1.err"
       eight=("$F" "$F" "$F" "$F" "$F" "$F" "$F" "$F")
       Vm=(python3 -m gpufleet video --model "${VIDEO_MODEL:-resnet18}" --gpus 0 --no-progress --json)
-      stamp "video 1080p: gpufleet video, 1 input"
-      pkg new timeout 120 "${Vm[@]}" "$F" --jsonl "$V/one.jsonl" > "$W/video_1.json" 2> "$W/video_1.err"
-      stamp "video 1080p: gpufleet video, 8 inputs"
-      pkg new timeout 120 "${Vm[@]}" "${eight[@]}" --jsonl "$V/eight.{stream}.jsonl" > "$W/video_8.json" \
-        2> "$W/video_8.err"
-      stamp "video 1080p: gpufleet video, 1 input, --batch-size 128"
-      pkg new timeout 120 "${Vm[@]}" "$F" --batch-size 128 --jsonl "$V/one.jsonl" > "$W/video_1_bs128.json" \
-        2> "$W/video_1_bs128.err"
+      # Runs of 2 s vary by ~10% from one to the next: each figure is taken ROUNDS times, the ceiling and the
+      # pipeline in turn, and the summary compares medians.
+      for r in $(seq 1 "${ROUNDS:-3}"); do
+        stamp "video 1080p round $r: decode-only ceilings, gpufleet video 8 inputs and 1 input"
+        pkg new timeout 200 python3 benchmarks/video_ceiling.py --file "$F" --inputs 8 --segments 1 \
+          > "$W/video_ceiling_8_r$r.json" 2> "$W/video_ceiling_8_r$r.err"
+        pkg new timeout 120 "${Vm[@]}" "${eight[@]}" --jsonl "$V/eight.{stream}.jsonl" > "$W/video_8_r$r.json" \
+          2> "$W/video_8_r$r.err"
+        pkg new timeout 60 python3 benchmarks/video_ceiling.py --file "$F" --inputs 1 --segments 4 \
+          > "$W/video_ceiling_1_r$r.json" 2> "$W/video_ceiling_1_r$r.err"
+        pkg new timeout 120 "${Vm[@]}" "$F" --jsonl "$V/one.jsonl" > "$W/video_1_r$r.json" 2> "$W/video_1_r$r.err"
+      done
       stamp "video 1080p: gpufleet video, 8 inputs, --batch-size 128"
       pkg new timeout 120 "${Vm[@]}" "${eight[@]}" --batch-size 128 --jsonl "$V/eight.{stream}.jsonl" \
         > "$W/video_8_bs128.json" 2> "$W/video_8_bs128.err"

@@ -4,8 +4,8 @@ Reads only JSON (no gpufleet import), so it reports an older package's results t
   pool_<label>.json                      gpufleet bench --json
   serve_<label>_<config>_c<N>.json       gpufleet load --json (closed loop at concurrency N)
   burst_<label>_<config>_<N>.json        gpufleet load --burst N --json
-  video_ceiling_<n>.json                 benchmarks/video_ceiling.py (decode-only, n inputs)
-  video_<n>[_<variant>].json             gpufleet video --json (n inputs)
+  video_ceiling_<n>[_r<k>].json          benchmarks/video_ceiling.py (decode-only, n inputs; round k)
+  video_<n>[_<variant>][_r<k>].json      gpufleet video --json (n inputs); rounds are summarised by their median
 
     python3 benchmarks/summarize.py /tmp/work
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 from pathlib import Path
 
 
@@ -85,25 +86,43 @@ def _serve(d: Path) -> list[str]:
 
 
 def _video(d: Path) -> list[str]:
-    lines = []
-    for p in sorted(d.glob("video_ceiling_*.json")):
-        c = _load(p)
-        if c and "fps" in c:
-            lines.append(f"video decode-only ceiling, {c['inputs']} input(s) on {c['decoders']} NVDEC decoders: "
-                         f"{c['fps']:,.0f} fps, {c['cpu_cores_used']} cores")
+    """Ceilings and pipeline runs; files ending ``_r<k>`` are rounds of one figure, summarised by their median."""
+    ceilings: dict[str, list[dict]] = {}
+    runs: dict[tuple[str, str], list[dict | None]] = {}
     for p in sorted(d.glob("video_*.json")):
-        m = re.fullmatch(r"video_(\d+)(?:_(.+))?", p.stem)
-        if m is None:
+        stem = re.sub(r"_r\d+$", "", p.stem)  # a round of a figure taken several times
+        m = re.fullmatch(r"video_ceiling_(\d+)", stem)
+        if m is not None:
+            c = _load(p)
+            if c and "fps" in c:
+                ceilings.setdefault(m[1], []).append(c)
             continue
-        r = _load(p)
-        if r is None or "fps" not in r:
-            lines.append(f"video 1080p, {m[1]} input(s) [{m[2] or 'defaults'}]: no result (see {p.stem}.err)")
+        m = re.fullmatch(r"video_(\d+)(?:_(.+))?", stem)
+        if m is not None:
+            r = _load(p)
+            runs.setdefault((m[1], m[2] or "defaults"), []).append(r if r and "fps" in r else None)
+    lines, best = [], {}
+    for n, cs in sorted(ceilings.items()):
+        fps = sorted(c["fps"] for c in cs)
+        best[n] = statistics.median(fps)
+        lines.append(f"video decode-only ceiling, {n} input(s) on {cs[0]['decoders']} NVDEC decoders: "
+                     f"{best[n]:,.0f} fps (median of {_listed(fps)}), {cs[0]['cpu_cores_used']} cores")
+    for (n, variant), rs in sorted(runs.items()):
+        ok = [r for r in rs if r is not None]
+        if not ok:
+            lines.append(f"video 1080p, {n} input(s) [{variant}]: no result (see its .err)")
             continue
-        c = _load(d / f"video_ceiling_{m[1]}.json") or {}
-        vs = f" = {r['fps'] / c['fps']:.0%} of decode-only" if c.get("fps") else ""
-        lines.append(f"video 1080p, {m[1]} input(s) [{m[2] or 'defaults'}]: {r['fps']:,.0f} fps{vs}, "
-                     f"{r['cpu_cores_used']} cores, avg batch {r.get('avg_batch_size')}, exit {r.get('exit_code')}")
+        fps = sorted(r["fps"] for r in ok)
+        med = statistics.median(fps)
+        vs = f" = {med / best[n]:.0%} of decode-only" if best.get(n) else ""
+        lines.append(f"video 1080p, {n} input(s) [{variant}]: {med:,.0f} fps (median of {_listed(fps)}){vs}, "
+                     f"{ok[0]['cpu_cores_used']} cores, avg batch {ok[0].get('avg_batch_size')}, "
+                     f"{len(rs) - len(ok)} failed")
     return lines
+
+
+def _listed(values: list[float]) -> str:
+    return " / ".join(f"{v:,.0f}" for v in values)
 
 
 def _tune(d: Path) -> list[str]:

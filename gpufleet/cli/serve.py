@@ -9,6 +9,8 @@ user gave override the environment (``GPUFLEET_*``, ``GPU_IDS``, ``MAX_BATCH_SIZ
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Any, Optional
 
 import typer
@@ -114,6 +116,7 @@ def register(app: typer.Typer) -> None:
                                     "drain_timeout_s": drain_timeout_s, "log_level": log_level,
                                     "model_name": model_name, "http_workers": http_workers, "grpc_port": grpc_port,
                                     "log_format": log_format})
+            _switch_interval_from_env()
             code = run_server(model, server, **pool)
         except GpufleetError as exc:
             from gpufleet.cli.errors import describe
@@ -190,3 +193,17 @@ def register(app: typer.Typer) -> None:
         if not requests:
             typer.echo("error: no request completed in the measured window", err=True)
             raise typer.Exit(1)
+
+
+def _switch_interval_from_env() -> None:
+    """``GPUFLEET_SWITCH_INTERVAL_MS``: the engine process's thread switch interval (Python's default is 5 ms)."""
+    raw = os.environ.get("GPUFLEET_SWITCH_INTERVAL_MS", "").strip()
+    if not raw:
+        return
+    try:
+        ms = float(raw)
+        if not ms > 0:
+            raise ValueError
+    except ValueError:
+        _fail(f"GPUFLEET_SWITCH_INTERVAL_MS must be a positive number of milliseconds, got {raw!r}")
+    sys.setswitchinterval(ms / 1e3)

@@ -89,6 +89,7 @@ class ThreadWorker(BaseWorker):
         # Models with prepare_batch: (requests, prepared items) from the prepare thread, or an exception, or
         # _CLOSED; ``_stopping`` tells that thread the loop is gone.
         self._ahead: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._room = threading.Condition()  # notified when a launched batch finishes (the prepare thread paces)
         self._prep_thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._ahead_closed = False
@@ -183,6 +184,9 @@ class ThreadWorker(BaseWorker):
                 if got is None:
                     self._finish(*inflight[0])
                     inflight.popleft()  # only once finished: a crash in between still sees its items
+                    if self._prep_thread is not None:
+                        with self._room:
+                            self._room.notify()
                     continue
             else:
                 got = self._next(block=True)
@@ -237,8 +241,14 @@ class ThreadWorker(BaseWorker):
         step = self.step
         assert step is not None
         batch: list[Request] = []
+        depth = self.config.pipeline_depth if step.pipelined else 1
         try:
             while True:
+                # Take the next batch only when the device has room for it (fewer than ``depth`` batches
+                # launched or prepared): meanwhile requests gather in the batcher and the batches stay full.
+                with self._room:
+                    while len(self._inflight) + self._ahead.qsize() >= depth and not self._stopping.is_set():
+                        self._room.wait(0.05)
                 taken = self.batcher.take(self.max_batch)
                 if taken is None:
                     break
