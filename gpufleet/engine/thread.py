@@ -7,7 +7,8 @@ The pool runs the model's ``preprocess`` before items reach the batcher; ``postp
 threads, so this thread only feeds the device. A model with ``prepare_batch`` (the embedded
 classifiers with ``GPUFLEET_DECODE_AHEAD=1``: JPEG decoding on the GPU) gets a second thread that takes batches
 from the batcher and prepares each one while the previous one runs on the device, at most one prepared batch
-waiting ahead of the loop.
+waiting ahead of the loop; it takes a batch only when fewer than ``pipeline_depth`` are prepared or launched,
+so requests gather in the batcher meanwhile.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ def test_parse_errors_are_one_error_line_and_exit_2(args, says):
     ("GPU_IDS", "7", "error: GPU_IDS=7: device index 7 does not exist"),
     ("MAX_BATCH_SIZE", "-3", "error: MAX_BATCH_SIZE=-3: max_batch_size must be >= 0"),
     ("MAX_BATCH_SIZE", "lots", "error: MAX_BATCH_SIZE='lots' is not a valid int"),
+    ("GPUFLEET_SWITCH_INTERVAL_MS", "0", "error: GPUFLEET_SWITCH_INTERVAL_MS must be a positive number"),
 ])
 def test_env_errors_name_the_variable(var, value, says):
     r = run("serve", "--cpu-devices", "2", "--port", "1", env={var: value})

@@ -5,6 +5,7 @@ the same model without it, per-item errors included."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -107,3 +108,36 @@ def test_a_crash_in_the_prepare_thread_fails_its_items_and_stops_the_worker() ->
         for f in futures:
             with pytest.raises(Exception):  # noqa: B017,PT011 - WorkerError or NoHealthyWorker, never a hang
                 f.result(timeout=30)
+
+
+@pytest.mark.timeout(60)
+def test_the_prepare_thread_takes_a_batch_only_when_the_device_has_room() -> None:
+    """With a slow device, batches prepared or launched never exceed ``pipeline_depth`` (2): the requests wait in
+    the batcher meanwhile, so later batches are full instead of many small ones queued for the device."""
+
+    class Slow(NotAhead):
+        def setup(self, device: object) -> None:
+            super().setup(device)
+            self.lock = threading.Lock()
+            self.open = self.most = 0
+            self.sizes: list[int] = []
+
+        def prepare_batch(self, batch: list) -> list:
+            with self.lock:
+                self.open += 1
+                self.most = max(self.most, self.open)
+                self.sizes.append(len(batch))
+            return [_decode(x) for x in batch]
+
+        def collect(self, handle: list) -> list:
+            time.sleep(0.05)
+            with self.lock:
+                self.open -= 1
+            return super().collect(handle)
+
+    with Pool(Slow, cpu_devices=1, max_batch_size=8, max_wait_ms=1) as pool:
+        futures = [pool.submit(str(i).encode()) for i in range(64)]
+        assert [f.result(timeout=30) for f in futures] == [2 * i for i in range(64)]
+        model = pool.workers[0].model
+    assert model.most <= 2
+    assert max(model.sizes) == 8 and len(model.sizes) <= 10  # 64 items in full batches, not one by one

@@ -167,8 +167,8 @@ class ImageClassifier(TorchModel):
             self._prep_stream = torch.cuda.Stream(dev)
         else:
             # CPU: preprocess decodes. GPU: decoding ahead on a side thread is opt-in (GPUFLEET_DECODE_AHEAD=1):
-            # on one H200 (2026-12-04) `gpufleet serve resnet50` defaults served 5,365 req/s at c=256 with it and
-            # 7,788 without (docs/benchmarks.md), so launch decodes the batch until that is understood.
+            # on one H100 (2026-12-06) `gpufleet serve resnet50` defaults served 7,858 req/s at c=256 with it and
+            # 8,960 without in the same call (docs/benchmarks.md): the GPU is not the limit, so launch decodes.
             self.prepare_batch = None  # type: ignore[assignment,method-assign]
 
     # -- items ----------------------------------------------------------------------------------------------
