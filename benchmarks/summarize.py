@@ -87,7 +87,7 @@ def _serve(d: Path) -> list[str]:
 
 def _video(d: Path) -> list[str]:
     """Ceilings and pipeline runs; files ending ``_r<k>`` are rounds of one figure, summarised by their median."""
-    ceilings: dict[str, list[dict]] = {}
+    ceiling_runs: dict[str, list[dict]] = {}
     runs: dict[tuple[str, str], list[dict | None]] = {}
     for p in sorted(d.glob("video_*.json")):
         stem = re.sub(r"_r\d+$", "", p.stem)  # a round of a figure taken several times
@@ -95,18 +95,18 @@ def _video(d: Path) -> list[str]:
         if m is not None:
             c = _load(p)
             if c and "fps" in c:
-                ceilings.setdefault(m[1], []).append(c)
+                ceiling_runs.setdefault(m[1], []).append(c)
             continue
         m = re.fullmatch(r"video_(\d+)(?:_(.+))?", stem)
         if m is not None:
             r = _load(p)
             runs.setdefault((m[1], m[2] or "defaults"), []).append(r if r and "fps" in r else None)
-    lines, best = [], {}
-    for n, cs in sorted(ceilings.items()):
+    lines, ceiling = [], {}
+    for n, cs in sorted(ceiling_runs.items()):
         fps = sorted(c["fps"] for c in cs)
-        best[n] = statistics.median(fps)
+        ceiling[n] = statistics.median(fps)
         lines.append(f"video decode-only ceiling, {n} input(s) on {cs[0]['decoders']} NVDEC decoders: "
-                     f"{best[n]:,.0f} fps (median of {_listed(fps)}), {cs[0]['cpu_cores_used']} cores")
+                     f"{ceiling[n]:,.0f} fps (median of {_listed(fps)}), {cs[0]['cpu_cores_used']} cores")
     for (n, variant), rs in sorted(runs.items()):
         ok = [r for r in rs if r is not None]
         if not ok:
@@ -114,7 +114,7 @@ def _video(d: Path) -> list[str]:
             continue
         fps = sorted(r["fps"] for r in ok)
         med = statistics.median(fps)
-        vs = f" = {med / best[n]:.0%} of decode-only" if best.get(n) else ""
+        vs = f" = {med / ceiling[n]:.0%} of decode-only" if ceiling.get(n) else ""
         lines.append(f"video 1080p, {n} input(s) [{variant}]: {med:,.0f} fps (median of {_listed(fps)}){vs}, "
                      f"{ok[0]['cpu_cores_used']} cores, avg batch {ok[0].get('avg_batch_size')}, "
                      f"{len(rs) - len(ok)} failed")
