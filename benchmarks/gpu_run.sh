@@ -108,12 +108,16 @@ serve_one() {  # $1 = label, $2 = config name, $3 = extra serve flags, $4 = VAR=
   done
   local L=(python3 -m gpufleet load "http://127.0.0.1:$PORT/predict" --payload jpeg224 --duration "${DUR:-8}"
            --warmup "${WARM:-2}" --json)
-  pkg "$label" timeout 120 "${L[@]}" -c 8 > "$W/serve_${tag}_c8.json" 2> "$W/serve_${tag}_c8.err"
+  # c=256 first, with the engine's /stats on either side: its stage windows then hold that run alone, and the
+  # serving loop's idle seconds between the two say how much of the run the device waited for work.
   local a b; a=$(head -1 /proc/stat)
+  curl -s "localhost:$PORT/stats" > "$W/stats_${tag}_before.json"
   pkg "$label" timeout 120 "${L[@]}" -c 256 --processes "${LOADP:-12}" > "$W/serve_${tag}_c256.json" \
     2> "$W/serve_${tag}_c256.err"
+  curl -s "localhost:$PORT/stats" > "$W/stats_${tag}_c256.json"
   b=$(head -1 /proc/stat)  # the whole machine's CPU over the c=256 run (load generator included)
   echo "serve $tag c=256: $(python3 benchmarks/cpu_busy.py "$a" "$b")" >> "$W/steps.txt"
+  pkg "$label" timeout 120 "${L[@]}" -c 8 > "$W/serve_${tag}_c8.json" 2> "$W/serve_${tag}_c8.err"
   for n in 50 500; do  # the seed's load test: n requests at once
     pkg "$label" timeout 60 python3 -m gpufleet load "http://127.0.0.1:$PORT/predict" --payload jpeg224 --burst $n \
       --json > "$W/burst_${tag}_$n.json" 2> "$W/burst_${tag}_$n.err"

@@ -4,6 +4,7 @@ Reads only JSON (no gpufleet import), so it reports an older package's results t
   pool_<label>.json                      gpufleet bench --json
   serve_<label>_<config>_c<N>.json       gpufleet load --json (closed loop at concurrency N)
   burst_<label>_<config>_<N>.json        gpufleet load --burst N --json
+  stats_<label>_<config>_{before,c256}.json  the server's /stats on either side of the c=256 run
   video_ceiling_<n>[_r<k>].json          benchmarks/video_ceiling.py (decode-only, n inputs; round k)
   video_<n>[_<variant>][_r<k>].json      gpufleet video --json (n inputs); rounds are summarised by their median
 
@@ -73,6 +74,9 @@ def _serve(d: Path) -> list[str]:
         lines.append(f"JPEG serving [{m[1]}] c={m[2]}: {r['rps']:,.0f} req/s, p50 {lat['p50_ms']:.1f} ms, "
                      f"p99 {lat['p99_ms']:.1f} ms, errors {r['errors'] or 0}"
                      + (f", client CPU {cpu} cores" if cpu is not None else ""))
+    for p in sorted(d.glob("stats_*_c256.json")):
+        tag = p.stem.removeprefix("stats_").removesuffix("_c256")
+        lines += _engine_during(tag, _load(d / f"stats_{tag}_before.json"), _load(p))
     for p in sorted(d.glob("burst_*.json")):
         m = re.fullmatch(r"burst_(.+)_(\d+)", p.stem)
         r = _load(p)
@@ -83,6 +87,24 @@ def _serve(d: Path) -> list[str]:
                      f"p99 {r['latency']['p99_ms']:.1f} ms, batches {s.get('total_batches')} "
                      f"(avg {s.get('avg_batch_size')})")
     return lines
+
+
+def _engine_during(tag: str, before: dict | None, after: dict | None) -> list[str]:
+    """What the engine did over the c=256 run: the share of it its loops waited for work (``idle_s``, thread
+    backend), batches, and its stage percentiles (the windows then hold that run's samples)."""
+    if before is None or after is None:
+        return []
+    span = after["uptime_s"] - before["uptime_s"]
+    batches = after["total_batches"] - before["total_batches"]
+    items = sum(g["total_requests"] for g in after["per_gpu_stats"]) - sum(
+        g["total_requests"] for g in before["per_gpu_stats"])
+    idle = [(a.get("idle_s"), b.get("idle_s")) for a, b in zip(after["per_gpu_stats"], before["per_gpu_stats"])]
+    idle_txt = ", ".join(f"{(a - b) / span:.0%}" for a, b in idle if a is not None and b is not None) if span else ""
+    st = after.get("stages", {})
+    stages = ", ".join(f"{k} {st[k]['p50_ms']:.2f}/{st[k]['p99_ms']:.2f}" for k in
+                       ("queue_wait", "launch", "collect", "predict", "e2e") if k in st)
+    return [f"engine [{tag}] over c=256: {batches:,} batches, avg {items / batches if batches else 0:.1f} items; "
+            f"loop idle {idle_txt or '-'} of {span:.1f} s; stages p50/p99 ms: {stages}"]
 
 
 def _video(d: Path) -> list[str]:

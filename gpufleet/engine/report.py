@@ -56,7 +56,7 @@ def stats_report(workers: Sequence[Worker], devices: Sequence[Device], *, balanc
             "total_requests": sum(s["total_requests"] for _, s in mine), "total_batches": batches,
             "avg_batch_size": round(items / batches, 3) if batches else 0.0,
             "errors": sum(s["errors"] for _, s in mine), "workers": len(mine),
-            "busy_s": round(sum(s["busy_s"] for _, s in mine), 4),
+            "busy_s": round(sum(s["busy_s"] for _, s in mine), 4), "idle_s": _idle(mine),
             "media_s": round(sum(s["media_s"] for _, s in mine), 4), "rtf": _rtf(mine),
             # where the device is, for backends whose workers run elsewhere (a Ray actor's node and host)
             **{k: v for w, _ in mine[:1] for k, v in w.placement().items() if k in ("node", "hostname")},
@@ -120,6 +120,13 @@ def _stages(workers: Sequence[Worker], preprocess_samples: np.ndarray | None) ->
             stages[name] = {"count": int(samples.size), "mean_ms": float(samples.mean() * 1e3),
                             **percentiles(samples)}
     return stages
+
+
+def _idle(snaps: Sequence[tuple[Any, dict]]) -> float | None:
+    """Seconds ``snaps``' serving loops waited for work with nothing on the device; ``None`` where no loop
+    measures it (only the thread backend's does)."""
+    idle = [s["idle_s"] for _, s in snaps if s.get("idle_s") is not None]
+    return round(sum(idle), 4) if idle else None
 
 
 def _rtf(snaps: Sequence[tuple[Any, dict]]) -> float | None:

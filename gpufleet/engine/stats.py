@@ -91,6 +91,10 @@ class WorkerStats:
         self.restart_s_total = 0.0  # seconds from each failure seen to the replacement serving, summed
         self.last_restart: dict[str, float] = {}  # the last restart's breakdown (seconds per phase)
         self.busy_s = 0.0
+        # Seconds the serving loop waited for a batch with nothing on the device; None where not measured (only
+        # the thread backend's loop measures it).
+        self.idle_s: float | None = None
+        self.idle_since: float | None = None  # when the wait under way began
         self.media_s = 0.0  # seconds of audio/video produced, for models that declare output_seconds()
         self.progress: Any = None  # the last report_progress() value of the batch being served
         self.started = time.monotonic()
@@ -111,6 +115,21 @@ class WorkerStats:
             self.batch_sizes[min((n - 1).bit_length(), len(BATCH_BUCKETS))] += 1  # bucket le 2**k (per batch)
             self.busy_s += busy_s
 
+    def wait_begins(self) -> None:
+        """The serving loop waits for a batch with nothing on the device (one thread calls these two)."""
+        self.idle_since = time.monotonic()
+
+    def wait_ends(self) -> None:
+        since, self.idle_since = self.idle_since, None
+        if since is not None:
+            self.idle_s = (self.idle_s or 0.0) + time.monotonic() - since
+
+    def _idle(self) -> float | None:
+        since = self.idle_since
+        if self.idle_s is None and since is None:
+            return None
+        return round((self.idle_s or 0.0) + (time.monotonic() - since if since is not None else 0.0), 4)
+
     def snapshot(self) -> dict:
         with self.lock:
             avg = self.items_in_batches / self.total_batches if self.total_batches else 0.0
@@ -126,6 +145,7 @@ class WorkerStats:
                 "restart_s_total": round(self.restart_s_total, 4),
                 "last_restart": dict(self.last_restart),
                 "busy_s": round(self.busy_s, 4),
+                "idle_s": self._idle(),
                 "media_s": round(self.media_s, 4),
                 "rtf": round(self.busy_s / self.media_s, 5) if self.media_s else None,
                 "progress": self.progress,

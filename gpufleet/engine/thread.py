@@ -85,7 +85,7 @@ class ThreadWorker(BaseWorker):
         self.weights_on: str | None = None  # reported after setup: the device of the model's weights
         self.context_on: str | None = None  # and the CUDA device current in the worker's thread
         self._make_model = make_model
-        self._inflight: deque[tuple[list[Request], list, Any, float]] = deque()
+        self._inflight: deque[tuple[list[Request], list, Any, float, float]] = deque()
         self._thread = threading.Thread(target=self._main, name=f"gpufleet-{self.name}", daemon=True)
         # Models with prepare_batch: (requests, prepared items) from the prepare thread, or an exception, or
         # _CLOSED; ``_stopping`` tells that thread the loop is gone.
@@ -165,7 +165,7 @@ class ThreadWorker(BaseWorker):
             self.hooks.state()  # the pool stops routing here
             err = WorkerError(f"{self.name} stopped: {exc}")
             self._stopping.set()
-            waiting = [r for batch, _, _, _ in self._inflight for r in batch] + self._drain_ahead()
+            waiting = [r for batch, *_ in self._inflight for r in batch] + self._drain_ahead()
             self.fail(waiting + self.batcher.drain(), err, exc)
             while (batch := self.batcher.take(1 << 30)) is not None:  # routed here before the routes changed
                 self.fail(batch, err, exc)
@@ -178,6 +178,7 @@ class ThreadWorker(BaseWorker):
         assert step is not None
         inflight = self._inflight  # batches launched on the device, not yet collected
         depth = self.config.pipeline_depth if step.pipelined else 1
+        self.stats.idle_s = 0.0
         while True:
             if inflight:
                 # The device is busy: take only what is ready now, else finish the oldest batch.
@@ -190,7 +191,9 @@ class ThreadWorker(BaseWorker):
                             self._room.notify()
                     continue
             else:
+                self.stats.wait_begins()
                 got = self._next(block=True)
+                self.stats.wait_ends()
                 if got is None:
                     return
             batch, items = got
@@ -207,9 +210,9 @@ class ThreadWorker(BaseWorker):
                 finally:
                     reporting_to(None)
                 if handle is not None:
-                    inflight.append((batch, items, handle, t0))
+                    inflight.append((batch, items, handle, t0, time.monotonic() - t0))
                     continue
-            self._finish(batch, items, None, t0)  # ``predict`` (or a launch that ran out of memory) now
+            self._finish(batch, items, None, t0, 0.0)  # ``predict`` (or a launch that ran out of memory) now
 
     def _next(self, *, block: bool) -> tuple[list[Request], list] | None:
         """The next batch to launch and its items (prepared, for models with ``prepare_batch``; the batch may be
@@ -290,10 +293,11 @@ class ThreadWorker(BaseWorker):
             if isinstance(got, tuple):
                 out.extend(got[0])
 
-    def _finish(self, batch: list[Request], items: list, handle: Any, t0: float) -> None:
+    def _finish(self, batch: list[Request], items: list, handle: Any, t0: float, launch_s: float) -> None:
         step = self.step
         assert step is not None
         step.oom_batch = step.isolated = 0
+        collect_from = time.monotonic()
         reporting_to(partial(self.progress, batch))
         try:
             outputs, errors = step.finish(items, handle)
@@ -306,8 +310,10 @@ class ThreadWorker(BaseWorker):
             if step.oom_batch:
                 self.lower_max_batch(step.oom_batch, log)
         t1 = time.monotonic()
-        self.record_batch(len(batch), {"predict": t1 - t0, **step.model_timings()},
-                          step.media_seconds(outputs, errors), step.isolated)
+        timings = {"predict": t1 - t0, **step.model_timings()}
+        if handle is not None:  # launched ahead: how long the launch took, and the wait for its results
+            timings["launch"], timings["collect"] = launch_s, t1 - collect_from
+        self.record_batch(len(batch), timings, step.media_seconds(outputs, errors), step.isolated)
         if step.post is None:
             self._answer(batch, outputs, errors)
         else:

@@ -42,6 +42,8 @@ class _PoolCollector(Collector):
         errors = CounterMetricFamily("gpufleet_device_errors", "Items that failed on the device", labels=labels)
         busy = CounterMetricFamily("gpufleet_device_busy_seconds", "Seconds the device spent in predict",
                                    labels=labels)
+        idle = CounterMetricFamily("gpufleet_device_idle_seconds", "Seconds the device's serving loop waited for "
+                                   "work with nothing on the device (thread backend)", labels=labels)
         media = CounterMetricFamily("gpufleet_media_seconds", "Seconds of audio/video the device's model produced "
                                     "or consumed (models with output_seconds)", labels=labels)
         rtf = GaugeMetricFamily("gpufleet_real_time_factor", "Device-busy seconds per media second since start "
@@ -56,11 +58,13 @@ class _PoolCollector(Collector):
             batches.add_metric(lv, d["total_batches"])
             errors.add_metric(lv, d["errors"])
             busy.add_metric(lv, d.get("busy_s", 0.0))
+            if d.get("idle_s") is not None:
+                idle.add_metric(lv, d["idle_s"])
             if d.get("media_s"):
                 media.add_metric(lv, d["media_s"])
             if d.get("rtf") is not None:
                 rtf.add_metric(lv, d["rtf"])
-        yield from (depth, outstanding, avg, reqs, batches, errors, busy, media, rtf)
+        yield from (depth, outstanding, avg, reqs, batches, errors, busy, idle, media, rtf)
         sizes = HistogramMetricFamily("gpufleet_batch_size", "Items per batch run on the device", labels=labels)
         wait = HistogramMetricFamily("gpufleet_queue_wait_seconds", "Time an item waited for its batch",
                                      labels=labels)

@@ -875,6 +875,31 @@ def test_a_worker_loop_crash_fails_in_flight_items_instead_of_hanging() -> None:
     assert all(isinstance(r, (int, WorkerError)) for r in results)  # every item answered, none hangs
 
 
+class _SlowCollect:
+    """A pipelined model whose results take 30 ms to come back after a quick launch."""
+
+    def predict(self, batch: list) -> list:
+        return batch
+
+    def launch(self, batch: list) -> list:
+        return batch
+
+    def collect(self, handle: list) -> list:
+        time.sleep(0.03)
+        return handle
+
+
+def test_the_thread_loop_reports_launch_collect_and_its_idle_time() -> None:
+    with Pool(_SlowCollect, cpu_devices=1, max_batch_size=4, max_wait_ms=0) as pool:
+        assert list(pool.map(range(8))) == list(range(8))
+        time.sleep(0.2)  # nothing to serve: the loop waits for a batch
+        stats = pool.stats()
+    stages = stats["stages"]
+    assert stages["collect"]["p50_ms"] >= 25 and stages["launch"]["p50_ms"] < stages["collect"]["p50_ms"]
+    assert stages["collect"]["count"] == stages["predict"]["count"] == stats["total_batches"]
+    assert stats["per_worker_stats"][0]["idle_s"] >= 0.15
+
+
 def wait_until(cond, timeout: float = 5.0) -> bool:
     return _wait_until(cond, timeout)
 

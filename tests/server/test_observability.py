@@ -38,7 +38,7 @@ class _Speech(Model):
         return 0.5
 
 
-def test_real_time_factor_in_stats_and_metrics() -> None:
+def test_real_time_factor_and_idle_time_in_stats_and_metrics() -> None:
     with Pool(_Speech, cpu_devices=1, max_wait_ms=1) as pool, live_server(pool, model_name="tts") as (url, _):
         assert httpx.post(url + "/predict/batch", json=list(range(10))).status_code == 200
         stats = httpx.get(url + "/stats").json()
@@ -50,6 +50,8 @@ def test_real_time_factor_in_stats_and_metrics() -> None:
     assert float(lines[f"gpufleet_media_seconds_total{{{labels}}}"]) == 5.0
     assert float(lines[f"gpufleet_real_time_factor{{{labels}}}"]) == dev["rtf"]
     assert float(lines[f"gpufleet_device_busy_seconds_total{{{labels}}}"]) == dev["busy_s"]
+    # the loop waits between requests; the wait under way counts, so the later scrape reads at least as much
+    assert float(lines[f"gpufleet_device_idle_seconds_total{{{labels}}}"]) >= dev["idle_s"] > 0
 
 
 def test_openapi_describes_every_route_and_docs_page() -> None:
