@@ -7,6 +7,8 @@ of :mod:`gpufleet.video.per_device` calls it on its share of the inputs.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -49,6 +51,42 @@ class _Sinks:
                 self.video.close()
 
 
+class _FrameBoundary:
+    """Ctrl-C lands between frames: while a frame is being written to its sinks, SIGINT waits until the write is
+    done, so the JSONL, the video and the summary's count agree (a Ctrl-C in the middle of a write used to leave
+    one more JSONL line than the count). Only on the main thread with Python's own SIGINT handler; elsewhere
+    a no-op."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.pending = False
+        self._old: Any = None
+
+    def __enter__(self) -> _FrameBoundary:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._old = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.busy:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    def done(self) -> None:
+        """The frame is written: a Ctrl-C that came meanwhile is raised now."""
+        self.busy = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+
 def run_here(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, jsonl_paths: dict[str, str | None],
              out_paths: dict[str, str | None], on_frame: Callable[[FrameResult], None] | None = None,
              on_stream_end: Callable[[StreamEnd], None] | None = None,
@@ -67,7 +105,7 @@ def run_here(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, jsonl
     pool_stats: dict[str, Any] = {}
     fps_of = {s.name: (s.info.fps if s.info else 30.0) for s in job.streams}
     try:
-        with Progress(want_progress(cfg.progress)) as progress:
+        with _FrameBoundary() as boundary, Progress(want_progress(cfg.progress)) as progress:
             totals = {s.name: -(-s.info.frames // cfg.every_nth) if s.info is not None and s.info.frames else None
                       for s in job.streams}
             for name, total in totals.items():
@@ -92,8 +130,10 @@ def run_here(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, jsonl
                 if sink is None:
                     sink = sinks[ev.stream] = _Sinks(jsonl_paths[ev.stream], out_paths[ev.stream],
                                                      fps_of[ev.stream] / cfg.every_nth, cfg.encoder)
+                boundary.busy = True
                 sink.write(ev)
                 written[ev.stream] += 1
+                boundary.done()
                 progress.advance(ev.stream)
                 if on_frame is not None:
                     on_frame(ev)
