@@ -39,7 +39,9 @@ Environment knobs (defaults in brackets):
   SECS [3] seconds per bench point   BENCH_ARGS ["--model resnet50 --precision fp16 --cuda-graphs
   --batch-sizes 64,128 --scale"]   DUR [8] / WARM [2] load seconds   LOADP [12] load processes at c=256
   SERVE_CONFIGS ["default tuned"; also frontdec: JPEGs decoded on the front ends' CPUs,
-  GPUFLEET_JPEG_DECODE=frontend, with FRONTDEC_ARGS [""]; process: --backend process; da: JPEGs decoded
+  GPUFLEET_JPEG_DECODE=frontend, with FRONTDEC_ARGS [""]; process: --backend process; w2: two thread workers
+  on each GPU (--workers-per-device 2; they share the process's one JPEG decoder); proc2: two process workers
+  on each GPU (each with its own JPEG decoder and GIL); da: JPEGs decoded
   one batch ahead on a side thread, GPUFLEET_DECODE_AHEAD=1; si<ms>: the engine's thread switch interval,
   GPUFLEET_SWITCH_INTERVAL_MS=<ms>; dasi<ms>: both]
   ROUNDS [3] rounds of the video figures
@@ -148,6 +150,8 @@ for step in ${STEPS:-pool serve video jpeg}; do
           tuned) args=${TUNED_ARGS:---http-workers 8 --max-batch-size 128 --max-wait-ms 2} ;;
           frontdec) args=${FRONTDEC_ARGS:-}; envs="GPUFLEET_JPEG_DECODE=frontend" ;;
           process) args="--backend process" ;;
+          w2) args="--workers-per-device 2" ;;
+          proc2) args="--backend process --workers-per-device 2" ;;
           si*) args=""; envs="GPUFLEET_SWITCH_INTERVAL_MS=${cfg#si}" ;;
           dasi*) args=""; envs="GPUFLEET_DECODE_AHEAD=1 GPUFLEET_SWITCH_INTERVAL_MS=${cfg#dasi}" ;;
           da) args=""; envs="GPUFLEET_DECODE_AHEAD=1" ;;
