@@ -48,6 +48,14 @@ class _Group(TyperGroup):
             sys.exit(code)
         return code
 
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        # The command list shows each command's first docstring paragraph; typer keeps its line breaks there
+        # ("check\n the detections"): give it the paragraph as one line.
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None and not cmd.short_help and cmd.help:
+            cmd.short_help = " ".join(cmd.help.split("\n\n", 1)[0].split())
+        return cmd
+
 
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=False, invoke_without_command=True,
                   pretty_exceptions_enable=False,

@@ -68,6 +68,13 @@ def test_bare_gpufleet_prints_help_and_exits_0():
     assert "Usage:" in r.stdout and "serve" in r.stdout and "load" in r.stdout
 
 
+def test_the_command_list_shows_each_first_paragraph_as_one_line():
+    r = run("--help", env={"COLUMNS": "240"})
+    assert r.exit_code == 0, r.output
+    row = next(line for line in r.stdout.splitlines() if " demo " in line)
+    assert "check the detections against ground truth." in row, r.stdout
+
+
 def test_real_entry_point_uses_the_same_style():
     """``python -m gpufleet`` (what the console script runs): the error line names ``gpufleet``."""
     env = {k: v for k, v in os.environ.items() if k not in ENVS}
