@@ -6,6 +6,8 @@
 [2, 3, 4]
 """
 
+from typing import TYPE_CHECKING, Any
+
 from gpufleet.client import AsyncClient, Client, ClientError, InferResult, Retry
 from gpufleet.config import PoolConfig
 from gpufleet.devices import Device, discover, select
@@ -22,7 +24,10 @@ from gpufleet.errors import (
     WorkerDied,
     WorkerError,
 )
-from gpufleet.models import FunctionModel, Model, OnnxModel, TorchModel
+from gpufleet.models import FunctionModel, Model, OnnxModel
+
+if TYPE_CHECKING:
+    from gpufleet.models.torch_model import TorchModel
 
 __version__ = "0.1.0"
 
@@ -53,3 +58,11 @@ __all__ = [
     "report_progress",
     "select",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TorchModel":  # imported on first use: torch takes ~2 s to import (see gpufleet.models)
+        from gpufleet.models.torch_model import TorchModel
+
+        return TorchModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -62,6 +62,45 @@ def test_engine_runs_without_server_cli_video_or_ray() -> None:
     assert "engine-ok" in proc.stdout
 
 
+PLAIN_MODEL = textwrap.dedent("""
+    import sys
+
+    class Plus:
+        def predict(self, batch):
+            return [(x + 1, "torch" in sys.modules) for x in batch]
+""")
+
+NO_TORCH = textwrap.dedent("""
+    import sys
+
+    import gpufleet
+    from plain_model import Plus
+
+    if __name__ == "__main__":
+        with gpufleet.Pool(lambda batch: [x + 1 for x in batch], cpu_devices=2) as pool:
+            assert list(pool.map(range(5))) == [1, 2, 3, 4, 5]
+        with gpufleet.Pool(Plus, cpu_devices=1, backend="process") as pool:
+            assert list(pool.map(range(3))) == [(1, False), (2, False), (3, False)], "the child imported torch"
+        assert "torch" not in sys.modules, "the parent imported torch"
+        assert gpufleet.TorchModel.__name__ == "TorchModel" and "torch" in sys.modules  # on first use
+        print("no-torch-ok")
+""")
+
+
+@pytest.mark.timeout(120)
+def test_a_model_without_torch_runs_without_importing_it(tmp_path) -> None:
+    # torch takes ~2 s of CPU to import: a process serving a plain Python model (its workers, front ends, the
+    # CLI, a load generator) does not pay for it.
+    (tmp_path / "plain_model.py").write_text(PLAIN_MODEL)
+    (tmp_path / "main.py").write_text(NO_TORCH)
+    env = {k: v for k, v in os.environ.items() if k not in ("GPU_IDS", "GPUFLEET_GPUS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run([sys.executable, str(tmp_path / "main.py")], capture_output=True, text=True, timeout=110,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "no-torch-ok" in proc.stdout
+
+
 def test_public_exports_resolve() -> None:
     assert len(gpufleet.__all__) == len(set(gpufleet.__all__))
     for name in gpufleet.__all__:

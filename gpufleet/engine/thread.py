@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -59,8 +60,9 @@ def weights_device(model: Any) -> str | None:
     """Where ``model`` keeps its weights: the device of the first parameter of its torch module (a
     ``TorchModel``'s ``module``, else the first ``nn.Module`` attribute), e.g. ``"cuda:1"``; None when it
     has none. Plain tensor attributes are not looked at: small CPU-side tables are legitimate."""
-    import torch
-
+    torch = sys.modules.get("torch")  # not imported: the model holds no torch module (and needs no 2 s import)
+    if torch is None:
+        return None
     seen: list[Any] = [getattr(model, "module", None), *vars(model).values()] if hasattr(model, "__dict__") else []
     for value in seen:
         if isinstance(value, torch.nn.Module):

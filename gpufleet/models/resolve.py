@@ -33,15 +33,17 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpufleet.errors import ConfigError
 from gpufleet.models.base import FunctionModel
 from gpufleet.models.onnx_model import OnnxModel
-from gpufleet.models.zoo.classifier import ImageClassifier
 from gpufleet.models.zoo.orientation import OrientationModel
 from gpufleet.models.zoo.runner import check_runtime
 from gpufleet.models.zoo.textdet import TextDetModel
+
+if TYPE_CHECKING:
+    from gpufleet.models.zoo.classifier import ImageClassifier
 
 __all__ = ["EMBEDDED", "OPTIONS", "embedded_names", "model_factory", "model_name", "resolve_model"]
 
@@ -70,6 +72,8 @@ def _classifier(arch: str) -> Callable[..., ImageClassifier]:
     def build(runtime: str = "auto", image_size: int | None = None, **torch_options: Any) -> ImageClassifier:
         if runtime not in ("auto", "torch"):
             raise ConfigError(f"{arch} runs in PyTorch only: runtime must be auto or torch, got {runtime!r}")
+        from gpufleet.models.zoo.classifier import ImageClassifier  # torch: imported when a classifier is made
+
         return ImageClassifier(arch, image_size=image_size or 224, **torch_options)
 
     build.__name__ = f"_{arch}"

@@ -9,8 +9,20 @@ They are resolved by name (``"orientation"``, ``"textdet"``, ``"resnet18"``, ``"
 
 from __future__ import annotations
 
-from gpufleet.models.zoo.classifier import ImageClassifier
+from typing import TYPE_CHECKING, Any
+
 from gpufleet.models.zoo.orientation import OrientationModel
 from gpufleet.models.zoo.textdet import TextDetModel
 
+if TYPE_CHECKING:
+    from gpufleet.models.zoo.classifier import ImageClassifier
+
 __all__ = ["ImageClassifier", "OrientationModel", "TextDetModel"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ImageClassifier":  # imports torch: only when asked for (see gpufleet.models)
+        from gpufleet.models.zoo.classifier import ImageClassifier
+
+        return ImageClassifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
