@@ -98,8 +98,11 @@ def _engine_during(tag: str, before: dict | None, after: dict | None) -> list[st
     batches = after["total_batches"] - before["total_batches"]
     items = sum(g["total_requests"] for g in after["per_gpu_stats"]) - sum(
         g["total_requests"] for g in before["per_gpu_stats"])
-    idle = [(a.get("idle_s"), b.get("idle_s")) for a, b in zip(after["per_gpu_stats"], before["per_gpu_stats"])]
-    idle_txt = ", ".join(f"{(a - b) / span:.0%}" for a, b in idle if a is not None and b is not None) if span else ""
+    # A device's idle_s sums its workers' loops (--workers-per-device): its share is per loop.
+    idle = [(a.get("idle_s"), b.get("idle_s"), a.get("workers") or 1)
+            for a, b in zip(after["per_gpu_stats"], before["per_gpu_stats"])]
+    idle_txt = ", ".join(f"{(a - b) / span / n:.0%}" for a, b, n in idle if a is not None and b is not None) \
+        if span else ""
     st = after.get("stages", {})
     stages = ", ".join(f"{k} {st[k]['p50_ms']:.2f}/{st[k]['p99_ms']:.2f}" for k in
                        ("queue_wait", "launch", "collect", "predict", "e2e") if k in st)
