@@ -54,12 +54,13 @@ class _Sinks:
 class _FrameBoundary:
     """Ctrl-C lands between frames: while a frame is being written to its sinks, SIGINT waits until the write is
     done, so the JSONL, the video and the summary's count agree (a Ctrl-C in the middle of a write used to leave
-    one more JSONL line than the count). Only on the main thread with Python's own SIGINT handler; elsewhere
-    a no-op."""
+    one more JSONL line than the count); once the outputs are being closed (``closing``), a further Ctrl-C is
+    only noted. Only on the main thread with Python's own SIGINT handler; elsewhere a no-op."""
 
     def __init__(self) -> None:
         self.busy = False
         self.pending = False
+        self.closing = False  # the outputs are being closed: a Ctrl-C now is noted, not raised
         self._old: Any = None
 
     def __enter__(self) -> _FrameBoundary:
@@ -69,16 +70,19 @@ class _FrameBoundary:
         return self
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self.busy:
+        if self.closing:
+            log.warning("interrupted again: the outputs are being closed")
+        elif self.busy:
             self.pending = True
         else:
+            self.closing = True  # from here on the run only closes its outputs
             raise KeyboardInterrupt
 
     def done(self) -> None:
         """The frame is written: a Ctrl-C that came meanwhile is raised now."""
         self.busy = False
         if self.pending:
-            self.pending = False
+            self.pending, self.closing = False, True
             raise KeyboardInterrupt
 
     def __exit__(self, *exc: object) -> None:
@@ -104,50 +108,54 @@ def run_here(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, jsonl
     interrupted = False
     pool_stats: dict[str, Any] = {}
     fps_of = {s.name: (s.info.fps if s.info else 30.0) for s in job.streams}
-    try:
-        with _FrameBoundary() as boundary, Progress(want_progress(cfg.progress)) as progress:
-            totals = {s.name: -(-s.info.frames // cfg.every_nth) if s.info is not None and s.info.frames else None
-                      for s in job.streams}
-            for name, total in totals.items():
-                progress.add(name, total)
-            if on_start is not None:
-                on_start(totals)
-            t_start, cpu0 = time.perf_counter(), time.process_time()  # set-up (model load) not counted
-            def flush() -> None:  # nothing came for a while (a stalled live stream): its lines are due now
-                for sk in sinks.values():
-                    sk.flush()
+    with _FrameBoundary() as boundary:
+        try:
+            with Progress(want_progress(cfg.progress)) as progress:
+                totals = {s.name: -(-s.info.frames // cfg.every_nth) if s.info is not None and s.info.frames else None
+                          for s in job.streams}
+                for name, total in totals.items():
+                    progress.add(name, total)
+                if on_start is not None:
+                    on_start(totals)
+                t_start, cpu0 = time.perf_counter(), time.process_time()  # set-up (model load) not counted
+                def flush() -> None:  # nothing came for a while (a stalled live stream): its lines are due now
+                    for sk in sinks.values():
+                        sk.flush()
 
-            for ev in job.events(on_idle=flush):
-                if isinstance(ev, StreamEnd):
-                    ends[ev.stream] = ev
-                    if ev.stream in sinks:
-                        sinks[ev.stream].close()
-                    progress.finish(ev.stream, ev.status if ev.status != "failed" else "[red]failed")
-                    if on_stream_end is not None:
-                        on_stream_end(ev)
-                    continue
-                sink = sinks.get(ev.stream)
-                if sink is None:
-                    sink = sinks[ev.stream] = _Sinks(jsonl_paths[ev.stream], out_paths[ev.stream],
-                                                     fps_of[ev.stream] / cfg.every_nth, cfg.encoder)
-                boundary.busy = True
-                sink.write(ev)
-                written[ev.stream] += 1
-                boundary.done()
-                progress.advance(ev.stream)
-                if on_frame is not None:
-                    on_frame(ev)
-            elapsed = time.perf_counter() - t_start
-    except KeyboardInterrupt:
-        interrupted = True
-        elapsed = time.perf_counter() - wall0
-        log.warning("interrupted: closing the outputs")
-    finally:
-        for sink in sinks.values():  # idempotent: finished streams' sinks are already closed
-            sink.close()
-        if job.pool is not None:
-            pool_stats = job.pool.stats()
-        job.close(drain=not interrupted)
+                for ev in job.events(on_idle=flush):
+                    if isinstance(ev, StreamEnd):
+                        ends[ev.stream] = ev
+                        if ev.stream in sinks:
+                            sinks[ev.stream].close()
+                        progress.finish(ev.stream, ev.status if ev.status != "failed" else "[red]failed")
+                        if on_stream_end is not None:
+                            on_stream_end(ev)
+                        continue
+                    sink = sinks.get(ev.stream)
+                    if sink is None:
+                        sink = sinks[ev.stream] = _Sinks(jsonl_paths[ev.stream], out_paths[ev.stream],
+                                                         fps_of[ev.stream] / cfg.every_nth, cfg.encoder)
+                    boundary.busy = True
+                    sink.write(ev)
+                    written[ev.stream] += 1
+                    boundary.done()
+                    progress.advance(ev.stream)
+                    if on_frame is not None:
+                        on_frame(ev)
+                elapsed = time.perf_counter() - t_start
+        except KeyboardInterrupt:
+            interrupted = True
+            elapsed = time.perf_counter() - wall0
+            log.warning("interrupted: closing the outputs")
+        finally:
+            # A further Ctrl-C must not cut the closing short: a terminal sends one to every process of its group,
+            # and a per-device run's parent passes its own on to its workers as well.
+            boundary.closing = True
+            for sink in sinks.values():  # idempotent: finished streams' sinks are already closed
+                sink.close()
+            if job.pool is not None:
+                pool_stats = job.pool.stats()
+            job.close(drain=not interrupted)
     cpu_s, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     return _summary(cfg, job, ends, sinks, written, jsonl_paths, out_paths, pool_stats, elapsed, wall, cpu_s,
                     interrupted)

@@ -104,6 +104,9 @@ def _worker(conn: Connection, go: Any, specs: list[str], names: list[str], cfg: 
 
     try:
         summary = run_here(specs, names, cfg, jsonl_paths, out_paths, on_frame, on_end, on_start=on_start)
+        # Interrupted or not, the outputs are closed: a late Ctrl-C (the terminal's, or the one the parent passes
+        # on) must not turn this summary into an error.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         flush()
         conn.send(("summary", summary))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides

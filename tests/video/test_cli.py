@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import av
+import pytest
 from typer.testing import CliRunner
 
 from gpufleet.cli import app
@@ -99,13 +100,15 @@ def test_process_per_gpu_flag_runs_one_worker_process_per_device(clips, tmp_path
     assert sum(1 for _ in open(tmp_path / "f.text.jsonl")) == 40
 
 
-def test_sigint_with_a_process_per_device_leaves_every_file_playable(clips, tmp_path) -> None:
+@pytest.mark.parametrize("to", ["parent", "terminal"])
+def test_sigint_with_a_process_per_device_leaves_every_file_playable(clips, tmp_path, to) -> None:
     out, jl = tmp_path / "cut.mp4", tmp_path / "cut.jsonl"
     cmd = [sys.executable, "-m", "gpufleet", "video", str(clips["text"]), str(clips["small"]), "--model", SLOW,
            "--cpu-devices", "2", "--process-per-gpu", "--batch-size", "1", "--segments", "1", "--out", str(out),
            "--jsonl", str(jl), "--json"]
+    # In a process group of its own, as a command started from a terminal, which sends Ctrl-C to the whole group.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parents[2],
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), start_new_session=True)
     lines = {name: tmp_path / f"cut.{name}.jsonl" for name in ("text", "small")}
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:
@@ -113,9 +116,13 @@ def test_sigint_with_a_process_per_device_leaves_every_file_playable(clips, tmp_
             break
         time.sleep(0.02)
     assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGINT)  # to the parent only: it passes the interrupt on to its workers
+    if to == "parent":
+        proc.send_signal(signal.SIGINT)  # it passes the interrupt on to its workers
+    else:  # the workers get it twice: from the terminal and from the parent, maybe while closing their outputs
+        os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=90)
     assert proc.returncode == 130, stderr.decode()
+    assert b"Traceback" not in stderr, stderr.decode()
     summary = json.loads(stdout)
     assert summary["interrupted"] and summary["processes"] == 2
     for name, total in (("text", 40), ("small", 30)):

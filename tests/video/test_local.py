@@ -1,4 +1,5 @@
-"""The in-process video job's Ctrl-C boundary: a SIGINT during a frame's write waits for the write to finish."""
+"""The in-process video job's Ctrl-C boundary: a SIGINT during a frame's write waits for the write to finish,
+and once the run is closing its outputs a further SIGINT is only noted."""
 
 from __future__ import annotations
 
@@ -21,12 +22,22 @@ def test_a_sigint_during_a_write_is_raised_once_the_frame_is_written() -> None:
     with _FrameBoundary() as boundary:
         assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
         boundary.busy = True
+        boundary.done()  # nothing pending: returns
+        boundary.busy = True
         _sigint_self()  # mid-write: held
         assert boundary.pending
         with pytest.raises(KeyboardInterrupt):
             boundary.done()
-        boundary.busy = True
-        boundary.done()  # nothing pending: returns
+        assert boundary.closing
+        _sigint_self()  # while the outputs close: noted, not raised
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_sigint_between_frames_is_raised_at_once_and_a_second_one_is_only_noted(caplog) -> None:
+    with _FrameBoundary() as boundary:
         with pytest.raises(KeyboardInterrupt):
-            _sigint_self()  # between frames: raised at once
+            _sigint_self()
+        assert boundary.closing
+        _sigint_self()
+    assert "interrupted again" in caplog.text
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
