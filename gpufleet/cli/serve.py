@@ -148,7 +148,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Load-test a gpufleet server: closed-loop req/s and latency percentiles, or a --burst.
 
-        Exits 1 when requests failed (above --max-error-rate) or the server cannot be reached."""
+        Exits 1 when requests failed (above --max-error-rate) or the server cannot be reached. Ctrl-C ends a
+        closed-loop run early: the report covers what was measured until then, and the exit code is 130."""
         import sys
 
         from gpufleet.tools.load import LoadError, Progress, format_report, run_burst, run_load
@@ -178,12 +179,16 @@ def register(app: typer.Typer) -> None:
             else:
                 report = run_load(url, concurrency=concurrency, duration=duration, warmup=warmup, payload=payload,
                                   token=token, processes=processes, progress=Progress() if show else None,
-                                  model=model)
+                                  model=model, interruptible=True)
         except ValueError as exc:
             _fail(str(exc))
         except LoadError as exc:
             _fail(str(exc), code=1)
         typer.echo(json.dumps(report, indent=2) if json_output else format_report(report))
+        if report.get("interrupted"):  # Ctrl-C: the report covers the run until then
+            typer.echo(f"interrupted after {report['duration_s']:.1f}s of measuring" if report["requests"] else
+                       "interrupted before the warm-up ended: nothing was measured", err=True)
+            raise typer.Exit(130)
         requests = report["burst"] if report["mode"] == "burst" else report["requests"]
         failed = requests - (report["successful"] if report["mode"] == "burst" else report["ok"])
         if failed and report["error_rate"] > max_error_rate:

@@ -20,7 +20,10 @@ import base64
 import errno
 import gc
 import io
+import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -261,23 +264,26 @@ def _sender(url: str, concurrency: int, token: str | None, timeout_s: float, mod
 
 async def _load(url: str, concurrency: int, duration: float, warmup: float, payloads: list[Payload],
                 token: str | None, timeout_s: float, tick: Callable[[dict[str, Any]], None] | None = None,
-                check: bool = True, model: str | None = None) -> dict[str, Any]:
+                check: bool = True, model: str | None = None, interruptible: bool = False) -> dict[str, Any]:
+    """One process's closed loop. ``interruptible``: Ctrl-C (SIGINT, on the main thread) ends the run at once
+    and what was measured until then is returned, marked ``interrupted``."""
     lat: list[float] = []
     statuses: Counter[int] = Counter()
     errors = _Errors()
+    interrupted = False
     async with _sender(url, concurrency, token, timeout_s, model) as send:
         if check:
             await _reachable(send, payloads[0])
         t_start = time.perf_counter()
         t_measure = t_start + warmup
-        t_end = t_measure + duration
+        end = [t_measure + duration]  # a Ctrl-C moves it to that moment
         done = [0, 0]  # requests answered and failed so far, warm-up included (for the progress line)
 
         async def client(k: int) -> None:
             i = k
             while True:
                 t0 = time.perf_counter()
-                if t0 >= t_end:
+                if t0 >= end[0]:
                     return
                 status = await send(payloads[i % len(payloads)], errors)
                 i += concurrency
@@ -295,15 +301,15 @@ async def _load(url: str, concurrency: int, duration: float, warmup: float, payl
         async def cpu_window() -> None:  # this process's CPU time over the measured window
             await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
             cpu.append(time.process_time())
-            await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
+            await asyncio.sleep(max(0.0, end[0] - time.perf_counter()))
             cpu.append(time.process_time())
 
         async def ticker() -> None:  # once a second, never per request: the clients' loop stays as it was
             assert tick is not None
             last_t, last_n = time.perf_counter(), 0
-            while (now := time.perf_counter()) < t_end:
+            while (now := time.perf_counter()) < end[0]:
                 warm = now < t_measure  # a tick lands on the end of the warm-up and on the end of the run
-                await asyncio.sleep(max(0.01, min(now + 1.0, t_measure if warm else t_end) - now))
+                await asyncio.sleep(max(0.01, min(now + 1.0, t_measure if warm else end[0]) - now))
                 now = time.perf_counter()
                 n = done[0]
                 tick({"phase": "warm-up" if warm else "measure", "elapsed": now - (t_start if warm else t_measure),
@@ -311,13 +317,42 @@ async def _load(url: str, concurrency: int, duration: float, warmup: float, payl
                       "p99_ms": float(np.percentile(lat, 99)) * 1e3 if lat else None})
                 last_t, last_n = now, n
 
-        tasks = [cpu_window(), *(client(k) for k in range(concurrency))]
+        tasks = [asyncio.ensure_future(c) for c in (cpu_window(), *(client(k) for k in range(concurrency)))]
         if tick is not None:
-            tasks.append(ticker())
-        await asyncio.gather(*tasks)
-    elapsed = max(1e-9, min(time.perf_counter(), t_end) - t_measure) if duration > 0 else 1e-9
+            tasks.append(asyncio.ensure_future(ticker()))
+
+        def stop() -> None:  # Ctrl-C: the run ends now; requests in flight are dropped, not counted
+            nonlocal interrupted
+            if not interrupted:
+                interrupted = True
+                end[0] = min(end[0], time.perf_counter())
+                for t in tasks:
+                    t.cancel()
+
+        loop = asyncio.get_running_loop()
+        watching = False
+        if interruptible and threading.current_thread() is threading.main_thread():
+            try:
+                loop.add_signal_handler(signal.SIGINT, stop)
+                watching = True
+            except (NotImplementedError, RuntimeError, ValueError):  # no signals on this loop or thread
+                pass
+        try:
+            await asyncio.wait(tasks)
+        finally:
+            if watching:
+                loop.remove_signal_handler(signal.SIGINT)  # which puts back Python's default handler
+                if _IN_CLIENT:
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for t in tasks:
+            if not t.cancelled() and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+    if len(cpu) == 1:  # interrupted while measuring
+        cpu.append(time.process_time())
+    elapsed = max(1e-9, min(time.perf_counter(), end[0]) - t_measure) if duration > 0 else 1e-9
     cpu_s = cpu[1] - cpu[0] if len(cpu) == 2 else 0.0
-    return {"lat": lat, "statuses": dict(statuses), "elapsed": elapsed, "cpu_s": cpu_s, "samples": errors.samples}
+    return {"lat": lat, "statuses": dict(statuses), "elapsed": elapsed, "cpu_s": cpu_s, "samples": errors.samples,
+            "interrupted": interrupted}
 
 
 def _report(url: str, concurrency: int, warmup: float, parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -336,6 +371,7 @@ def _report(url: str, concurrency: int, warmup: float, parts: list[dict[str, Any
         for line in p.get("samples", []):
             samples.add(line)
     return {"mode": "closed-loop", "url": predict, "concurrency": concurrency, "processes": len(parts),
+            "interrupted": any(p.get("interrupted") for p in parts),
             "duration_s": round(elapsed, 3), "warmup_s": warmup, "requests": requests, "ok": ok,
             "rps": round(ok / elapsed, 2), "latency": _percentiles(lat),
             "errors": {_label(k): v for k, v in sorted(statuses.items()) if k != 200},
@@ -359,16 +395,20 @@ def _run(coro: Any) -> Any:
         return runner.run(coro)
 
 
-_SHARED: Any = None  # in a client process: its progress slots (see _share_progress)
+_SHARED: Any = None  # in a client process: its progress slots (see _client_process)
+_IN_CLIENT = False  # this is a client process of run_load(processes > 1)
 
 
-def _share_progress(shared: Any) -> None:
-    global _SHARED
-    _SHARED = shared
+def _client_process(shared: Any) -> None:
+    """A client process starts here: its progress slots, and SIGINT ignored but while it measures (a Ctrl-C then
+    ends the run; one that comes later, e.g. the parent's copy of the terminal's, must not kill the process)."""
+    global _SHARED, _IN_CLIENT
+    _SHARED, _IN_CLIENT = shared, True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _load_in_process(args: tuple) -> dict[str, Any]:
-    url, concurrency, duration, warmup, payload, token, timeout_s, offset, model = args
+    url, concurrency, duration, warmup, payload, token, timeout_s, offset, model, interruptible = args
     payloads = make_payloads(payload)
     payloads = payloads[offset % len(payloads):] + payloads[: offset % len(payloads)]
     tick = None
@@ -378,7 +418,11 @@ def _load_in_process(args: tuple) -> dict[str, Any]:
         def tick(t: dict[str, Any]) -> None:  # four slots per process: answered, failed, p99, measuring
             shared[4 * offset: 4 * offset + 4] = [t["done"], t["errors"], t["p99_ms"] or 0.0,
                                                   1.0 if t["phase"] == "measure" else 0.0]
-    return _run(_load(url, concurrency, duration, warmup, payloads, token, timeout_s, tick, model=model))
+    try:
+        return _run(_load(url, concurrency, duration, warmup, payloads, token, timeout_s, tick, model=model,
+                          interruptible=interruptible))
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # closing the loop put back the default handler
 
 
 async def _burst(url: str, n: int, payloads: list[Payload], token: str | None, timeout_s: float) -> dict[str, Any]:
@@ -418,13 +462,16 @@ async def _burst(url: str, n: int, payloads: list[Payload], token: str | None, t
 
 def run_load(url: str, *, concurrency: int = 256, duration: float = 30.0, warmup: float = 5.0,
              payload: str = "orientation", token: str | None = None, timeout_s: float = 60.0,
-             processes: int = 1, progress: Progress | None = None, model: str | None = None) -> dict[str, Any]:
+             processes: int = 1, progress: Progress | None = None, model: str | None = None,
+             interruptible: bool = False) -> dict[str, Any]:
     """Closed-loop load against ``url`` (a server URL or its ``/predict``; or ``grpc://host:port``: KServe v2
     ``ModelInfer`` of ``model`` through ``gpufleet.AsyncClient``); returns the report dict.
 
     ``processes > 1`` splits the clients over that many processes, so one client core does not cap the
     measurement of a fast server; latencies are merged before the percentiles are taken. ``progress`` gets
-    one line a second. Raises :class:`LoadError` when the server cannot be reached at all.
+    one line a second. ``interruptible``: Ctrl-C ends the run early and the report covers what was measured
+    until then (``"interrupted": true``); called from the main thread (``gpufleet load`` does). Raises
+    :class:`LoadError` when the server cannot be reached at all.
     """
     if processes <= 1:
         def tick(t: dict[str, Any]) -> None:
@@ -433,17 +480,17 @@ def run_load(url: str, *, concurrency: int = 256, duration: float = 30.0, warmup
 
         try:
             raw = _run(_load(url, concurrency, duration, warmup, make_payloads(payload), token, timeout_s,
-                             tick if progress is not None else None, model=model))
+                             tick if progress is not None else None, model=model, interruptible=interruptible))
         finally:
             if progress is not None:
                 progress.close()
         return _report(url, concurrency, warmup, [raw])
     import multiprocessing as mp
-    import threading
 
     ctx = mp.get_context("spawn")
     shares = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
-    jobs = [(url, c, duration, warmup, payload, token, timeout_s, i, model) for i, c in enumerate(shares) if c > 0]
+    jobs = [(url, c, duration, warmup, payload, token, timeout_s, i, model, interruptible)
+            for i, c in enumerate(shares) if c > 0]
     shared = ctx.Array("d", 4 * len(jobs), lock=False) if progress is not None else None
     stop = threading.Event()
 
@@ -462,18 +509,45 @@ def run_load(url: str, *, concurrency: int = 256, duration: float = 30.0, warmup
             last_t, last_n = now, n
 
     watcher = threading.Thread(target=watch, daemon=True) if progress is not None else None
+    forwarding = interruptible and threading.current_thread() is threading.main_thread()
+    old_handler: Any = None
     try:
-        with ctx.Pool(len(jobs), initializer=_share_progress, initargs=(shared,)) as workers:
+        with ctx.Pool(len(jobs), initializer=_client_process, initargs=(shared,)) as workers:
+            if forwarding:  # the client processes stop and report; a second Ctrl-C abandons them
+                old_handler = signal.signal(signal.SIGINT, _forward_sigint())
             if watcher is not None:
                 watcher.start()
             parts = workers.map(_load_in_process, jobs)
     finally:
+        if forwarding:
+            signal.signal(signal.SIGINT, old_handler if old_handler is not None else signal.default_int_handler)
         stop.set()
         if watcher is not None:
             watcher.join()
         if progress is not None:
             progress.close()
     return _report(url, concurrency, warmup, parts)
+
+
+def _forward_sigint() -> Callable[[int, Any], None]:
+    """The parent's SIGINT handler while its client processes run: the first Ctrl-C is passed on to them (a
+    terminal sends them their own too; a ``kill -INT`` of the parent does not), they stop and report; a second
+    one raises ``KeyboardInterrupt``."""
+    import multiprocessing as mp
+
+    seen = [False]
+
+    def handler(signum: int, frame: Any) -> None:
+        if seen[0]:
+            raise KeyboardInterrupt
+        seen[0] = True
+        for child in mp.active_children():
+            try:
+                os.kill(child.pid, signal.SIGINT)  # type: ignore[arg-type]
+            except (OSError, TypeError):
+                pass
+
+    return handler
 
 
 def run_burst(url: str, n: int, *, payload: str = "orientation", token: str | None = None,

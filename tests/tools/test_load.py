@@ -145,3 +145,57 @@ def test_report_format_without_errors():
               "error_samples": [], "latency": {"p50_ms": 1, "p90_ms": 1, "p99_ms": 1, "max_ms": 1, "mean_ms": 1}}
     text = format_report(report)
     assert "Errors: none" in text and "samples" not in text
+
+
+@pytest.fixture(scope="module")
+def answering_server(tmp_path_factory):
+    """A real ``gpufleet serve`` of a model that answers at once; its log goes to a file."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "gpufleet", "serve", "benchmarks/noop_model.py:Ack",
+                             "--port", str(port), "--cpu-devices", "1", "--log-level", "error"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, base)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.mark.parametrize(("processes", "to"), [(1, "terminal"), (2, "terminal"), (2, "parent")])
+def test_ctrl_c_ends_the_run_early_and_reports_what_was_measured(answering_server, processes, to):
+    import os
+    import signal
+    import time
+
+    import httpx
+
+    def served() -> int:
+        return httpx.get(f"{answering_server}/stats", timeout=5).json()["total_requests"]
+
+    before = served()
+    # In a process group of its own, like a command typed in a terminal (Ctrl-C there reaches the whole group).
+    proc = subprocess.Popen([sys.executable, "-m", "gpufleet", "load", answering_server, "-c", "4", "--processes",
+                             str(processes), "--duration", "60", "--warmup", "0", "--json"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while served() < before + 200 and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    t0 = time.monotonic()
+    if to == "parent":  # the parent passes it on to its client processes
+        proc.send_signal(signal.SIGINT)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 30, "the run went on after Ctrl-C"
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted after" in stderr, stderr
+    report = json.loads(stdout)
+    assert report["interrupted"] and report["processes"] == processes
+    assert report["ok"] > 0 and report["requests"] == report["ok"] and 0 < report["duration_s"] < 60
+    assert report["rps"] > 0 and report["latency"]["p99_ms"] > 0
