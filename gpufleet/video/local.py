@@ -125,8 +125,10 @@ def run_here(specs: Sequence[str], names: Sequence[str], cfg: VideoConfig, jsonl
                 for ev in job.events(on_idle=flush):
                     if isinstance(ev, StreamEnd):
                         ends[ev.stream] = ev
-                        if ev.stream in sinks:
+                        if ev.stream in sinks:  # a finished stream's files are closed whole, like a frame
+                            boundary.busy = True
                             sinks[ev.stream].close()
+                            boundary.done()
                         progress.finish(ev.stream, ev.status if ev.status != "failed" else "[red]failed")
                         if on_stream_end is not None:
                             on_stream_end(ev)
