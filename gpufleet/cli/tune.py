@@ -90,7 +90,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Find the fastest serving config whose p99 meets --slo-p99-ms here, and write it for serve --config.
 
-        Exits 1 when no configuration met the target."""
+        Exits 1 when no configuration met the target. Ctrl-C ends the search early: the best configuration of the
+        trials finished until then is written, and the exit code is 130."""
         from gpufleet.server.config_file import write_config
         from gpufleet.tools.tune import TuneSpec
         from gpufleet.tools.tune import tune as run_tune
@@ -168,6 +169,11 @@ def register(app: typer.Typer) -> None:
                               f"c={best.concurrency}, p99 {best.p99_ms:.1f} ms (of {len(result.trials)} trials, "
                               f"{result.elapsed_s:.0f} s)", highlight=False)
                 console.print(f"wrote {out}: gpufleet serve --config {out}", highlight=False)
+        if result.interrupted:  # Ctrl-C: the best of the trials finished until then is written above
+            typer.echo(f"interrupted after {len(result.trials)} trial(s)"
+                       + (f": wrote the best so far to {out}" if result.best is not None else
+                          ": none met the target yet, nothing written"), err=True)
+            raise typer.Exit(130)
         if result.best is None:
             typer.echo(f"error: no configuration met p99 <= {slo_p99_ms:g} ms; raise --slo-p99-ms or lower "
                        "--concurrency (see the table)", err=True)

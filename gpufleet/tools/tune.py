@@ -141,6 +141,7 @@ class TuneResult:
     not_tried: list[str]
     machine: dict[str, Any]
     elapsed_s: float
+    interrupted: bool = False  # Ctrl-C ended the search: the result holds the trials finished until then
 
     def serve_options(self) -> dict[str, Any]:
         """The ``[serve]`` table of the written file: the chosen configuration plus the devices tuned on."""
@@ -169,7 +170,7 @@ class TuneResult:
                 "http": self.spec.http, "budget_s": self.spec.budget_s, "elapsed_s": round(self.elapsed_s, 1),
                 "machine": self.machine, "chosen": trial(self.best) if self.best else None,
                 "serve": self.serve_options(), "trials": [trial(t) for t in self.trials],
-                "not_tried": self.not_tried}
+                "not_tried": self.not_tried, "interrupted": self.interrupted}
 
 
 # ---------------------------------------------------------------------------------------------------- measuring
@@ -495,6 +496,8 @@ def tune(spec: TuneSpec, *, on_trial: Callable[[Trial], None] | None = None,
     """Search the configurations of ``spec`` (see the module docs) and return what was measured.
 
     ``on_trial`` is called after each trial and ``on_measure`` after each concurrency level (a live view).
+    Ctrl-C (``KeyboardInterrupt``) ends the search early: the result holds the trials finished until then and
+    says ``interrupted``.
     """
     from gpufleet.devices.nvml import mps_running
     from gpufleet.server.config_file import machine_facts
@@ -511,10 +514,15 @@ def tune(spec: TuneSpec, *, on_trial: Callable[[Trial], None] | None = None,
         return host.trial(cand, measured)
 
     search = _Search(spec, run, on_trial or (lambda t: None), host.reuses)
+    interrupted = False
     try:
         search.run()
+    except KeyboardInterrupt:  # Ctrl-C: keep what was measured; the trial under way is dropped
+        interrupted = True
+        search.not_tried.append(f"the rest of the search: interrupted (Ctrl-C) after {len(search.trials)} trial(s)")
     finally:
         host.close()
     if not mps_running():
         search.not_tried.append("MPS: not tried (no MPS daemon runs; start one with `gpufleet mps start`)")
-    return TuneResult(spec, search.best, search.trials, search.not_tried, machine_facts(), time.monotonic() - t0)
+    return TuneResult(spec, search.best, search.trials, search.not_tried, machine_facts(), time.monotonic() - t0,
+                      interrupted)

@@ -64,6 +64,50 @@ def test_tune_honours_its_budget():
     assert len(result.trials) < 6 and any("over the budget" in line for line in result.not_tried)
 
 
+def test_ctrl_c_between_trials_keeps_what_was_measured():
+    def on_trial(t) -> None:
+        if len(seen) == 1:
+            raise KeyboardInterrupt  # as a Ctrl-C right after the second trial
+        seen.append(t)
+
+    seen: list = []
+    result = tune(_spec(), on_trial=on_trial)
+    assert result.interrupted and len(result.trials) == 2 and result.best is not None
+    assert any("interrupted (Ctrl-C) after 2 trial(s)" in line for line in result.not_tried)
+    assert result.as_dict()["interrupted"] is True
+
+
+def test_ctrl_c_in_a_terminal_writes_the_best_so_far_and_exits_130(tmp_path):
+    import signal
+    import subprocess
+    import threading
+
+    out = tmp_path / "tuned.toml"
+    cmd = [sys.executable, "-m", "gpufleet", "tune", MODEL, "--cpu-devices", "1", "--slo-p99-ms", str(SLO_MS),
+           "--payload", "orientation", "--concurrency", "1,8", "--batch-sizes", "1,2,4,8,16", "--waits-ms", "2",
+           "--no-http", "--duration-s", "0.4", "--warmup-s", "0.1", "--backends", "thread", "--budget-s", "120",
+           "--max-workers-per-device", "1", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 90
+    while sum(" ok" in line for line in lines) < 3 and time.monotonic() < deadline:  # two trials measured
+        assert proc.poll() is None, (lines, proc.stdout.read())
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout = proc.stdout.read()
+    proc.wait(timeout=60)
+    reader.join(10)
+    assert proc.returncode == 130, (lines, stdout)
+    assert any("interrupted after" in line and f"wrote the best so far to {out}" in line for line in lines), lines
+    assert not any("Traceback" in line for line in lines), lines
+    serve, _ = read_config(out, {"model", "max_batch_size", "max_wait_ms", "workers_per_device", "backend",
+                                 "http_workers", "cpu_devices"})
+    assert serve["model"] == MODEL
+
+
 def test_written_file_starts_a_server_with_those_settings(tmp_path):
     out = tmp_path / "tuned.toml"
     res = CliRunner().invoke(app, ["tune", MODEL, "--cpu-devices", "1", "--slo-p99-ms", str(SLO_MS), "--payload",
