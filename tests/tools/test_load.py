@@ -38,15 +38,19 @@ def test_dead_port_fails_at_once_with_a_plain_message():
 
 @pytest.fixture(scope="module")
 def failing_server(tmp_path_factory):
-    """A real ``gpufleet serve`` of a model that always raises; its log goes to a file (one line per 500: a
-    pipe nobody reads would fill up and stall the server)."""
+    """A real ``gpufleet serve`` of a model that always raises."""
     port = free_port()
     GRPC_PORT[:] = [port, free_port()]
     grpc_args = ["--grpc-port", str(GRPC_PORT[1])] if HAS_GRPC else []
+    yield from _serving(tmp_path_factory, "tests/tools/failing_model.py:AlwaysFails", port, *grpc_args)
+
+
+def _serving(tmp_path_factory, model: str, port: int, *args: str):
+    """``gpufleet serve MODEL`` on ``port`` until the fixture ends; its log goes to a file (one line per 500: a
+    pipe nobody reads would fill up and stall the server)."""
     log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "gpufleet", "serve", "tests/tools/failing_model.py:AlwaysFails",
-                             "--port", str(port), "--cpu-devices", "1", "--log-level", "error", *grpc_args],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "gpufleet", "serve", model, "--port", str(port), "--cpu-devices",
+                             "1", "--log-level", "error", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, base)
@@ -149,20 +153,8 @@ def test_report_format_without_errors():
 
 @pytest.fixture(scope="module")
 def answering_server(tmp_path_factory):
-    """A real ``gpufleet serve`` of a model that answers at once; its log goes to a file."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "gpufleet", "serve", "benchmarks/noop_model.py:Ack",
-                             "--port", str(port), "--cpu-devices", "1", "--log-level", "error"],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, base)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    """A real ``gpufleet serve`` of a model that answers at once."""
+    yield from _serving(tmp_path_factory, "benchmarks/noop_model.py:Ack", free_port())
 
 
 @pytest.mark.parametrize(("processes", "to"), [(1, "terminal"), (2, "terminal"), (2, "parent")])
