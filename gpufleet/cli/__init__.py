@@ -205,6 +205,9 @@ def bench(
         typer.echo(json.dumps(report, indent=2))
     else:
         print_report(report)
+    if report.get("interrupted"):
+        typer.echo(f"interrupted: {len(report['rows'])} of {len(sizes)} batch size(s) measured", err=True)
+        raise typer.Exit(130)
 
 
 class _Steps:

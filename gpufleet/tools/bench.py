@@ -156,7 +156,9 @@ def _scale_specs(spec: BenchSpec, devices: list[Device]) -> list[tuple[int, Benc
 
 def run_bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure every batch size of ``spec``; returns a JSON-able report. ``on_step`` hears what is measured
-    next (``"batch 8 (2 of 6): the model alone, ~5 s"``), for a progress display."""
+    next (``"batch 8 (2 of 6): the model alone, ~5 s"``), for a progress display. Ctrl-C (``KeyboardInterrupt``)
+    while the batch sizes are measured ends the run: the report holds the rows finished until then and says
+    ``interrupted``."""
     step = on_step or (lambda _what: None)
     devices = select(spec.devices, cpu_devices=spec.cpu_devices)
     dev0 = devices[0]
@@ -170,44 +172,48 @@ def run_bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> 
         ref.setup(dev0)
         module = getattr(ref, "module", None)  # a torch module (classifiers); ONNX Runtime models have none
     rows = []
-    for n, bs in enumerate(spec.batch_sizes, 1):
-        row: dict[str, Any] = {"batch_size": bs}
-        at = f"batch {bs} ({n} of {len(spec.batch_sizes)})"
-        if spec.raw:
-            step(f"{at}: the model alone, ~{spec.seconds:g} s")
-        if spec.raw and module is None:
-            row["raw"] = _raw_predict(ref, dev, bs, spec.image_size, spec.seconds)
-        if module is not None:
-            row["raw"] = _raw(module, dev, dtype, bs, spec.image_size, spec.seconds, ref._channels_last)
-            if spec.cuda_graphs and dev.type == "cuda":
-                row["raw_graph"] = _raw_graph(module, dev, dtype, bs, spec.image_size, spec.seconds,
-                                              ref._channels_last)
-        if spec.pool and spec.scale:
-            per_raw = row["raw"]["items_s"] * spec.workers_per_device if "raw" in row else None
-            row["scaling"] = []
-            for k, sub in _scale_specs(spec, devices):
-                step(f"{at}: through the pool on {k} device(s)")
-                r = _pooled(sub, bs, per_raw * k if per_raw else None)
-                base = row["scaling"][0]["items_s"] if row["scaling"] else r["items_s"]
-                row["scaling"].append({"devices": k, **r, "speedup": round(r["items_s"] / base, 3)})
-            row["pool"] = row["scaling"][-1]
-            if "raw" in row:  # the pool's overhead: one device against its own ceiling
-                row["pool_vs_raw"] = round(row["scaling"][0]["items_s"] / row["raw"]["items_s"], 4)
-                row["pool_vs_ceiling"] = round(row["scaling"][0]["items_s"] / _ceiling(row), 4)
-        elif spec.pool:
-            step(f"{at}: through the pool on {len(devices)} device(s), ~{spec.seconds:g} s")
-            raw_rate = row["raw"]["items_s"] * len(devices) * spec.workers_per_device if "raw" in row else None
-            row["pool"] = _pooled(spec, bs, raw_rate)
-            if "raw" in row:
-                per_device = row["pool"]["items_s"] / len(devices)
-                row["pool_vs_raw"] = round(per_device / row["raw"]["items_s"], 4)
-                row["pool_vs_ceiling"] = round(per_device / _ceiling(row), 4)
-        if spec.http:
-            from gpufleet.tools.bench_served import measure_served
+    interrupted = False
+    try:
+        for n, bs in enumerate(spec.batch_sizes, 1):
+            row: dict[str, Any] = {"batch_size": bs}
+            at = f"batch {bs} ({n} of {len(spec.batch_sizes)})"
+            if spec.raw:
+                step(f"{at}: the model alone, ~{spec.seconds:g} s")
+            if spec.raw and module is None:
+                row["raw"] = _raw_predict(ref, dev, bs, spec.image_size, spec.seconds)
+            if module is not None:
+                row["raw"] = _raw(module, dev, dtype, bs, spec.image_size, spec.seconds, ref._channels_last)
+                if spec.cuda_graphs and dev.type == "cuda":
+                    row["raw_graph"] = _raw_graph(module, dev, dtype, bs, spec.image_size, spec.seconds,
+                                                  ref._channels_last)
+            if spec.pool and spec.scale:
+                per_raw = row["raw"]["items_s"] * spec.workers_per_device if "raw" in row else None
+                row["scaling"] = []
+                for k, sub in _scale_specs(spec, devices):
+                    step(f"{at}: through the pool on {k} device(s)")
+                    r = _pooled(sub, bs, per_raw * k if per_raw else None)
+                    base = row["scaling"][0]["items_s"] if row["scaling"] else r["items_s"]
+                    row["scaling"].append({"devices": k, **r, "speedup": round(r["items_s"] / base, 3)})
+                row["pool"] = row["scaling"][-1]
+                if "raw" in row:  # the pool's overhead: one device against its own ceiling
+                    row["pool_vs_raw"] = round(row["scaling"][0]["items_s"] / row["raw"]["items_s"], 4)
+                    row["pool_vs_ceiling"] = round(row["scaling"][0]["items_s"] / _ceiling(row), 4)
+            elif spec.pool:
+                step(f"{at}: through the pool on {len(devices)} device(s), ~{spec.seconds:g} s")
+                raw_rate = row["raw"]["items_s"] * len(devices) * spec.workers_per_device if "raw" in row else None
+                row["pool"] = _pooled(spec, bs, raw_rate)
+                if "raw" in row:
+                    per_device = row["pool"]["items_s"] / len(devices)
+                    row["pool_vs_raw"] = round(per_device / row["raw"]["items_s"], 4)
+                    row["pool_vs_ceiling"] = round(per_device / _ceiling(row), 4)
+            if spec.http:
+                from gpufleet.tools.bench_served import measure_served
 
-            step(f"{at}: served over HTTP (starting gpufleet serve)")
-            row["served"] = measure_served(spec, bs)
-        rows.append(row)
+                step(f"{at}: served over HTTP (starting gpufleet serve)")
+                row["served"] = measure_served(spec, bs)
+            rows.append(row)
+    except KeyboardInterrupt:  # Ctrl-C: the rows measured until then are the report; the one under way is dropped
+        interrupted = True
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "device": f"{dev0.name} ({dev0.label})", "devices": [d.label for d in devices],
@@ -218,6 +224,7 @@ def run_bench(spec: BenchSpec, on_step: Callable[[str], None] | None = None) -> 
         **({"http": {"concurrency": spec.http_concurrency, "http_workers": spec.http_workers,
                      "client_processes": spec.http_clients}} if spec.http else {}),
         "rows": rows,
+        "interrupted": interrupted,
     }
 
 

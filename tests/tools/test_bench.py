@@ -76,3 +76,23 @@ def test_cli_bench_http_serves_the_same_model_side_by_side() -> None:
     assert report["rows"][0]["pool"]["items_s"] > 0  # pooled and served in one run
     bad = CliRunner().invoke(app, ["bench", "--http", "--http-concurrency", "2", "--http-clients", "4"])
     assert bad.exit_code != 0 and "--http-clients" in bad.output
+
+
+def test_ctrl_c_keeps_the_batch_sizes_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    def on_step(what: str) -> None:
+        if what.startswith("batch 4"):
+            raise KeyboardInterrupt  # as a Ctrl-C while batch 4 is measured
+
+    spec = BenchSpec(model="resnet18", batch_sizes=(2, 4), image_size=32, seconds=0.1, cpu_devices=1)
+    report = run_bench(spec, on_step=on_step)
+    assert report["interrupted"] and [r["batch_size"] for r in report["rows"]] == [2]
+    assert report["rows"][0]["pool"]["items_s"] > 0
+    # the CLI prints those rows, says so and exits 130
+    import gpufleet.tools.bench as bench
+
+    monkeypatch.setattr(bench, "run_bench", lambda spec, on_step=None: report)
+    r = CliRunner().invoke(app, ["bench", "--model", "resnet18", "--batch-sizes", "2,4", "--cpu-devices", "1",
+                                 "--json"])
+    assert r.exit_code == 130, r.output
+    assert json.loads(r.stdout)["rows"][0]["batch_size"] == 2
+    assert "interrupted: 1 of 2 batch size(s) measured" in r.stderr
