@@ -338,15 +338,18 @@ async def _load(url: str, concurrency: int, duration: float, warmup: float, payl
             except (NotImplementedError, RuntimeError, ValueError):  # no signals on this loop or thread
                 pass
         try:
-            await asyncio.wait(tasks)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         finally:
             if watching:
                 loop.remove_signal_handler(signal.SIGINT)  # which puts back Python's default handler
                 if _IN_CLIENT:
                     signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for t in tasks:
-            if not t.cancelled() and t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
+        failed = next((t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None), None)
+        if failed is not None:  # a client broke: the run ends with its error
+            for t in tasks:
+                t.cancel()
+            await asyncio.wait(tasks)
+            raise failed.exception()  # type: ignore[misc]
     if len(cpu) == 1:  # interrupted while measuring
         cpu.append(time.process_time())
     elapsed = max(1e-9, min(time.perf_counter(), end[0]) - t_measure) if duration > 0 else 1e-9
