@@ -45,7 +45,8 @@ from gpufleet.models.zoo.textdet import TextDetModel
 if TYPE_CHECKING:
     from gpufleet.models.zoo.classifier import ImageClassifier
 
-__all__ = ["EMBEDDED", "OPTIONS", "embedded_names", "model_factory", "model_name", "resolve_model"]
+__all__ = ["EMBEDDED", "OPTIONS", "embedded_names", "frontend_model", "model_factory", "model_name",
+           "resolve_model"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def _classifier(arch: str) -> Callable[..., ImageClassifier]:
         return ImageClassifier(arch, image_size=image_size or 224, **torch_options)
 
     build.__name__ = f"_{arch}"
+    build.arch = arch  # type: ignore[attr-defined]  # frontend_model: a front end of it needs no torch
     return build
 
 
@@ -133,6 +135,18 @@ def resolve_model(spec: Any, **options: Any) -> Any:
     if ":" in spec:
         return _import_attr(spec)
     raise _unknown(spec)
+
+
+def frontend_model(spec: Any) -> Any:
+    """The copy of ``spec``'s model an HTTP front end runs ``preprocess`` with (never set up): for the embedded
+    classifiers a :class:`~gpufleet.models.zoo.classifier_front.ClassifierFrontEnd`, which needs no torch while
+    a GPU engine decodes the JPEGs; for any other spec a fresh instance of the model itself."""
+    arch = getattr(EMBEDDED[spec][0], "arch", None) if isinstance(spec, str) and spec in EMBEDDED else None
+    if arch is not None:
+        from gpufleet.models.zoo.classifier_front import ClassifierFrontEnd
+
+        return ClassifierFrontEnd(arch)
+    return model_factory(spec)()
 
 
 def model_name(spec: Any) -> str:

@@ -57,9 +57,9 @@ def _attach_preprocess(pool: RemotePool, spec: str, load_model: ModelLoader) -> 
     from concurrent.futures import ThreadPoolExecutor
 
     from gpufleet.models.base import optional_stage
-    from gpufleet.models.resolve import model_factory
+    from gpufleet.models.resolve import frontend_model
 
-    template = model_factory(load_model(spec)[0])()  # not set up: frontend_preprocess models need no setup
+    template = frontend_model(load_model(spec)[0])  # not set up: frontend_preprocess models need no setup
     hook = getattr(template, "prepare_frontend", None)
     if callable(hook):
         hook(pool.devices)  # the engine's devices, e.g. to leave GPU work (JPEG decoding) to the engine

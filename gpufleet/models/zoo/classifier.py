@@ -23,6 +23,7 @@ from gpufleet.devices.device import Device
 from gpufleet.errors import ConfigError, InputError
 from gpufleet.models.base import stacked_rows
 from gpufleet.models.torch_model import TorchModel
+from gpufleet.models.zoo.classifier_front import complete_jpeg, jpeg_decode_where
 from gpufleet.models.zoo.inputs import image_bytes, to_rgb_array
 
 __all__ = ["ImageClassifier", "build_module"]
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
-_SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
 _BUILD_LOCK = threading.Lock()
 # torchvision keeps one GPU JPEG decoder per process and rebuilds it (nvJPEG handle, buffers, stream) whenever
 # a call names another device: two workers of one process on cuda:0 and cuda:1 rebuilt it on every batch
@@ -48,14 +48,6 @@ def decoder_device(dev: torch.device) -> torch.device:
         if _decoder_device is None:
             _decoder_device = dev
         return _decoder_device
-
-
-def _jpeg_decode_where() -> str:
-    """``GPUFLEET_JPEG_DECODE``: ``engine`` (the default: a GPU engine decodes JPEGs in batches) or ``frontend``."""
-    where = os.environ.get("GPUFLEET_JPEG_DECODE", "").strip().lower() or "engine"
-    if where not in ("engine", "frontend"):
-        raise ConfigError(f"GPUFLEET_JPEG_DECODE must be 'engine' or 'frontend', got {where!r}")
-    return where
 
 
 def build_module(name: str) -> torch.nn.Module:
@@ -118,7 +110,7 @@ class ImageClassifier(TorchModel):
 
     def __init__(self, name: str = "resnet50", *, image_size: int = 224, weights: str | None = None,
                  **kwargs: Any) -> None:
-        _jpeg_decode_where()  # a wrong value fails where the model is made (`gpufleet serve`: one error line)
+        jpeg_decode_where()  # a wrong value fails where the model is made (`gpufleet serve`: one error line)
         kwargs.setdefault("cuda_graphs", True)
         kwargs.setdefault("example_shape", (3, image_size, image_size))
         kwargs.setdefault("example_dtype", torch.uint8)
@@ -175,15 +167,13 @@ class ImageClassifier(TorchModel):
     def prepare_frontend(self, devices: list[Device]) -> None:
         """In an HTTP front end (this copy is never set up): keep JPEGs encoded when the engine decodes on GPUs,
         unless ``GPUFLEET_JPEG_DECODE=frontend`` asks the front ends to decode them on their CPU cores."""
-        self._engine_decodes = any(d.is_cuda for d in devices) and _jpeg_decode_where() != "frontend"
+        self._engine_decodes = any(d.is_cuda for d in devices) and jpeg_decode_where() != "frontend"
 
     def preprocess(self, item: Any) -> Any:
         """Encoded JPEGs stay encoded for batched GPU decode (CUDA) or are decoded here (CPU devices)."""
         data = image_bytes(item)
         if data is not None:
-            if not (data.startswith(_SOI) and data.rstrip(b"\x00").endswith(_EOI)):
-                raise InputError(f"image is not a complete JPEG ({len(data)} bytes; JPEG starts with FFD8, ends "
-                                 "with FFD9)")
+            complete_jpeg(data)
             if getattr(self, "_cuda", False):
                 return torch.frombuffer(bytearray(data), dtype=torch.uint8)
             if getattr(self, "_engine_decodes", False):

@@ -1,0 +1,77 @@
+"""The embedded classifiers in an HTTP front end, without PyTorch while the engine decodes the JPEGs.
+
+A front end of ``gpufleet serve resnet50`` only checks each JPEG and forwards its bytes when the engine decodes
+on its GPUs (the default): :class:`ClassifierFrontEnd` does that without importing torch (about 0.5 GB of
+memory and 2 s of CPU per front-end process). Where the front end decodes itself (a CPU engine,
+``GPUFLEET_JPEG_DECODE=frontend``) or an item is an array, it hands over to the classifier's own
+``preprocess``, importing torch then.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from gpufleet.devices.device import Device
+from gpufleet.errors import ConfigError, InputError
+from gpufleet.models.zoo.inputs import image_bytes
+
+__all__ = ["ClassifierFrontEnd", "complete_jpeg", "jpeg_decode_where"]
+
+_SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
+
+
+def jpeg_decode_where() -> str:
+    """``GPUFLEET_JPEG_DECODE``: ``engine`` (the default: a GPU engine decodes JPEGs in batches) or ``frontend``."""
+    where = os.environ.get("GPUFLEET_JPEG_DECODE", "").strip().lower() or "engine"
+    if where not in ("engine", "frontend"):
+        raise ConfigError(f"GPUFLEET_JPEG_DECODE must be 'engine' or 'frontend', got {where!r}")
+    return where
+
+
+def complete_jpeg(data: bytes) -> bytes:
+    """``data`` when it is a whole JPEG (starts with FFD8, ends with FFD9, zero padding allowed), else InputError."""
+    if not (data.startswith(_SOI) and data.rstrip(b"\x00").endswith(_EOI)):
+        raise InputError(f"image is not a complete JPEG ({len(data)} bytes; JPEG starts with FFD8, ends with FFD9)")
+    return data
+
+
+class ClassifierFrontEnd:
+    """What a front end runs for an embedded classifier (``arch``: ``resnet50`` ...): the classifier's
+    ``preprocess`` as a front end of that engine runs it, importing torch only where it decodes itself."""
+
+    frontend_preprocess = True
+
+    def __init__(self, arch: str, image_size: int = 224) -> None:
+        self.arch, self.image_size = arch, image_size
+        self._engine_decodes = False
+        self._devices: list[Device] = []
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def prepare_frontend(self, devices: list[Device]) -> None:
+        """Called once with the engine's devices: a GPU engine decodes the JPEGs (unless
+        ``GPUFLEET_JPEG_DECODE=frontend``); otherwise this front end does, with the classifier's code."""
+        self._devices = list(devices)
+        self._engine_decodes = any(d.is_cuda for d in devices) and jpeg_decode_where() != "frontend"
+        if not self._engine_decodes:
+            self._classifier()
+
+    def preprocess(self, item: Any) -> Any:
+        if self._engine_decodes:
+            data = image_bytes(item)
+            if data is not None:
+                return complete_jpeg(data)  # the raw JPEG to the engine, which decodes it on its GPU in batches
+        return self._classifier().preprocess(item)
+
+    def _classifier(self) -> Any:
+        """The classifier itself (not set up), for what this front end decodes or resizes (imports torch)."""
+        with self._lock:
+            if self._model is None:
+                from gpufleet.models.zoo.classifier import ImageClassifier
+
+                model = ImageClassifier(self.arch, image_size=self.image_size)
+                model.prepare_frontend(self._devices)
+                self._model = model
+            return self._model
