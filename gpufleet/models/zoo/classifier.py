@@ -23,8 +23,7 @@ from gpufleet.devices.device import Device
 from gpufleet.errors import ConfigError, InputError
 from gpufleet.models.base import stacked_rows
 from gpufleet.models.torch_model import TorchModel
-from gpufleet.models.zoo.classifier_front import complete_jpeg, jpeg_decode_where
-from gpufleet.models.zoo.inputs import image_bytes, to_rgb_array
+from gpufleet.models.zoo.inputs import complete_jpeg, image_bytes, jpeg_decode_where, to_rgb_array
 
 __all__ = ["ImageClassifier", "build_module"]
 

@@ -9,32 +9,13 @@ memory and 2 s of CPU per front-end process). Where the front end decodes itself
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
 from gpufleet.devices.device import Device
-from gpufleet.errors import ConfigError, InputError
-from gpufleet.models.zoo.inputs import image_bytes
+from gpufleet.models.zoo.inputs import complete_jpeg, image_bytes, jpeg_decode_where
 
-__all__ = ["ClassifierFrontEnd", "complete_jpeg", "jpeg_decode_where"]
-
-_SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
-
-
-def jpeg_decode_where() -> str:
-    """``GPUFLEET_JPEG_DECODE``: ``engine`` (the default: a GPU engine decodes JPEGs in batches) or ``frontend``."""
-    where = os.environ.get("GPUFLEET_JPEG_DECODE", "").strip().lower() or "engine"
-    if where not in ("engine", "frontend"):
-        raise ConfigError(f"GPUFLEET_JPEG_DECODE must be 'engine' or 'frontend', got {where!r}")
-    return where
-
-
-def complete_jpeg(data: bytes) -> bytes:
-    """``data`` when it is a whole JPEG (starts with FFD8, ends with FFD9, zero padding allowed), else InputError."""
-    if not (data.startswith(_SOI) and data.rstrip(b"\x00").endswith(_EOI)):
-        raise InputError(f"image is not a complete JPEG ({len(data)} bytes; JPEG starts with FFD8, ends with FFD9)")
-    return data
+__all__ = ["ClassifierFrontEnd"]
 
 
 class ClassifierFrontEnd:

@@ -2,7 +2,8 @@
 
 Accepted: ``PIL.Image``, numpy ``uint8`` HW / HWC (RGB; 1, 3 or 4 channels), torch ``uint8`` tensors
 (CHW or HWC), encoded image bytes (JPEG, PNG, ...), and ``{"image": base64 str}`` (JSON requests).
-Anything else raises ``InputError`` with what was expected.
+Anything else raises ``InputError`` with what was expected. Also the JPEG checks the classifiers share with
+their torch-free front end (:func:`complete_jpeg`, :func:`jpeg_decode_where`).
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from gpufleet.errors import InputError
+from gpufleet.errors import ConfigError, InputError
 
-__all__ = ["EXPECTED", "image_bytes", "to_pil", "to_rgb_array"]
+__all__ = ["EXPECTED", "complete_jpeg", "image_bytes", "jpeg_decode_where", "to_pil", "to_rgb_array"]
 
 EXPECTED = "a PIL image, a uint8 HWC RGB array or tensor, encoded image bytes, or {'image': <base64 str>}"
 
@@ -84,3 +86,21 @@ def to_pil(item: Any) -> Image.Image:
     if isinstance(item, Image.Image) and item.mode == "RGB":
         return item
     return Image.fromarray(to_rgb_array(item))
+
+
+_SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
+
+
+def jpeg_decode_where() -> str:
+    """``GPUFLEET_JPEG_DECODE``: ``engine`` (the default: a GPU engine decodes JPEGs in batches) or ``frontend``."""
+    where = os.environ.get("GPUFLEET_JPEG_DECODE", "").strip().lower() or "engine"
+    if where not in ("engine", "frontend"):
+        raise ConfigError(f"GPUFLEET_JPEG_DECODE must be 'engine' or 'frontend', got {where!r}")
+    return where
+
+
+def complete_jpeg(data: bytes) -> bytes:
+    """``data`` when it is a whole JPEG (starts with FFD8, ends with FFD9, zero padding allowed), else InputError."""
+    if not (data.startswith(_SOI) and data.rstrip(b"\x00").endswith(_EOI)):
+        raise InputError(f"image is not a complete JPEG ({len(data)} bytes; JPEG starts with FFD8, ends with FFD9)")
+    return data
