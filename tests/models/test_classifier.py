@@ -91,6 +91,8 @@ def test_front_end_preprocess_keeps_jpegs_encoded_for_a_gpu_engine(front: str) -
         gpu_engine.preprocess(data[:-10])
     arr = np.zeros((32, 48, 3), dtype=np.uint8)  # an array (KServe v2 UINT8): resized here, for any engine
     assert gpu_engine.preprocess(arr).shape == (3, 64, 64)
+    same = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)  # the model's size already
+    assert np.array_equal(np.asarray(gpu_engine.preprocess(same)), same.transpose(2, 0, 1))
     cpu_engine = FRONTS[front]()
     cpu_engine.prepare_frontend([Device(index=0, kind="cpu", name="cpu", memory_gb=0.0)])
     img = cpu_engine.preprocess(data)
@@ -129,6 +131,10 @@ def test_a_front_end_of_a_gpu_engine_imports_no_torch() -> None:
         front.prepare_frontend([Device(index=0, kind="cuda", name="GPU", memory_gb=80.0)])
         data = {_jpeg(1)!r}
         assert front.preprocess(data) == data
+        import numpy as np
+        arr = np.arange(224 * 224 * 3, dtype=np.uint8).reshape(224, 224, 3)  # the model's size: no resize
+        chw = front.preprocess(arr)
+        assert chw.shape == (3, 224, 224) and (chw == arr.transpose(2, 0, 1)).all()
         assert "torch" not in sys.modules, "the front end imported torch"
         print("front-ok")
     """)
