@@ -422,9 +422,9 @@ class _Search:
         self.seen.add(cand)
         trial = self.run_trial(cand)
         self.trials.append(trial)
-        self.on_trial(trial)
         if trial.score > 0 and (self.best is None or trial.score > self.best.score):
-            self.best = trial
+            self.best = trial  # before the callback: a Ctrl-C during it still keeps this trial as the best
+        self.on_trial(trial)
         return trial
 
     def better(self, trial: Trial | None, than: Trial | None) -> bool:
