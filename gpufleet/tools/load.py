@@ -425,7 +425,7 @@ def _load_in_process(args: tuple) -> dict[str, Any]:
         return _run(_load(url, concurrency, duration, warmup, payloads, token, timeout_s, tick, model=model,
                           interruptible=interruptible))
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # closing the loop put back the default handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # whatever the run's event loop left, ignored again
 
 
 async def _burst(url: str, n: int, payloads: list[Payload], token: str | None, timeout_s: float) -> dict[str, Any]:
