@@ -91,8 +91,8 @@ class WorkerStats:
         self.restart_s_total = 0.0  # seconds from each failure seen to the replacement serving, summed
         self.last_restart: dict[str, float] = {}  # the last restart's breakdown (seconds per phase)
         self.busy_s = 0.0
-        # Seconds the serving loop waited for a batch with nothing on the device; None where not measured (only
-        # the thread backend's loop measures it).
+        # Seconds the serving loop waited for a batch with nothing on the device; None where not measured (the
+        # thread backend's loop and the process backend's child measure it; the child reports with each batch).
         self.idle_s: float | None = None
         self.idle_since: float | None = None  # when the wait under way began
         self.media_s = 0.0  # seconds of audio/video produced, for models that declare output_seconds()

@@ -176,6 +176,7 @@ class BatchDone(msgspec.Struct, tag=True, omit_defaults=True):
     isolated: int = 0  # splits made to isolate items the model failed on
     segments: list[str] = []
     dropped: list[str] = []
+    idle_s: float = 0.0  # seconds the child waited for a batch with nothing on the device, since its last BatchDone
 
 
 ChildMessage = Union[  # noqa: UP007

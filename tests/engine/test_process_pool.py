@@ -109,6 +109,18 @@ def test_child_keeps_two_batches_in_flight_for_launch_collect_models() -> None:
     assert max(o for _, o in out) >= 1  # a later batch was launched before an earlier one was collected
 
 
+def test_the_child_reports_launch_collect_and_its_idle_time() -> None:
+    with Pool(Overlapping, cpu_devices=1, backend="process", max_batch_size=4, max_wait_ms=0) as pool:
+        assert [x for x, _ in pool.map(range(8))] == [2 * i for i in range(8)]
+        time.sleep(0.3)  # nothing to serve: the child waits for a batch
+        assert [x for x, _ in pool.map(range(4))] == [0, 2, 4, 6]  # its next answer reports the wait
+        stats = pool.stats()
+    stages = stats["stages"]
+    assert stages["collect"]["p50_ms"] >= 8 and stages["launch"]["p50_ms"] < stages["collect"]["p50_ms"]
+    assert stages["collect"]["count"] == stages["predict"]["count"] == stats["total_batches"]
+    assert stats["per_worker_stats"][0]["idle_s"] >= 0.25
+
+
 def test_child_launches_a_batch_that_comes_while_the_device_is_busy() -> None:
     with Pool(SlowDevice, cpu_devices=1, backend="process", max_batch_size=4, max_wait_ms=1) as pool:
         pool.submit(-1).result(timeout=30)  # the child is up and idle

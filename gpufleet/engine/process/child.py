@@ -132,6 +132,7 @@ class _Child:
         self._plain = __import__("msgspec").msgpack.Encoder()
         self.model: Any = None
         self.step: BatchStep | None = None
+        self.idle_s = 0.0  # seconds waited for a batch with nothing on the device, since the last BatchDone
 
     def send(self, msg: Any) -> None:
         data = self._plain.encode(msg)
@@ -197,7 +198,11 @@ class _Child:
         while True:
             try:
                 idle = pending is not None and not self._next_before_done(pending, step.ready)
+                waits = pending is None  # nothing on the device: the wait for a batch is idle time
+                t = time.monotonic()
                 data = None if idle else self.conn.recv_bytes()
+                if waits:
+                    self.idle_s += time.monotonic() - t
             except (EOFError, OSError):
                 return  # the parent closed the pipe or died
             if data is None:
@@ -266,6 +271,7 @@ class _Child:
             try:
                 # None when it ran out of memory: complete() predicts in parts
                 work.handle = step.launch(step.alive_items(items, alive))
+                timings["launch"] = time.monotonic() - work.t0
             except GpufleetError as err:
                 self._failed(batch, err)
                 return None
@@ -279,8 +285,11 @@ class _Child:
         assert step is not None
         batch, items, alive, errors, timings = work.batch, work.items, work.alive, work.errors, work.timings
         self._progress_to(batch.id, alive)
+        collect_from = time.monotonic()
         try:
             outputs, media = step.complete(items, alive, errors, work.handle, work.t0, timings)
+            if work.handle is not None:  # launched ahead: the wait for its results (as the thread loop reports)
+                timings["collect"] = max(0.0, work.t0 + timings.get("predict", 0.0) - collect_from)
         except GpufleetError as err:
             self._failed(batch, err)
             return
@@ -291,7 +300,9 @@ class _Child:
         seg = self.pool.acquire(need) if need else None
         infos = {i: wire.error_info(e, with_traceback=True) for i, e in errors.items()}
         res = wire.BatchDone(batch.id, prepared, infos, None, timings, step.oom_batch, media, step.isolated,
-                             segments=[seg.name] if seg is not None else [], dropped=self.pool.dropped)
+                             segments=[seg.name] if seg is not None else [], dropped=self.pool.dropped,
+                             idle_s=self.idle_s)
+        self.idle_s = 0.0  # reported: the parent adds it up
         self.pool.dropped = []
         try:
             data = self.codec.encode(res, seg)

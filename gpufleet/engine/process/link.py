@@ -169,6 +169,7 @@ class ChildLink:
         w = self.worker
         now = time.monotonic()
         w.stats.progress = None  # the batch it described is done
+        w.stats.idle_s = (w.stats.idle_s or 0.0) + msg.idle_s  # the child's waits with nothing on the device
         if msg.segments:
             self.send(wire.Free(msg.segments))
         if msg.dropped:
