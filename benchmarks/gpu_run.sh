@@ -42,8 +42,9 @@ Environment knobs (defaults in brackets):
   GPUFLEET_JPEG_DECODE=frontend, with FRONTDEC_ARGS [""]; process: --backend process; w2: two thread workers
   on each GPU (--workers-per-device 2; they share the process's one JPEG decoder); proc2: two process workers
   on each GPU (each with its own JPEG decoder and GIL); da: JPEGs decoded
-  one batch ahead on a side thread, GPUFLEET_DECODE_AHEAD=1; si<ms>: the engine's thread switch interval,
-  GPUFLEET_SWITCH_INTERVAL_MS=<ms>; dasi<ms>: both]
+  one batch ahead on a side thread, GPUFLEET_DECODE_AHEAD=1; dae: JPEGs decoded as they come on a side thread,
+  in chunks the engine joins into batches, GPUFLEET_DECODE_AHEAD=eager; si<ms>: the engine's thread switch interval,
+  GPUFLEET_SWITCH_INTERVAL_MS=<ms>; dasi<ms>: both; NAME.2, NAME.3 ...: config NAME again, reported apart]
   ROUNDS [3] rounds of the video figures
   TUNED_ARGS ["--http-workers 8 --max-batch-size 128 --max-wait-ms 2"]
   VIDEO_MODEL [resnet18]
@@ -144,17 +145,18 @@ for step in ${STEPS:-pool serve video jpeg}; do
       done ;;
     serve)
       for cfg in ${SERVE_CONFIGS:-default tuned}; do
-        envs=""
-        case $cfg in
+        envs=""; base=${cfg%.*}  # default.2: the defaults again, under their own name (A/B/A/B in one call)
+        case $base in
           default) args="" ;;
           tuned) args=${TUNED_ARGS:---http-workers 8 --max-batch-size 128 --max-wait-ms 2} ;;
           frontdec) args=${FRONTDEC_ARGS:-}; envs="GPUFLEET_JPEG_DECODE=frontend" ;;
           process) args="--backend process" ;;
           w2) args="--workers-per-device 2" ;;
           proc2) args="--backend process --workers-per-device 2" ;;
-          si*) args=""; envs="GPUFLEET_SWITCH_INTERVAL_MS=${cfg#si}" ;;
-          dasi*) args=""; envs="GPUFLEET_DECODE_AHEAD=1 GPUFLEET_SWITCH_INTERVAL_MS=${cfg#dasi}" ;;
+          si*) args=""; envs="GPUFLEET_SWITCH_INTERVAL_MS=${base#si}" ;;
+          dasi*) args=""; envs="GPUFLEET_DECODE_AHEAD=1 GPUFLEET_SWITCH_INTERVAL_MS=${base#dasi}" ;;
           da) args=""; envs="GPUFLEET_DECODE_AHEAD=1" ;;
+          dae) args=""; envs="GPUFLEET_DECODE_AHEAD=eager" ;;
           *) echo "unknown serve config $cfg" >> "$W/steps.txt"; continue ;;
         esac
         for label in $LABELS; do

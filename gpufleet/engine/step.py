@@ -55,6 +55,8 @@ class BatchStep:
     A model may define ``prepare_batch(batch) -> list``: work on a whole batch ahead of its launch (the
     embedded classifiers decode JPEGs on the GPU there), which a thread worker runs on a thread of its own,
     one batch ahead, so it overlaps the previous batch on the device (``prepared`` says whether it has one).
+    With ``prepare_eagerly = True`` that thread prepares whatever is queued as soon as it comes, in chunks that
+    the serving loop joins into batches (``prepare_batch`` must then return a list of per-item values).
     It must leave items that ``launch``/``predict`` accept either way: a ``prepare_batch`` that raises leaves
     the batch as it was, and ``launch``/``predict`` then do the work (and fail only the items that fail).
     """
@@ -69,6 +71,9 @@ class BatchStep:
         self.ready: Callable[[Any], bool] | None = getattr(model, "ready", None) if self.pipelined else None
         prep = getattr(model, "prepare_batch", None)
         self.prep: Callable[[list], list] | None = prep if callable(prep) else None
+        # ``prepare_eagerly``: prepare what is queued as soon as it comes (chunks the loop joins into batches),
+        # not one batch at a time when the device has room for it.
+        self.eager = self.prep is not None and bool(getattr(model, "prepare_eagerly", False))
         self.oom_batch = 0
         self.isolated = 0
 

@@ -96,6 +96,7 @@ class ThreadWorker(BaseWorker):
         self._prep_thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._ahead_closed = False
+        self._held: Any = None  # eager preparing: a chunk taken from ``_ahead`` that did not fit the last batch
 
     @property
     def healthy(self) -> bool:
@@ -156,6 +157,8 @@ class ThreadWorker(BaseWorker):
         if self.max_batch == 0:
             self.max_batch = 1  # until the probe has run on the first real item
         if self.step is not None and self.step.prepared:
+            if self.step.eager:  # chunks wait, prepared, for the loop: as many as the requests in flight
+                self._ahead = queue.Queue()
             self._prep_thread = threading.Thread(target=self._prepare_ahead, name=f"gpufleet-{self.name}-prep",
                                                  daemon=True)
             self._prep_thread.start()
@@ -223,8 +226,10 @@ class ThreadWorker(BaseWorker):
         if self._prep_thread is not None:
             if self._ahead_closed:
                 return None
+            got, self._held = self._held, None
             try:
-                got = self._ahead.get(block=block)
+                if got is None:
+                    got = self._ahead.get(block=block)
             except queue.Empty:
                 return None
             if got is _CLOSED:
@@ -232,7 +237,7 @@ class ThreadWorker(BaseWorker):
                 return None
             if isinstance(got, BaseException):
                 raise got
-            return got
+            return self._join_ahead(got) if self.step is not None and self.step.eager else got
         batch = self.batcher.take(self.max_batch, block=block)
         if batch is None or (not batch and not block):
             return None
@@ -241,6 +246,21 @@ class ThreadWorker(BaseWorker):
             self._probe(batch[0].item)
         return batch, [r.item for r in batch]
 
+    def _join_ahead(self, got: tuple[list[Request], list]) -> tuple[list[Request], list]:
+        """Eager preparing: ``got`` joined with the chunks prepared since, up to the batch size; the first that
+        does not fit (or the thread's end or error) is held for the next call."""
+        batch, items = got
+        while len(batch) < self.max_batch:
+            try:
+                more = self._ahead.get_nowait()
+            except queue.Empty:
+                break
+            if not isinstance(more, tuple) or len(batch) + len(more[0]) > self.max_batch:
+                self._held = more
+                break
+            batch, items = batch + more[0], list(items) + list(more[1])
+        return batch, items
+
     def _prepare_ahead(self) -> None:
         """The prepare thread: take batches from the batcher, prepare each one (``prepare_batch``) while the loop
         serves the previous one, and hand them on; an unexpected error is handed on for the loop to raise."""
@@ -248,14 +268,23 @@ class ThreadWorker(BaseWorker):
         assert step is not None
         batch: list[Request] = []
         depth = self.config.pipeline_depth if step.pipelined else 1
+        eager = step.eager
         try:
             while True:
-                # Take the next batch only when the device has room for it (fewer than ``depth`` batches
-                # launched or prepared): meanwhile requests gather in the batcher and the batches stay full.
-                with self._room:
-                    while len(self._inflight) + self._ahead.qsize() >= depth and not self._stopping.is_set():
-                        self._room.wait(0.05)
-                taken = self.batcher.take(self.max_batch)
+                if eager:  # whatever is queued, as soon as one item is
+                    self.batcher.wait_full(1, self._stopping.is_set, 0.1)
+                    taken = self.batcher.take(self.max_batch, block=False)
+                    if not taken:
+                        if self._stopping.is_set() or (self.batcher.closed and not len(self.batcher)):
+                            break
+                        continue
+                else:
+                    # Take the next batch only when the device has room for it (fewer than ``depth`` batches
+                    # launched or prepared): meanwhile requests gather in the batcher and the batches stay full.
+                    with self._room:
+                        while len(self._inflight) + self._ahead.qsize() >= depth and not self._stopping.is_set():
+                            self._room.wait(0.05)
+                    taken = self.batcher.take(self.max_batch)
                 if taken is None:
                     break
                 batch = self.admit(taken)
@@ -286,7 +315,8 @@ class ThreadWorker(BaseWorker):
 
     def _drain_ahead(self) -> list[Request]:
         """The requests of the prepared batches nobody will launch (the loop stopped)."""
-        out: list[Request] = []
+        held, self._held = self._held, None
+        out: list[Request] = list(held[0]) if isinstance(held, tuple) else []
         while True:
             try:
                 got = self._ahead.get_nowait()

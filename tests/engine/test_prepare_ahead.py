@@ -141,3 +141,64 @@ def test_the_prepare_thread_takes_a_batch_only_when_the_device_has_room() -> Non
         model = pool.workers[0].model
     assert model.most <= 2
     assert max(model.sizes) == 8 and len(model.sizes) <= 10  # 64 items in full batches, not one by one
+
+
+class Eager(NotAhead):
+    """Prepares as items come (``prepare_eagerly``), on a slow device: the chunk sizes prepared and the batch
+    sizes launched are recorded."""
+
+    prepare_eagerly = True
+
+    def setup(self, device: object) -> None:
+        super().setup(device)
+        self.chunks: list[int] = []
+        self.batches: list[int] = []
+
+    def prepare_batch(self, batch: list) -> list:
+        self.prep_threads.add(threading.current_thread().name)
+        self.chunks.append(len(batch))
+        time.sleep(0.002)  # decoding takes a moment: more items queue meanwhile
+        return [_decode(x) for x in batch]
+
+    def launch(self, batch: list) -> list:
+        self.batches.append(len(batch))
+        return super().launch(batch)
+
+    def collect(self, handle: list) -> list:
+        time.sleep(0.03)
+        return super().collect(handle)
+
+
+@pytest.mark.timeout(60)
+def test_eager_preparing_gives_the_same_results() -> None:
+    items: list = [str(i).encode() for i in range(40)]
+    items[5] = b"bad"
+    items[17] = 7
+    eager, model = _results(Eager(), items)
+    plain, _ = _results(NotAhead(), items)
+    assert eager == plain
+    assert model.prep_threads and not model.prep_threads & model.launch_threads
+
+
+@pytest.mark.timeout(60)
+def test_eager_preparing_takes_items_as_they_come_and_the_loop_joins_the_chunks() -> None:
+    """Items trickle in while the device is busy: the prepare thread prepares small chunks at once (it does not
+    wait for room on the device), and the loop launches them joined, up to the batch size."""
+    with Pool(Eager, cpu_devices=1, max_batch_size=16, max_wait_ms=1) as pool:
+        futures = []
+        for i in range(96):
+            futures.append(pool.submit(str(i).encode()))
+            time.sleep(0.001)
+        assert [f.result(timeout=30) for f in futures] == [2 * i for i in range(96)]
+        model = pool.workers[0].model
+    assert sum(model.chunks) == sum(model.batches) == 96
+    assert max(model.batches) <= 16
+    assert len(model.batches) < len(model.chunks)  # chunks joined into batches
+    assert max(model.batches) > max(model.chunks)
+
+
+@pytest.mark.timeout(60)
+def test_eager_preparing_stops_cleanly_and_fails_nothing_on_close() -> None:
+    with Pool(Eager, cpu_devices=1, max_batch_size=8, max_wait_ms=1) as pool:
+        futures = [pool.submit(str(i).encode()) for i in range(30)]
+    assert [f.result(timeout=30) for f in futures] == [2 * i for i in range(30)]

@@ -120,6 +120,7 @@ class ImageClassifier(TorchModel):
         self.max_batch_size: int | None = None  # set by the pool's worker before setup
         self._decode_stream: torch.cuda.Stream | None = None  # on another GPU's decoder (decoder_device)
         self._prep_stream: torch.cuda.Stream | None = None  # prepare_batch's, on this device
+        self.prepare_eagerly = False  # GPUFLEET_DECODE_AHEAD=eager (set up on a GPU)
 
     def load(self, device: Device) -> torch.nn.Module:
         # Workers set up in parallel threads and torch's RNG is global: seed and build under one lock so
@@ -154,8 +155,12 @@ class ImageClassifier(TorchModel):
                 self.batch_buckets = tuple(sorted(set(self.warmup_batch_sizes) | {top}))
                 self.warmup_batch_sizes = self.batch_buckets
         super().setup(device)  # warms up (and captures graphs) through transform
-        if device.is_cuda and os.environ.get("GPUFLEET_DECODE_AHEAD", "0") == "1":
+        ahead = os.environ.get("GPUFLEET_DECODE_AHEAD", "0")
+        if device.is_cuda and ahead in ("1", "eager"):
             self._prep_stream = torch.cuda.Stream(dev)
+            # eager: the side thread decodes the JPEGs as they come, in chunks the serving loop joins into
+            # batches; 1: one whole batch at a time, once the GPU has room for it.
+            self.prepare_eagerly = ahead == "eager"
         else:
             # CPU: preprocess decodes. GPU: decoding ahead on a side thread is opt-in (GPUFLEET_DECODE_AHEAD=1):
             # on one H100 (2026-12-06) `gpufleet serve resnet50` defaults served 7,858 req/s at c=256 with it and
