@@ -43,7 +43,7 @@ Environment knobs (defaults in brackets):
   on each GPU (--workers-per-device 2; they share the process's one JPEG decoder); proc2: two process workers
   on each GPU (each with its own JPEG decoder and GIL); da: JPEGs decoded
   one batch ahead on a side thread, GPUFLEET_DECODE_AHEAD=1; dae: JPEGs decoded as they come on a side thread,
-  in chunks the engine joins into batches, GPUFLEET_DECODE_AHEAD=eager; si<ms>: the engine's thread switch interval,
+  in chunks the engine joins into batches, GPUFLEET_DECODE_AHEAD=eager; hw<N>: --http-workers N; si<ms>: the engine's thread switch interval,
   GPUFLEET_SWITCH_INTERVAL_MS=<ms>; dasi<ms>: both; NAME.2, NAME.3 ...: config NAME again, reported apart]
   ROUNDS [3] rounds of the video figures
   TUNED_ARGS ["--http-workers 8 --max-batch-size 128 --max-wait-ms 2"]
@@ -157,6 +157,7 @@ for step in ${STEPS:-pool serve video jpeg}; do
           dasi*) args=""; envs="GPUFLEET_DECODE_AHEAD=1 GPUFLEET_SWITCH_INTERVAL_MS=${base#dasi}" ;;
           da) args=""; envs="GPUFLEET_DECODE_AHEAD=1" ;;
           dae) args=""; envs="GPUFLEET_DECODE_AHEAD=eager" ;;
+          hw*) args="--http-workers ${base#hw}" ;;
           *) echo "unknown serve config $cfg" >> "$W/steps.txt"; continue ;;
         esac
         for label in $LABELS; do
