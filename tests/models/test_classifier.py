@@ -115,6 +115,14 @@ def test_front_ends_decode_for_a_gpu_engine_when_asked(front: str, monkeypatch: 
         ClassifierFrontEnd("resnet18").prepare_frontend([])
 
 
+def test_a_wrong_decode_ahead_value_fails_where_the_model_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUFLEET_DECODE_AHEAD", "yes")
+    with pytest.raises(ConfigError, match="GPUFLEET_DECODE_AHEAD must be '0', '1' or 'eager', got 'yes'"):
+        ImageClassifier("resnet18", image_size=64)
+    monkeypatch.setenv("GPUFLEET_DECODE_AHEAD", "Eager")
+    assert ImageClassifier("resnet18", image_size=64).prepare_eagerly is False  # set where set up on a GPU
+
+
 def test_a_front_end_of_a_gpu_engine_imports_no_torch() -> None:
     # `gpufleet serve resnet50` on GPUs: each front end only checks JPEGs and forwards them (~0.5 GB less memory
     # and ~2 s less CPU per front end than with torch imported).

@@ -12,7 +12,6 @@ names a state-dict file: the model of ``gpufleet bench`` and of the served-JPEG 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any
 
@@ -23,7 +22,7 @@ from gpufleet.devices.device import Device
 from gpufleet.errors import ConfigError, InputError
 from gpufleet.models.base import stacked_rows
 from gpufleet.models.torch_model import TorchModel
-from gpufleet.models.zoo.inputs import complete_jpeg, image_bytes, jpeg_decode_where, to_rgb_array
+from gpufleet.models.zoo.inputs import complete_jpeg, decode_ahead, image_bytes, jpeg_decode_where, to_rgb_array
 
 __all__ = ["ImageClassifier", "build_module"]
 
@@ -110,6 +109,7 @@ class ImageClassifier(TorchModel):
     def __init__(self, name: str = "resnet50", *, image_size: int = 224, weights: str | None = None,
                  **kwargs: Any) -> None:
         jpeg_decode_where()  # a wrong value fails where the model is made (`gpufleet serve`: one error line)
+        decode_ahead()
         kwargs.setdefault("cuda_graphs", True)
         kwargs.setdefault("example_shape", (3, image_size, image_size))
         kwargs.setdefault("example_dtype", torch.uint8)
@@ -155,8 +155,8 @@ class ImageClassifier(TorchModel):
                 self.batch_buckets = tuple(sorted(set(self.warmup_batch_sizes) | {top}))
                 self.warmup_batch_sizes = self.batch_buckets
         super().setup(device)  # warms up (and captures graphs) through transform
-        ahead = os.environ.get("GPUFLEET_DECODE_AHEAD", "0")
-        if device.is_cuda and ahead in ("1", "eager"):
+        ahead = decode_ahead()
+        if device.is_cuda and ahead != "0":
             self._prep_stream = torch.cuda.Stream(dev)
             # eager: the side thread decodes the JPEGs as they come, in chunks the serving loop joins into
             # batches; 1: one whole batch at a time, once the GPU has room for it.

@@ -99,6 +99,15 @@ def jpeg_decode_where() -> str:
     return where
 
 
+def decode_ahead() -> str:
+    """``GPUFLEET_DECODE_AHEAD`` (a GPU engine's JPEG decoding): ``0`` (the default: in the batch's launch),
+    ``1`` (one batch ahead on a side thread) or ``eager`` (on that thread as the JPEGs come)."""
+    how = os.environ.get("GPUFLEET_DECODE_AHEAD", "").strip().lower() or "0"
+    if how not in ("0", "1", "eager"):
+        raise ConfigError(f"GPUFLEET_DECODE_AHEAD must be '0', '1' or 'eager', got {how!r}")
+    return how
+
+
 def complete_jpeg(data: bytes) -> bytes:
     """``data`` when it is a whole JPEG (starts with FFD8, ends with FFD9, zero padding allowed), else InputError."""
     if not (data.startswith(_SOI) and data.rstrip(b"\x00").endswith(_EOI)):
