@@ -162,9 +162,10 @@ class ImageClassifier(TorchModel):
             # batches; 1: one whole batch at a time, once the GPU has room for it.
             self.prepare_eagerly = ahead == "eager"
         else:
-            # CPU: preprocess decodes. GPU: decoding ahead on a side thread is opt-in (GPUFLEET_DECODE_AHEAD=1):
-            # on one H100 (2026-12-06) `gpufleet serve resnet50` defaults served 7,858 req/s at c=256 with it and
-            # 8,960 without in the same call (docs/benchmarks.md): the GPU is not the limit, so launch decodes.
+            # CPU: preprocess decodes. GPU: decoding ahead on a side thread is opt-in (GPUFLEET_DECODE_AHEAD): on
+            # one H100 (2026-12-06) `gpufleet serve resnet50` served at c=256 7,858 req/s with =1 against 8,960
+            # without, and 7,308 with =eager against 9,196 (docs/benchmarks.md): torchvision's decoder takes one
+            # call at a time, and whole batches decode faster per image, so launch decodes.
             self.prepare_batch = None  # type: ignore[assignment,method-assign]
 
     # -- items ----------------------------------------------------------------------------------------------
