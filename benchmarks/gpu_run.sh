@@ -16,7 +16,8 @@ $OUT/summary.txt (a few lines per workload) and $OUT/results.tgz (every raw JSON
          in turn with the NVDEC decode-only ceiling, benchmarks/video_ceiling.py; then 8 inputs at
          --batch-size 128); the summary compares the medians.
   jpeg   benchmarks/jpeg_ceiling.py: W3's JPEG decode ceiling (torchvision batched decode_jpeg on the GPU, 1 and
-         2 threads) and the engine on those JPEGs without HTTP (decoding ahead vs in launch, and decoded input).
+         2 threads) and the engine on those JPEGs without HTTP (decoding in launch, a batch ahead, as they come;
+         and decoded input).
   tune   gpufleet tune resnet50 --slo-p99-ms 50 (TUNE_BUDGET s), then W3 through serve --config tuned.toml beside
          the defaults (not run unless named in STEPS).
   tests  pytest -m gpu on the test files that have GPU tests (not run unless named in STEPS).
@@ -213,7 +214,7 @@ for step in ${STEPS:-pool serve video jpeg}; do
       done
       summary ;;
     jpeg)
-      stamp "JPEG ceilings (decode 1/2 threads, engine decode ahead / in launch / decoded)"
+      stamp "JPEG ceilings (decode 1/2 threads; engine decoding in launch / a batch ahead / as they come / decoded)"
       pkg new timeout 240 python3 benchmarks/jpeg_ceiling.py --seconds "${SECS:-3}" > "$W/jpeg_ceiling.jsonl" \
         2> "$W/jpeg_ceiling.err"
       cat "$W/jpeg_ceiling.jsonl" >> "$W/steps.txt"

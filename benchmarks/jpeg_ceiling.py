@@ -5,9 +5,9 @@ On the JPEGs ``gpufleet load --payload jpeg224`` sends (224x224), one JSON line 
 
 - ``decode``: torchvision's batched ``decode_jpeg`` on the GPU (nvJPEG), batches of ``--batch``, on 1 and 2
   threads (each with its own CUDA stream): images/s and host CPU µs per image.
-- ``engine``: ``Pool(ImageClassifier("resnet50"))`` (fp16, CUDA graphs) fed JPEG bytes at ``--batch``:
-  decoding ahead (``prepare_batch`` on the worker's second thread and stream, the default) and decoding in
-  ``launch`` on the compute stream (before), images/s.
+- ``engine``: ``Pool(ImageClassifier("resnet50"))`` (fp16, CUDA graphs) fed JPEG bytes at ``--batch``, as
+  ``GPUFLEET_DECODE_AHEAD`` sets it: decoding in ``launch`` (``0``, the default), one batch ahead on the
+  worker's second thread and stream (``1``) and as they come on that thread (``eager``), images/s.
 - ``model``: the same pool fed decoded uint8 images (no decoding at all): the model's ceiling through the pool.
 
     python3 benchmarks/jpeg_ceiling.py --seconds 3 > /tmp/out/jpeg_ceiling.jsonl
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import threading
 import time
 
@@ -59,15 +60,15 @@ def decode(jpegs: list[bytes], threads: int, batch: int, seconds: float, gpu: in
             "jpeg_bytes_mean": round(sum(map(len, jpegs)) / len(jpegs))}
 
 
+_AHEAD = {"decode in launch": "0", "decode one batch ahead": "1", "decode as they come": "eager"}
+
+
 def engine(items: list, mode: str, batch: int, seconds: float, gpu: int) -> dict:
     from gpufleet import Pool
     from gpufleet.models.zoo.classifier import ImageClassifier
 
-    class InLaunch(ImageClassifier):
-        prepare_batch = None  # type: ignore[assignment]
-
-    cls = InLaunch if mode == "decode in launch" else ImageClassifier
-    model = cls("resnet50", precision="fp16")
+    os.environ["GPUFLEET_DECODE_AHEAD"] = _AHEAD.get(mode, "0")  # read by the classifier's setup
+    model = ImageClassifier("resnet50", precision="fp16")
     with Pool(model, str(gpu), max_batch_size=batch, max_wait_ms=2, max_queue=1 << 20) as pool:
         list(pool.map(items * 4))  # warm-up: graphs are captured at setup, the decoder and streams here
         n, t0 = 0, time.perf_counter()
@@ -95,7 +96,7 @@ def main() -> None:
     import torch
     from torchvision.io import decode_jpeg
 
-    for mode in ("decode ahead", "decode in launch"):
+    for mode in _AHEAD:
         print(json.dumps(engine(jpegs * 16, mode, args.batch, args.seconds, args.gpu)), flush=True)
     images = [decode_jpeg(torch.frombuffer(bytearray(j), dtype=torch.uint8)) for j in jpegs]
     print(json.dumps(engine(images * 16, "decoded uint8 (no decoding)", args.batch, args.seconds, args.gpu)),
