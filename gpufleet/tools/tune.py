@@ -10,7 +10,8 @@ the best so far:
 
 1. max batch size, doubling until throughput stops rising (by ``gain``) or the server fails to start (memory);
 2. max wait around the default;
-3. workers per device (1, 2, ...), then the other backends (``process``: one process per worker);
+3. workers per device (1, 2, ...), then the other backends at each of those counts (``process``: one process
+   per worker);
 4. HTTP front-end processes: the search starts with a quarter of the cores (at most 8) so that HTTP does not
    cap the batch search, then tries half, double and one.
 
@@ -479,8 +480,13 @@ class _Search:
         spec = self.spec
         cand = self.batch_sizes()
         cand = self.first_better(cand, [replace(cand, max_wait_ms=w) for w in spec.waits_ms[1:]])
-        workers = [replace(cand, workers_per_device=n) for n in range(2, spec.max_workers_per_device + 1)]
-        workers += [replace(cand, backend=b, workers_per_device=1) for b in spec.backends if b != cand.backend]
+        counts = range(1, spec.max_workers_per_device + 1)
+        workers = [replace(cand, workers_per_device=n) for n in counts if n != cand.workers_per_device]
+        # The other backends at each count: process workers have an interpreter each (and the JPEG classifiers a
+        # GPU decoder each, which torchvision runs one call at a time per process), so two may pay where two
+        # threads do not.
+        workers += [replace(cand, backend=b, workers_per_device=n)
+                    for b in spec.backends if b != cand.backend for n in counts]
         cand = self.first_better(cand, workers)
         if spec.http:  # fewer and more front ends than the start: half, double, then 1
             n = cand.http_workers

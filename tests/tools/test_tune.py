@@ -185,3 +185,20 @@ def test_batching_changes_live_through_front_ends():
 
 if sys.platform != "linux":  # pragma: no cover
     pytestmark = pytest.mark.skip("servers on loopback: Linux CI")
+
+
+def test_the_search_tries_the_other_backends_at_every_worker_count():
+    from gpufleet.tools.tune import Measurement, Trial, _Search
+
+    def rps(c) -> float:  # two process workers are the fastest; larger batches help up to 8
+        return min(c.max_batch_size, 8) * 100 + (500 if (c.backend, c.workers_per_device) == ("process", 2) else 0)
+
+    def run(c) -> Trial:
+        return Trial(c, [Measurement(8, rps(c), 5.0, 10.0, 0, meets=True)], seconds=0.01)
+
+    spec = _spec(backends=("thread", "process"), max_workers_per_device=2, budget_s=600.0)
+    search = _Search(spec, run, on_trial=lambda t: None)
+    best = search.run()
+    tried = [(t.candidate.backend, t.candidate.workers_per_device) for t in search.trials]
+    assert {("thread", 2), ("process", 1), ("process", 2)} <= set(tried)
+    assert (best.backend, best.workers_per_device, best.max_batch_size) == ("process", 2, 8)
