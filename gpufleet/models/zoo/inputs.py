@@ -91,21 +91,25 @@ def to_pil(item: Any) -> Image.Image:
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
 
 
+def _env_choice(name: str, choices: tuple[str, ...]) -> str:
+    """The value of the environment variable ``name`` (case and spaces ignored; unset or empty: ``choices[0]``),
+    or ConfigError naming the choices."""
+    value = os.environ.get(name, "").strip().lower() or choices[0]
+    if value not in choices:
+        quoted = [repr(c) for c in choices]
+        raise ConfigError(f"{name} must be {', '.join(quoted[:-1])} or {quoted[-1]}, got {value!r}")
+    return value
+
+
 def jpeg_decode_where() -> str:
     """``GPUFLEET_JPEG_DECODE``: ``engine`` (the default: a GPU engine decodes JPEGs in batches) or ``frontend``."""
-    where = os.environ.get("GPUFLEET_JPEG_DECODE", "").strip().lower() or "engine"
-    if where not in ("engine", "frontend"):
-        raise ConfigError(f"GPUFLEET_JPEG_DECODE must be 'engine' or 'frontend', got {where!r}")
-    return where
+    return _env_choice("GPUFLEET_JPEG_DECODE", ("engine", "frontend"))
 
 
 def decode_ahead() -> str:
     """``GPUFLEET_DECODE_AHEAD`` (a GPU engine's JPEG decoding): ``0`` (the default: in the batch's launch),
     ``1`` (one batch ahead on a side thread) or ``eager`` (on that thread as the JPEGs come)."""
-    how = os.environ.get("GPUFLEET_DECODE_AHEAD", "").strip().lower() or "0"
-    if how not in ("0", "1", "eager"):
-        raise ConfigError(f"GPUFLEET_DECODE_AHEAD must be '0', '1' or 'eager', got {how!r}")
-    return how
+    return _env_choice("GPUFLEET_DECODE_AHEAD", ("0", "1", "eager"))
 
 
 def complete_jpeg(data: bytes) -> bytes:
