@@ -45,7 +45,8 @@ Environment knobs (defaults in brackets):
   on each GPU (each with its own JPEG decoder and GIL); da: JPEGs decoded
   one batch ahead on a side thread, GPUFLEET_DECODE_AHEAD=1; dae: JPEGs decoded as they come on a side thread,
   in chunks the engine joins into batches, GPUFLEET_DECODE_AHEAD=eager; hw<N>: --http-workers N; si<ms>: the engine's thread switch interval,
-  GPUFLEET_SWITCH_INTERVAL_MS=<ms>; dasi<ms>: both; NAME.2, NAME.3 ...: config NAME again, reported apart]
+  GPUFLEET_SWITCH_INTERVAL_MS=<ms>; dasi<ms>: both; mps+NAME: config NAME with the MPS daemon running (gpufleet mps start/stop around it);
+  NAME.2, NAME.3 ...: config NAME again, reported apart]
   ROUNDS [3] rounds of the video figures
   TUNED_ARGS ["--http-workers 8 --max-batch-size 128 --max-wait-ms 2"]
   VIDEO_MODEL [resnet18]
@@ -147,6 +148,7 @@ for step in ${STEPS:-pool serve video jpeg}; do
     serve)
       for cfg in ${SERVE_CONFIGS:-default tuned}; do
         envs=""; base=${cfg%.*}  # default.2: the defaults again, under their own name (A/B/A/B in one call)
+        mps=0; case $base in mps+*) mps=1; base=${base#mps+} ;; esac
         case $base in
           default) args="" ;;
           tuned) args=${TUNED_ARGS:---http-workers 8 --max-batch-size 128 --max-wait-ms 2} ;;
@@ -163,7 +165,9 @@ for step in ${STEPS:-pool serve video jpeg}; do
         esac
         for label in $LABELS; do
           stamp "JPEG serving [$label $cfg: ${envs:-}${envs:+ }gpufleet serve resnet50 $args]"
+          [ $mps = 1 ] && pkg new python3 -m gpufleet mps start >> "$W/steps.txt" 2>&1
           serve_one "$label" "$cfg" "$args" "${envs:-}"
+          [ $mps = 1 ] && pkg new python3 -m gpufleet mps stop >> "$W/steps.txt" 2>&1
           summary
         done
       done ;;
