@@ -1,0 +1,156 @@
+"""Does a GPU JPEG decode overlap a running model? W3's serving loop decodes the next batch while the GPU runs
+the previous one; this measures, without the engine, the decode of one batch of W3's JPEGs (224x224) alone and
+beside ResNet-50 fp16 replayed as a CUDA graph (batch 64, kept busy on its own stream, as the pool runs it):
+
+- torchvision's ``decode_jpeg`` on the GPU (nvJPEG, its own low-priority stream, a process-wide lock);
+- nvImageCodec (``nvidia-nvimgcodec-cu13``), when importable, on a stream we choose: default and high priority,
+  hardware decoder and CUDA decoder.
+
+One JSON line per decoder: per-call ms (p50) alone and beside the model, and the model's images/s meanwhile.
+
+    python3 benchmarks/decode_overlap.py --seconds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from collections.abc import Callable
+
+from jpeg_ceiling import w3_jpegs
+
+
+def graph_model(dev, batch: int):  # noqa: ANN001, ANN201
+    import torch
+    import torchvision.models as tvm
+
+    net = tvm.resnet50().to(dev, torch.float16, memory_format=torch.channels_last).eval()
+    x = torch.randn(batch, 3, 224, 224, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    s = torch.cuda.Stream(dev)
+    with torch.cuda.stream(s), torch.inference_mode():
+        for _ in range(3):
+            net(x)
+        s.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, stream=s):
+            net(x)
+    return g
+
+
+class Busy:
+    """Replays the graph on a stream of its own, two replays in flight, until stopped."""
+
+    def __init__(self, graph, dev, batch: int) -> None:  # noqa: ANN001
+        import torch
+
+        self.graph, self.batch, self.n = graph, batch, 0
+        self.stream = torch.cuda.Stream(dev)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        import torch
+
+        events: list = []
+        with torch.cuda.stream(self.stream):
+            while not self.stop.is_set():
+                self.graph.replay()
+                e = torch.cuda.Event()
+                e.record()
+                events.append(e)
+                if len(events) >= 2:
+                    events.pop(0).synchronize()
+                    self.n += self.batch
+        self.stream.synchronize()
+
+    def __enter__(self) -> Busy:
+        self.thread.start()
+        time.sleep(0.3)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def timed(fn: Callable[[], None], seconds: float) -> list[float]:
+    fn()
+    calls: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        fn()
+        calls.append(time.perf_counter() - t)
+    return sorted(calls)
+
+
+def measure(name: str, fn: Callable[[], None], graph, dev, batch: int, seconds: float) -> dict:  # noqa: ANN001
+    alone = timed(fn, seconds)
+    with Busy(graph, dev, 64) as busy:
+        n0, t0 = busy.n, time.perf_counter()
+        beside = timed(fn, seconds)
+        model_rate = (busy.n - n0) / (time.perf_counter() - t0)
+    p50 = lambda c: round(c[len(c) // 2] * 1e3, 2)  # noqa: E731
+    return {"decoder": name, "batch": batch, "alone_ms_p50": p50(alone), "beside_model_ms_p50": p50(beside),
+            "alone_img_per_s": round(batch * len(alone) / sum(alone)),
+            "beside_img_per_s": round(batch * len(beside) / sum(beside)), "model_img_per_s_meanwhile":
+            round(model_rate)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--gpu", type=int, default=0)
+    args = ap.parse_args()
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    dev = torch.device(f"cuda:{args.gpu}")
+    jpegs = w3_jpegs(8)
+    data = [jpegs[i % len(jpegs)] for i in range(args.batch)]
+    graph = graph_model(dev, 64)
+    t = timed(lambda: (graph.replay(), torch.cuda.synchronize(dev)), args.seconds)
+    print(json.dumps({"model": "resnet50 fp16 graph", "batch": 64, "replay_ms_p50": round(t[len(t) // 2] * 1e3, 2)}),
+          flush=True)
+
+    tensors = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in data]
+    tv_stream = torch.cuda.Stream(dev)
+
+    def tv() -> None:
+        with torch.cuda.stream(tv_stream):
+            decode_jpeg(tensors, mode=ImageReadMode.RGB, device=dev)
+        tv_stream.synchronize()
+
+    print(json.dumps(measure("torchvision decode_jpeg", tv, graph, dev, args.batch, args.seconds)), flush=True)
+    try:
+        from nvidia import nvimgcodec
+    except ImportError as exc:
+        print(json.dumps({"decoder": "nvimgcodec", "error": f"not importable: {exc}"}), flush=True)
+        return
+    for kind in ("HW_GPU_ONLY", "GPU_ONLY"):
+        try:
+            dec = nvimgcodec.Decoder(device_id=args.gpu,
+                                     backends=[nvimgcodec.Backend(getattr(nvimgcodec.BackendKind, kind))])
+        except Exception as exc:  # noqa: BLE001
+            print(json.dumps({"decoder": f"nvimgcodec {kind}", "error": repr(exc)}), flush=True)
+            continue
+        for prio in (0, -5):
+            s = torch.cuda.Stream(dev, priority=prio)
+
+            def nv(dec=dec, s=s) -> None:  # noqa: ANN001
+                imgs = dec.decode(data, cuda_stream=s.cuda_stream)
+                assert all(i is not None for i in imgs)
+                s.synchronize()
+
+            try:
+                out = measure(f"nvimgcodec {kind} priority {prio}", nv, graph, dev, args.batch, args.seconds)
+            except Exception as exc:  # noqa: BLE001
+                out = {"decoder": f"nvimgcodec {kind} priority {prio}", "error": repr(exc)}
+            print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
