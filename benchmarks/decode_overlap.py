@@ -36,7 +36,7 @@ def graph_model(dev, batch: int):  # noqa: ANN001, ANN201
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g, stream=s):
             net(x)
-    return g, x
+    return g, x, net
 
 
 class Busy:
@@ -99,10 +99,10 @@ def measure(name: str, fn: Callable[[], None], graph, dev, batch: int, seconds: 
             round(model_rate)}
 
 
-def serving_loop(name: str, decode: Callable, graph, x, dev, seconds: float) -> dict:  # noqa: ANN001
+def serving_loop(name: str, decode: Callable, step: Callable, x, dev, seconds: float) -> dict:  # noqa: ANN001
     """The pool's loop without the pool: decode batch N+1 (``decode(compute)`` returns images usable on the
-    compute stream), stack it into the graph's input, replay, then wait for batch N. Images/s and the decode's
-    host time per batch."""
+    compute stream), stack it into the model's input ``x``, run ``step`` (the graph's replay or the eager
+    module), then wait for batch N. Images/s and the decode's host time per batch."""
     import torch
 
     compute = torch.cuda.Stream(dev)
@@ -114,7 +114,7 @@ def serving_loop(name: str, decode: Callable, graph, x, dev, seconds: float) -> 
         dec.append(time.perf_counter() - t)
         with torch.cuda.stream(compute):
             x.copy_(torch.stack(imgs))
-            graph.replay()
+            step()
             done = torch.cuda.Event()
             done.record()
         if prev is not None:
@@ -138,12 +138,13 @@ def main() -> None:
     dev = torch.device(f"cuda:{args.gpu}")
     jpegs = w3_jpegs(8)
     data = [jpegs[i % len(jpegs)] for i in range(args.batch)]
-    graph, x = graph_model(dev, 64)
+    graph, x, net = graph_model(dev, 64)
     t = timed(lambda: (graph.replay(), torch.cuda.synchronize(dev)), args.seconds)
     print(json.dumps({"model": "resnet50 fp16 graph", "batch": 64, "replay_ms_p50": round(t[len(t) // 2] * 1e3, 2)}),
           flush=True)
 
     tensors = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in data]
+    imgs64 = list(decode_jpeg(tensors[:64], mode=ImageReadMode.RGB, device=dev))
     tv_stream = torch.cuda.Stream(dev)
 
     def tv() -> None:
@@ -163,8 +164,16 @@ def main() -> None:
         compute.wait_stream(tv_stream)
         return out
 
+    def eager() -> None:
+        with torch.inference_mode():
+            net(x)
+
     for name, fn in (("torchvision, compute stream current", tv_on), ("torchvision, side stream", tv_side)):
-        print(json.dumps(serving_loop(name, fn, graph, x, dev, args.seconds)), flush=True)
+        print(json.dumps(serving_loop(name, fn, graph.replay, x, dev, args.seconds)), flush=True)
+        print(json.dumps(serving_loop(name + ", eager model", fn, eager, x, dev, args.seconds)), flush=True)
+    print(json.dumps(serving_loop("no decode (graph)", lambda c: imgs64, graph.replay, x, dev, args.seconds)),
+          flush=True)
+    print(json.dumps(serving_loop("no decode (eager)", lambda c: imgs64, eager, x, dev, args.seconds)), flush=True)
     try:
         from nvidia import nvimgcodec
     except ImportError as exc:
@@ -182,7 +191,8 @@ def main() -> None:
                 compute.wait_stream(s)
                 return out
 
-            out = serving_loop(f"nvimgcodec HW_GPU_ONLY priority {prio}", nv_loop, graph, x, dev, args.seconds)
+            out = serving_loop(f"nvimgcodec HW_GPU_ONLY priority {prio}", nv_loop, graph.replay, x, dev,
+                               args.seconds)
         except Exception as exc:  # noqa: BLE001
             out = {"loop": f"nvimgcodec priority {prio}", "error": repr(exc)}
         print(json.dumps(out), flush=True)

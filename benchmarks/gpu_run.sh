@@ -45,7 +45,8 @@ Environment knobs (defaults in brackets):
   on each GPU (each with its own JPEG decoder and GIL); da: JPEGs decoded
   one batch ahead on a side thread, GPUFLEET_DECODE_AHEAD=1; dae: JPEGs decoded as they come on a side thread,
   in chunks the engine joins into batches, GPUFLEET_DECODE_AHEAD=eager; hw<N>: --http-workers N; si<ms>: the engine's thread switch interval,
-  GPUFLEET_SWITCH_INTERVAL_MS=<ms>; dasi<ms>: both; mps+NAME: config NAME with the MPS daemon running (gpufleet mps start/stop around it);
+  GPUFLEET_SWITCH_INTERVAL_MS=<ms>; dasi<ms>: both; eager: ResNet-50 without CUDA graphs
+  (benchmarks/eager_classifier.py); mps+NAME: config NAME with the MPS daemon running (gpufleet mps start/stop around it);
   NAME.2, NAME.3 ...: config NAME again, reported apart]
   ROUNDS [3] rounds of the video figures
   TUNED_ARGS ["--http-workers 8 --max-batch-size 128 --max-wait-ms 2"]
@@ -103,7 +104,7 @@ serve_one() {  # $1 = label, $2 = config name, $3 = extra serve flags, $4 = VAR=
   PORT=$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
   # Started as a plain command (env execs python3), so $! is the server itself and the TERM below reaches it.
   # shellcheck disable=SC2086  # $3 is split into flags on purpose
-  env PYTHONSAFEPATH=1 "$(pypath "$label")" ${4:-} python3 -m gpufleet serve resnet50 --port "$PORT" --log-level warning $3 \
+  env PYTHONSAFEPATH=1 "$(pypath "$label")" ${4:-} python3 -m gpufleet serve "${model:-resnet50}" --port "$PORT" --log-level warning $3 \
     > "$W/serve_$tag.log" 2>&1 &
   spid=$!
   for i in $(seq 1 240); do  # readiness turns 200 once every front end listens and the model is warm
@@ -148,7 +149,7 @@ for step in ${STEPS:-pool serve video jpeg}; do
     serve)
       for cfg in ${SERVE_CONFIGS:-default tuned}; do
         envs=""; base=${cfg%.*}  # default.2: the defaults again, under their own name (A/B/A/B in one call)
-        mps=0; case $base in mps+*) mps=1; base=${base#mps+} ;; esac
+        mps=0; model=resnet50; case $base in mps+*) mps=1; base=${base#mps+} ;; esac
         case $base in
           default) args="" ;;
           tuned) args=${TUNED_ARGS:---http-workers 8 --max-batch-size 128 --max-wait-ms 2} ;;
@@ -161,6 +162,7 @@ for step in ${STEPS:-pool serve video jpeg}; do
           da) args=""; envs="GPUFLEET_DECODE_AHEAD=1" ;;
           dae) args=""; envs="GPUFLEET_DECODE_AHEAD=eager" ;;
           hw*) args="--http-workers ${base#hw}" ;;
+          eager) args=""; model=benchmarks/eager_classifier.py:EagerResNet50 ;;
           *) echo "unknown serve config $cfg" >> "$W/steps.txt"; continue ;;
         esac
         for label in $LABELS; do
