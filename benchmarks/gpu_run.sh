@@ -45,7 +45,8 @@ Environment knobs (defaults in brackets):
   on each GPU (each with its own JPEG decoder and GIL); da: JPEGs decoded
   one batch ahead on a side thread, GPUFLEET_DECODE_AHEAD=1; dae: JPEGs decoded as they come on a side thread,
   in chunks the engine joins into batches, GPUFLEET_DECODE_AHEAD=eager; hw<N>: --http-workers N; si<ms>: the engine's thread switch interval,
-  GPUFLEET_SWITCH_INTERVAL_MS=<ms>; dasi<ms>: both; eager: ResNet-50 without CUDA graphs
+  GPUFLEET_SWITCH_INTERVAL_MS=<ms>; dasi<ms>: both; cmc<N>: CUDA_DEVICE_MAX_CONNECTIONS=<N> (hardware work
+  queues per GPU; streams beyond them share one); eager: ResNet-50 without CUDA graphs
   (benchmarks/eager_classifier.py); mps+NAME: config NAME with the MPS daemon running (gpufleet mps start/stop around it);
   NAME.2, NAME.3 ...: config NAME again, reported apart]
   ROUNDS [3] rounds of the video figures
@@ -162,6 +163,7 @@ for step in ${STEPS:-pool serve video jpeg}; do
           da) args=""; envs="GPUFLEET_DECODE_AHEAD=1" ;;
           dae) args=""; envs="GPUFLEET_DECODE_AHEAD=eager" ;;
           hw*) args="--http-workers ${base#hw}" ;;
+          cmc*) args=""; envs="CUDA_DEVICE_MAX_CONNECTIONS=${base#cmc}" ;;
           eager) args=""; model=benchmarks/eager_classifier.py:EagerResNet50 ;;
           *) echo "unknown serve config $cfg" >> "$W/steps.txt"; continue ;;
         esac
