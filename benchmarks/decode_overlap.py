@@ -7,6 +7,10 @@ beside ResNet-50 fp16 replayed as a CUDA graph (batch 64, kept busy on its own s
   hardware decoder and CUDA decoder.
 
 One JSON line per decoder: per-call ms (p50) alone and beside the model, and the model's images/s meanwhile.
+Then the serving loop without the pool (decode batch N+1, stack, replay, wait for batch N), one JSON line per
+way of doing it: decoding with the compute stream current and stacking on the default stream (what the
+classifier's launch does), stacking on the compute stream, decoding and stacking on a side stream, each with
+the graph or the eager module, and without decoding (the model's own ceiling in this loop).
 
     python3 benchmarks/decode_overlap.py --seconds 2
 """
@@ -19,7 +23,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from jpeg_ceiling import w3_jpegs
+
+def w3_jpegs(n: int) -> list[bytes]:
+    """The JPEGs of ``gpufleet load --payload jpeg224``."""
+    from gpufleet.tools.load import make_payloads
+
+    return [p.raw for p in make_payloads("jpeg224", n)]
 
 
 def graph_model(dev, batch: int):  # noqa: ANN001, ANN201
@@ -99,10 +108,14 @@ def measure(name: str, fn: Callable[[], None], graph, dev, batch: int, seconds: 
             round(model_rate)}
 
 
-def serving_loop(name: str, decode: Callable, step: Callable, x, dev, seconds: float) -> dict:  # noqa: ANN001
+def serving_loop(name: str, decode: Callable, step: Callable, x, dev, seconds: float,  # noqa: ANN001
+                 stack_on: str = "compute", side=None) -> dict:  # noqa: ANN001
     """The pool's loop without the pool: decode batch N+1 (``decode(compute)`` returns images usable on the
-    compute stream), stack it into the model's input ``x``, run ``step`` (the graph's replay or the eager
-    module), then wait for batch N. Images/s and the decode's host time per batch."""
+    compute stream, or on ``side``), stack it, copy it into the model's input ``x``, run ``step`` (the graph's
+    replay or the eager module), then wait for batch N. ``stack_on``: ``compute`` (the stack queues behind
+    batch N), ``default`` (as the classifier's launch does: the thread's default stream waits for the compute
+    stream, stacks, and the compute stream waits for it) or ``side`` (stacked on ``side``, where the images were
+    decoded). Images/s and the decode's host time per batch."""
     import torch
 
     compute = torch.cuda.Stream(dev)
@@ -112,8 +125,19 @@ def serving_loop(name: str, decode: Callable, step: Callable, x, dev, seconds: f
         t = time.perf_counter()
         imgs = decode(compute)
         dec.append(time.perf_counter() - t)
+        if stack_on == "compute":
+            with torch.cuda.stream(compute):
+                stacked = torch.stack(imgs)
+        else:
+            s = torch.cuda.default_stream(dev) if stack_on == "default" else side
+            if stack_on == "default":
+                s.wait_stream(compute)
+            with torch.cuda.stream(s):
+                stacked = torch.stack(imgs)
+            compute.wait_stream(s)
+            stacked.record_stream(compute)
         with torch.cuda.stream(compute):
-            x.copy_(torch.stack(imgs))
+            x.copy_(stacked)
             step()
             done = torch.cuda.Event()
             done.record()
@@ -123,7 +147,8 @@ def serving_loop(name: str, decode: Callable, step: Callable, x, dev, seconds: f
         prev = done
     prev.synchronize()
     dec.sort()
-    return {"loop": name, "img_per_s": round(n / seconds), "decode_ms_p50": round(dec[len(dec) // 2] * 1e3, 2)}
+    return {"loop": name, "stack_on": stack_on, "img_per_s": round(n / seconds),
+            "decode_ms_p50": round(dec[len(dec) // 2] * 1e3, 2)}
 
 
 def main() -> None:
@@ -158,22 +183,24 @@ def main() -> None:
         with torch.cuda.stream(compute):
             return decode_jpeg(tensors[:64], mode=ImageReadMode.RGB, device=dev)
 
-    def tv_side(compute) -> list:  # noqa: ANN001
+    def tv_side(compute) -> list:  # noqa: ANN001  # stacked on tv_stream next (stack_on="side")
         with torch.cuda.stream(tv_stream):
-            out = decode_jpeg(tensors[:64], mode=ImageReadMode.RGB, device=dev)
-        compute.wait_stream(tv_stream)
-        return out
+            return decode_jpeg(tensors[:64], mode=ImageReadMode.RGB, device=dev)
 
     def eager() -> None:
         with torch.inference_mode():
             net(x)
 
-    for name, fn in (("torchvision, compute stream current", tv_on), ("torchvision, side stream", tv_side)):
-        print(json.dumps(serving_loop(name, fn, graph.replay, x, dev, args.seconds)), flush=True)
-        print(json.dumps(serving_loop(name + ", eager model", fn, eager, x, dev, args.seconds)), flush=True)
-    print(json.dumps(serving_loop("no decode (graph)", lambda c: imgs64, graph.replay, x, dev, args.seconds)),
-          flush=True)
-    print(json.dumps(serving_loop("no decode (eager)", lambda c: imgs64, eager, x, dev, args.seconds)), flush=True)
+    loops = (("torchvision decoding with the compute stream current, as the classifier", tv_on, graph.replay,
+              "default"),
+             ("same, stacked on the compute stream", tv_on, graph.replay, "compute"),
+             ("torchvision decoding and stacking on a side stream", tv_side, graph.replay, "side"),
+             ("same, eager model", tv_side, eager, "side"),
+             ("torchvision as the classifier, eager model", tv_on, eager, "default"),
+             ("no decode (graph)", lambda c: imgs64, graph.replay, "compute"),
+             ("no decode (eager)", lambda c: imgs64, eager, "compute"))
+    for name, fn, step, stack_on in loops:
+        print(json.dumps(serving_loop(name, fn, step, x, dev, args.seconds, stack_on, tv_stream)), flush=True)
     try:
         from nvidia import nvimgcodec
     except ImportError as exc:
@@ -185,14 +212,12 @@ def main() -> None:
             hw = nvimgcodec.Decoder(device_id=args.gpu,
                                     backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.HW_GPU_ONLY)])
 
-            def nv_loop(compute, hw=hw, s=s) -> list:  # noqa: ANN001
+            def nv_loop(compute, hw=hw, s=s) -> list:  # noqa: ANN001  # stacked on s next (stack_on="side")
                 imgs = hw.decode(data[:64], cuda_stream=s.cuda_stream)
-                out = [torch.as_tensor(i, device=dev).permute(2, 0, 1) for i in imgs]
-                compute.wait_stream(s)
-                return out
+                return [torch.as_tensor(i, device=dev).permute(2, 0, 1) for i in imgs]
 
             out = serving_loop(f"nvimgcodec HW_GPU_ONLY priority {prio}", nv_loop, graph.replay, x, dev,
-                               args.seconds)
+                               args.seconds, "side", s)
         except Exception as exc:  # noqa: BLE001
             out = {"loop": f"nvimgcodec priority {prio}", "error": repr(exc)}
         print(json.dumps(out), flush=True)

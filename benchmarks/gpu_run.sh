@@ -18,6 +18,8 @@ $OUT/summary.txt (a few lines per workload) and $OUT/results.tgz (every raw JSON
   jpeg   benchmarks/jpeg_ceiling.py: W3's JPEG decode ceiling (torchvision batched decode_jpeg on the GPU, 1 and
          2 threads) and the engine on those JPEGs without HTTP (decoding in launch, a batch ahead, as they come;
          and decoded input).
+  overlap benchmarks/decode_overlap.py: does the GPU JPEG decode of the next batch overlap the model's replay
+         (torchvision; nvImageCodec on default and high-priority streams when importable)? Not run unless named.
   tune   gpufleet tune resnet50 --slo-p99-ms 50 (TUNE_BUDGET s), then W3 through serve --config tuned.toml beside
          the defaults (not run unless named in STEPS).
   tests  pytest -m gpu on the test files that have GPU tests (not run unless named in STEPS).
@@ -46,8 +48,8 @@ Environment knobs (defaults in brackets):
   one batch ahead on a side thread, GPUFLEET_DECODE_AHEAD=1; dae: JPEGs decoded as they come on a side thread,
   in chunks the engine joins into batches, GPUFLEET_DECODE_AHEAD=eager; hw<N>: --http-workers N; si<ms>: the engine's thread switch interval,
   GPUFLEET_SWITCH_INTERVAL_MS=<ms>; dasi<ms>: both; cmc<N>: CUDA_DEVICE_MAX_CONNECTIONS=<N> (hardware work
-  queues per GPU; streams beyond them share one); eager: ResNet-50 without CUDA graphs
-  (benchmarks/eager_classifier.py); mps+NAME: config NAME with the MPS daemon running (gpufleet mps start/stop around it);
+  queues per GPU; streams beyond them share one); eager: ResNet-50 without CUDA graphs; side: decoded and stacked
+  on a stream of its own (both benchmarks/classifier_variants.py); mps+NAME: config NAME with the MPS daemon running (gpufleet mps start/stop around it);
   NAME.2, NAME.3 ...: config NAME again, reported apart]
   ROUNDS [3] rounds of the video figures
   TUNED_ARGS ["--http-workers 8 --max-batch-size 128 --max-wait-ms 2"]
@@ -164,7 +166,8 @@ for step in ${STEPS:-pool serve video jpeg}; do
           dae) args=""; envs="GPUFLEET_DECODE_AHEAD=eager" ;;
           hw*) args="--http-workers ${base#hw}" ;;
           cmc*) args=""; envs="CUDA_DEVICE_MAX_CONNECTIONS=${base#cmc}" ;;
-          eager) args=""; model=benchmarks/eager_classifier.py:EagerResNet50 ;;
+          eager) args=""; model=benchmarks/classifier_variants.py:EagerResNet50 ;;
+          side) args=""; model=benchmarks/classifier_variants.py:SideStreamResNet50 ;;
           *) echo "unknown serve config $cfg" >> "$W/steps.txt"; continue ;;
         esac
         for label in $LABELS; do
@@ -226,6 +229,15 @@ for step in ${STEPS:-pool serve video jpeg}; do
       pkg new timeout 240 python3 benchmarks/jpeg_ceiling.py --seconds "${SECS:-3}" > "$W/jpeg_ceiling.jsonl" \
         2> "$W/jpeg_ceiling.err"
       cat "$W/jpeg_ceiling.jsonl" >> "$W/steps.txt"
+      summary ;;
+    overlap)
+      stamp "GPU JPEG decode beside the model's replay (benchmarks/decode_overlap.py; then CUDA_DEVICE_MAX_CONNECTIONS=32)"
+      pkg new timeout 150 python3 benchmarks/decode_overlap.py --seconds "${SECS:-2}" > "$W/overlap.jsonl" \
+        2> "$W/overlap.err"
+      pkg new timeout 150 env CUDA_DEVICE_MAX_CONNECTIONS=32 python3 benchmarks/decode_overlap.py \
+        --seconds "${SECS:-2}" > "$W/overlap_cmc32.jsonl" 2> "$W/overlap_cmc32.err"
+      { cat "$W/overlap.jsonl"; echo "with CUDA_DEVICE_MAX_CONNECTIONS=32:"; cat "$W/overlap_cmc32.jsonl"; } \
+        >> "$W/steps.txt"
       summary ;;
     tune)
       stamp "gpufleet tune resnet50 --slo-p99-ms ${TUNE_SLO:-50} (budget ${TUNE_BUDGET:-240} s)"

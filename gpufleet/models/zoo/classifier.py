@@ -121,6 +121,7 @@ class ImageClassifier(TorchModel):
         self._decode_stream: torch.cuda.Stream | None = None  # on another GPU's decoder (decoder_device)
         self._prep_stream: torch.cuda.Stream | None = None  # prepare_batch's, on this device
         self.prepare_eagerly = False  # GPUFLEET_DECODE_AHEAD=eager (set up on a GPU)
+        self._launch_decode_stream: torch.cuda.Stream | None = None  # launch's decode (None: the compute stream)
 
     def load(self, device: Device) -> torch.nn.Module:
         # Workers set up in parallel threads and torch's RNG is global: seed and build under one lock so
@@ -231,9 +232,10 @@ class ImageClassifier(TorchModel):
         if self._cuda:
             batch = self._tensors(batch)
             if any(isinstance(x, torch.Tensor) and x.dim() == 1 for x in batch):  # not prepared: decode now
-                batch = self._decode_gpu(batch, self._stream)
+                stream = self._launch_decode_stream or self._stream
+                batch = self._decode_gpu(batch, stream)
                 # The batch is stacked next on the current stream: it must see the decodes and resizes.
-                torch.cuda.current_stream(self._dev).wait_stream(self._stream)
+                torch.cuda.current_stream(self._dev).wait_stream(stream)
         bad = {i: x for i, x in enumerate(batch) if isinstance(x, _Bad)}
         if bad:
             blank = torch.zeros((3, self.image_size, self.image_size), dtype=torch.uint8, device=self._dev)
