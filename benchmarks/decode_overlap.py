@@ -109,21 +109,25 @@ def measure(name: str, fn: Callable[[], None], graph, dev, batch: int, seconds: 
 
 
 def serving_loop(name: str, decode: Callable, step: Callable, x, dev, seconds: float,  # noqa: ANN001
-                 stack_on: str = "compute", side=None) -> dict:  # noqa: ANN001
+                 stack_on: str = "compute", side=None, sizes: tuple[int, ...] = (64,)) -> dict:  # noqa: ANN001
     """The pool's loop without the pool: decode batch N+1 (``decode(compute)`` returns images usable on the
     compute stream, or on ``side``), stack it, copy it into the model's input ``x``, run ``step`` (the graph's
     replay or the eager module), then wait for batch N. ``stack_on``: ``compute`` (the stack queues behind
     batch N), ``default`` (as the classifier's launch does: the thread's default stream waits for the compute
     stream, stacks, and the compute stream waits for it) or ``side`` (stacked on ``side``, where the images were
-    decoded). Images/s and the decode's host time per batch."""
+    decoded). ``sizes``: the batch sizes, in turn (the server's batches vary in size). Images/s and the decode's
+    host time per batch."""
     import torch
 
     compute = torch.cuda.Stream(dev)
-    prev, n, dec = None, 0, []
+    prev, n, dec, last = None, 0, [], 0
     end = time.perf_counter() + seconds
+    i = 0
     while time.perf_counter() < end:
+        k = sizes[i % len(sizes)]
+        i += 1
         t = time.perf_counter()
-        imgs = decode(compute)
+        imgs = decode(compute, k)
         dec.append(time.perf_counter() - t)
         if stack_on == "compute":
             with torch.cuda.stream(compute):
@@ -137,17 +141,17 @@ def serving_loop(name: str, decode: Callable, step: Callable, x, dev, seconds: f
             compute.wait_stream(s)
             stacked.record_stream(compute)
         with torch.cuda.stream(compute):
-            x.copy_(stacked)
+            x[:k].copy_(stacked)
             step()
             done = torch.cuda.Event()
             done.record()
         if prev is not None:
             prev.synchronize()
-            n += x.shape[0]
-        prev = done
+            n += last
+        prev, last = done, k
     prev.synchronize()
     dec.sort()
-    return {"loop": name, "stack_on": stack_on, "img_per_s": round(n / seconds),
+    return {"loop": name, "stack_on": stack_on, "sizes": f"{min(sizes)}-{max(sizes)}", "img_per_s": round(n / seconds),
             "decode_ms_p50": round(dec[len(dec) // 2] * 1e3, 2)}
 
 
@@ -179,13 +183,13 @@ def main() -> None:
 
     print(json.dumps(measure("torchvision decode_jpeg", tv, graph, dev, args.batch, args.seconds)), flush=True)
 
-    def tv_on(compute) -> list:  # noqa: ANN001  # as the classifier's launch: the compute stream is current
+    def tv_on(compute, k: int) -> list:  # noqa: ANN001  # as the classifier's launch: the compute stream is current
         with torch.cuda.stream(compute):
-            return decode_jpeg(tensors[:64], mode=ImageReadMode.RGB, device=dev)
+            return decode_jpeg(tensors[:k], mode=ImageReadMode.RGB, device=dev)
 
-    def tv_side(compute) -> list:  # noqa: ANN001  # stacked on tv_stream next (stack_on="side")
+    def tv_side(compute, k: int) -> list:  # noqa: ANN001  # stacked on tv_stream next (stack_on="side")
         with torch.cuda.stream(tv_stream):
-            return decode_jpeg(tensors[:64], mode=ImageReadMode.RGB, device=dev)
+            return decode_jpeg(tensors[:k], mode=ImageReadMode.RGB, device=dev)
 
     def eager() -> None:
         with torch.inference_mode():
@@ -197,10 +201,17 @@ def main() -> None:
              ("torchvision decoding and stacking on a side stream", tv_side, graph.replay, "side"),
              ("same, eager model", tv_side, eager, "side"),
              ("torchvision as the classifier, eager model", tv_on, eager, "default"),
-             ("no decode (graph)", lambda c: imgs64, graph.replay, "compute"),
-             ("no decode (eager)", lambda c: imgs64, eager, "compute"))
+             ("no decode (graph)", lambda c, k: imgs64[:k], graph.replay, "compute"),
+             ("no decode (eager)", lambda c, k: imgs64[:k], eager, "compute"))
     for name, fn, step, stack_on in loops:
         print(json.dumps(serving_loop(name, fn, step, x, dev, args.seconds, stack_on, tv_stream)), flush=True)
+    # Batch sizes that change from one batch to the next, as the server's do (63.4 of 64 on average at c=256):
+    # does the decoder's per-call set-up for a new size cost more than the decode?
+    varying = (64, 61, 64, 58, 63, 64, 60, 62)
+    for name, fn, stack_on in (("torchvision as the classifier", tv_on, "default"),
+                               ("torchvision on a side stream", tv_side, "side")):
+        print(json.dumps(serving_loop(name, fn, graph.replay, x, dev, args.seconds, stack_on, tv_stream, varying)),
+              flush=True)
     try:
         from nvidia import nvimgcodec
     except ImportError as exc:
@@ -212,8 +223,8 @@ def main() -> None:
             hw = nvimgcodec.Decoder(device_id=args.gpu,
                                     backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.HW_GPU_ONLY)])
 
-            def nv_loop(compute, hw=hw, s=s) -> list:  # noqa: ANN001  # stacked on s next (stack_on="side")
-                imgs = hw.decode(data[:64], cuda_stream=s.cuda_stream)
+            def nv_loop(compute, k: int, hw=hw, s=s) -> list:  # noqa: ANN001  # stacked on s next (side)
+                imgs = hw.decode(data[:k], cuda_stream=s.cuda_stream)
                 return [torch.as_tensor(i, device=dev).permute(2, 0, 1) for i in imgs]
 
             out = serving_loop(f"nvimgcodec HW_GPU_ONLY priority {prio}", nv_loop, graph.replay, x, dev,
