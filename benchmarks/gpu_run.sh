@@ -171,7 +171,7 @@ for step in ${STEPS:-pool serve video jpeg}; do
           *) echo "unknown serve config $cfg" >> "$W/steps.txt"; continue ;;
         esac
         for label in $LABELS; do
-          stamp "JPEG serving [$label $cfg: ${envs:-}${envs:+ }gpufleet serve resnet50 $args]"
+          stamp "JPEG serving [$label $cfg: ${envs:-}${envs:+ }gpufleet serve $model $args]"
           [ $mps = 1 ] && pkg new python3 -m gpufleet mps start >> "$W/steps.txt" 2>&1
           serve_one "$label" "$cfg" "$args" "${envs:-}"
           [ $mps = 1 ] && pkg new python3 -m gpufleet mps stop >> "$W/steps.txt" 2>&1
