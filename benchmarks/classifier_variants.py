@@ -1,10 +1,12 @@
 """ResNet-50 served as ``gpufleet serve resnet50`` serves it, with one thing changed, for A/B runs of W3
-(``gpu_run.sh`` serve configs ``eager`` and ``side``):
+(``gpu_run.sh`` serve configs ``eager``, ``side`` and ``pad``):
 
 - ``EagerResNet50``: without CUDA graphs (the eager module per batch);
 - ``SideStreamResNet50``: ``launch`` decodes and stacks each batch on a CUDA stream of its own, so neither
   waits behind the previous batch on the compute stream (the default decodes with the compute stream current
-  and stacks on the thread's default stream after it).
+  and stacks on the thread's default stream after it);
+- ``PaddedDecodeResNet50``: every decode call gets the same number of JPEGs (the batch size; the first JPEG
+  repeated), in case the decoder's set-up for a batch of another size is what costs (the server's batches vary).
 
     gpufleet serve benchmarks/classifier_variants.py:SideStreamResNet50
 """
@@ -43,3 +45,17 @@ class SideStreamResNet50(ImageClassifier):
             return super().launch(batch)
         with torch.cuda.stream(self._launch_decode_stream):  # the stack in TorchModel.launch goes here too
             return super().launch(batch)
+
+
+class PaddedDecodeResNet50(ImageClassifier):
+    """``ImageClassifier("resnet50")`` that decodes each batch's JPEGs in calls of the batch size."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("resnet50", **kwargs)
+
+    def _decode_gpu(self, batch: list, stream: torch.cuda.Stream) -> list:
+        encoded = [x for x in batch if isinstance(x, torch.Tensor) and x.dim() == 1]
+        pad = (self.max_batch_size or len(batch)) - len(batch)
+        if not encoded or pad <= 0:
+            return super()._decode_gpu(batch, stream)
+        return super()._decode_gpu(batch + [encoded[0]] * pad, stream)[: len(batch)]

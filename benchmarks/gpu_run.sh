@@ -49,7 +49,7 @@ Environment knobs (defaults in brackets):
   in chunks the engine joins into batches, GPUFLEET_DECODE_AHEAD=eager; hw<N>: --http-workers N; si<ms>: the engine's thread switch interval,
   GPUFLEET_SWITCH_INTERVAL_MS=<ms>; dasi<ms>: both; cmc<N>: CUDA_DEVICE_MAX_CONNECTIONS=<N> (hardware work
   queues per GPU; streams beyond them share one); eager: ResNet-50 without CUDA graphs; side: decoded and stacked
-  on a stream of its own (both benchmarks/classifier_variants.py); mps+NAME: config NAME with the MPS daemon running (gpufleet mps start/stop around it);
+  on a stream of its own; pad: decode calls of the batch size (all three benchmarks/classifier_variants.py); mps+NAME: config NAME with the MPS daemon running (gpufleet mps start/stop around it);
   NAME.2, NAME.3 ...: config NAME again, reported apart]
   ROUNDS [3] rounds of the video figures
   TUNED_ARGS ["--http-workers 8 --max-batch-size 128 --max-wait-ms 2"]
@@ -168,6 +168,7 @@ for step in ${STEPS:-pool serve video jpeg}; do
           cmc*) args=""; envs="CUDA_DEVICE_MAX_CONNECTIONS=${base#cmc}" ;;
           eager) args=""; model=benchmarks/classifier_variants.py:EagerResNet50 ;;
           side) args=""; model=benchmarks/classifier_variants.py:SideStreamResNet50 ;;
+          pad) args=""; model=benchmarks/classifier_variants.py:PaddedDecodeResNet50 ;;
           *) echo "unknown serve config $cfg" >> "$W/steps.txt"; continue ;;
         esac
         for label in $LABELS; do
