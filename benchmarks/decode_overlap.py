@@ -1,6 +1,7 @@
 """Does a GPU JPEG decode overlap a running model? W3's serving loop decodes the next batch while the GPU runs
 the previous one; this measures, without the engine, the decode of one batch of W3's JPEGs (224x224) alone and
-beside ResNet-50 fp16 replayed as a CUDA graph (batch 64, kept busy on its own stream, as the pool runs it):
+beside ResNet-50 fp16 (batch 64) kept busy on another thread and stream, replayed as a CUDA graph (as the pool
+runs it) and as the eager module:
 
 - torchvision's ``decode_jpeg`` on the GPU (nvJPEG, its own low-priority stream, a process-wide lock);
 - nvImageCodec (``nvidia-nvimgcodec-cu13``), when importable, on a stream we choose: default and high priority,
@@ -49,12 +50,13 @@ def graph_model(dev, batch: int):  # noqa: ANN001, ANN201
 
 
 class Busy:
-    """Replays the graph on a stream of its own, two replays in flight, until stopped."""
+    """Runs ``step`` (the graph's replay or the eager module) on a stream of its own, two in flight, until
+    stopped."""
 
-    def __init__(self, graph, dev, batch: int) -> None:  # noqa: ANN001
+    def __init__(self, step: Callable[[], None], dev, batch: int) -> None:  # noqa: ANN001
         import torch
 
-        self.graph, self.batch, self.n = graph, batch, 0
+        self.step, self.batch, self.n = step, batch, 0
         self.stream = torch.cuda.Stream(dev)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run)
@@ -65,7 +67,7 @@ class Busy:
         events: list = []
         with torch.cuda.stream(self.stream):
             while not self.stop.is_set():
-                self.graph.replay()
+                self.step()
                 e = torch.cuda.Event()
                 e.record()
                 events.append(e)
@@ -95,17 +97,21 @@ def timed(fn: Callable[[], None], seconds: float) -> list[float]:
     return sorted(calls)
 
 
-def measure(name: str, fn: Callable[[], None], graph, dev, batch: int, seconds: float) -> dict:  # noqa: ANN001
-    alone = timed(fn, seconds)
-    with Busy(graph, dev, 64) as busy:
-        n0, t0 = busy.n, time.perf_counter()
-        beside = timed(fn, seconds)
-        model_rate = (busy.n - n0) / (time.perf_counter() - t0)
+def measure(name: str, fn: Callable[[], None], models: dict[str, Callable[[], None]], dev, batch: int,  # noqa: ANN001
+            seconds: float) -> dict:
+    """``fn``'s per-call time alone, then beside each of ``models`` (name: its step, batch 64) kept busy."""
     p50 = lambda c: round(c[len(c) // 2] * 1e3, 2)  # noqa: E731
-    return {"decoder": name, "batch": batch, "alone_ms_p50": p50(alone), "beside_model_ms_p50": p50(beside),
-            "alone_img_per_s": round(batch * len(alone) / sum(alone)),
-            "beside_img_per_s": round(batch * len(beside) / sum(beside)), "model_img_per_s_meanwhile":
-            round(model_rate)}
+    alone = timed(fn, seconds)
+    out = {"decoder": name, "batch": batch, "alone_ms_p50": p50(alone),
+           "alone_img_per_s": round(batch * len(alone) / sum(alone))}
+    for model, step in models.items():
+        with Busy(step, dev, 64) as busy:
+            n0, t0 = busy.n, time.perf_counter()
+            beside = timed(fn, seconds)
+            model_rate = (busy.n - n0) / (time.perf_counter() - t0)
+        out[f"beside_{model}"] = {"ms_p50": p50(beside), "img_per_s": round(batch * len(beside) / sum(beside)),
+                                  "model_img_per_s_meanwhile": round(model_rate)}
+    return out
 
 
 def serving_loop(name: str, decode: Callable, step: Callable, x, dev, seconds: float,  # noqa: ANN001
@@ -181,7 +187,12 @@ def main() -> None:
             decode_jpeg(tensors, mode=ImageReadMode.RGB, device=dev)
         tv_stream.synchronize()
 
-    print(json.dumps(measure("torchvision decode_jpeg", tv, graph, dev, args.batch, args.seconds)), flush=True)
+    def eager() -> None:
+        with torch.inference_mode():
+            net(x)
+
+    models = {"graph": graph.replay, "eager": eager}
+    print(json.dumps(measure("torchvision decode_jpeg", tv, models, dev, args.batch, args.seconds)), flush=True)
 
     def tv_on(compute, k: int) -> list:  # noqa: ANN001  # as the classifier's launch: the compute stream is current
         with torch.cuda.stream(compute):
@@ -190,10 +201,6 @@ def main() -> None:
     def tv_side(compute, k: int) -> list:  # noqa: ANN001  # stacked on tv_stream next (stack_on="side")
         with torch.cuda.stream(tv_stream):
             return decode_jpeg(tensors[:k], mode=ImageReadMode.RGB, device=dev)
-
-    def eager() -> None:
-        with torch.inference_mode():
-            net(x)
 
     loops = (("torchvision decoding with the compute stream current, as the classifier", tv_on, graph.replay,
               "default"),
@@ -248,7 +255,8 @@ def main() -> None:
                 s.synchronize()
 
             try:
-                out = measure(f"nvimgcodec {kind} priority {prio}", nv, graph, dev, args.batch, args.seconds)
+                out = measure(f"nvimgcodec {kind} priority {prio}", nv, {"graph": graph.replay}, dev, args.batch,
+                              args.seconds)
             except Exception as exc:  # noqa: BLE001
                 out = {"decoder": f"nvimgcodec {kind} priority {prio}", "error": repr(exc)}
             print(json.dumps(out), flush=True)

@@ -4,8 +4,8 @@ can reach at most once requests are parsed.
 On the JPEGs ``gpufleet load --payload jpeg224`` sends (224x224), one JSON line each:
 
 - ``decode``: torchvision's batched ``decode_jpeg`` on the GPU (nvJPEG), batches of ``--batch``, on 1 and 2
-  threads (each with its own CUDA stream): images/s and host CPU µs per image; then batches of 64 alone and
-  beside ResNet-50 fp16 running on a second thread and stream (per-call time, images/s of each).
+  threads (each with its own CUDA stream): images/s and host CPU µs per image (a decode beside a running
+  model: ``decode_overlap.py``).
 - ``engine``: ``Pool(ImageClassifier("resnet50"))`` (fp16, CUDA graphs) fed JPEG bytes at ``--batch``, as
   ``GPUFLEET_DECODE_AHEAD`` sets it: decoding in ``launch`` (``0``, the default), one batch ahead on the
   worker's second thread and stream (``1``) and as they come on that thread (``eager``), images/s.
@@ -61,59 +61,6 @@ def decode(jpegs: list[bytes], threads: int, batch: int, seconds: float, gpu: in
             "jpeg_bytes_mean": round(sum(map(len, jpegs)) / len(jpegs))}
 
 
-def decode_beside_model(jpegs: list[bytes], batch: int, seconds: float, gpu: int, model_batch: int = 64) -> dict:
-    """The decode of ``decode`` (one thread) while a second thread keeps ResNet-50 fp16 busy on its own stream:
-    how much a running model slows each decode call (the serving loop decodes the next batch while the GPU
-    runs the previous one)."""
-    import torch
-    import torchvision.models as tvm
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    dev = torch.device(f"cuda:{gpu}")
-    data = [torch.frombuffer(bytearray(jpegs[i % len(jpegs)]), dtype=torch.uint8) for i in range(batch)]
-    net = tvm.resnet50().to(dev, torch.float16, memory_format=torch.channels_last).eval()
-    x = torch.randn(model_batch, 3, 224, 224, device=dev, dtype=torch.float16).contiguous(
-        memory_format=torch.channels_last)
-    out: dict = {"what": "decode beside the model", "batch": batch, "model_batch": model_batch}
-    for busy in (False, True):
-        stop = threading.Event()
-        done = [0]
-
-        def run_model(stop: threading.Event, done: list[int]) -> None:
-            stream = torch.cuda.Stream(dev)
-            with torch.cuda.stream(stream), torch.inference_mode():
-                while not stop.is_set():
-                    net(x)
-                    stream.synchronize()
-                    done[0] += model_batch
-
-        runner = threading.Thread(target=run_model, args=(stop, done))
-        if busy:
-            runner.start()
-            time.sleep(0.5)
-        stream = torch.cuda.Stream(dev)
-        calls: list[float] = []
-        m0, end = done[0], time.perf_counter() + seconds
-        with torch.cuda.stream(stream):
-            while time.perf_counter() < end:
-                t = time.perf_counter()
-                decode_jpeg(data, mode=ImageReadMode.RGB, device=dev)
-                stream.synchronize()
-                calls.append(time.perf_counter() - t)
-        model_rate = (done[0] - m0) / seconds
-        stop.set()
-        if busy:
-            runner.join()
-        calls.sort()
-        key = "model_running" if busy else "alone"
-        out[key] = {"img_per_s": round(len(calls) * batch / sum(calls)),
-                    "call_ms_p50": round(calls[len(calls) // 2] * 1e3, 2),
-                    "us_per_img_p50": round(calls[len(calls) // 2] / batch * 1e6, 1)}
-        if busy:
-            out[key]["model_img_per_s"] = round(model_rate)
-    return out
-
-
 _AHEAD = {"decode in launch": "0", "decode one batch ahead": "1", "decode as they come": "eager"}
 
 
@@ -145,7 +92,6 @@ def main() -> None:
     jpegs = w3_jpegs(8)
     for threads in (1, 2):
         print(json.dumps(decode(jpegs, threads, args.batch, args.seconds, args.gpu)), flush=True)
-    print(json.dumps(decode_beside_model(jpegs, 64, args.seconds, args.gpu)), flush=True)
     if args.skip_engine:
         return
     import torch
