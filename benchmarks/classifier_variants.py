@@ -21,19 +21,23 @@ from gpufleet.devices.device import Device
 from gpufleet.models.zoo.classifier import ImageClassifier
 
 
-class EagerResNet50(ImageClassifier):
-    """``ImageClassifier("resnet50")`` with ``cuda_graphs=False``."""
+class _ResNet50(ImageClassifier):
+    """``ImageClassifier("resnet50")``, as ``gpufleet serve resnet50`` makes it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("resnet50", **kwargs)
+
+
+class EagerResNet50(_ResNet50):
+    """ResNet-50 with ``cuda_graphs=False``."""
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("cuda_graphs", False)
-        super().__init__("resnet50", **kwargs)
+        super().__init__(**kwargs)
 
 
-class SideStreamResNet50(ImageClassifier):
-    """``ImageClassifier("resnet50")`` whose launch decodes and stacks on a stream of its own."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__("resnet50", **kwargs)
+class SideStreamResNet50(_ResNet50):
+    """ResNet-50 whose launch decodes and stacks on a stream of its own."""
 
     def setup(self, device: Device) -> None:
         super().setup(device)
@@ -47,11 +51,8 @@ class SideStreamResNet50(ImageClassifier):
             return super().launch(batch)
 
 
-class PaddedDecodeResNet50(ImageClassifier):
-    """``ImageClassifier("resnet50")`` that decodes each batch's JPEGs in calls of the batch size."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__("resnet50", **kwargs)
+class PaddedDecodeResNet50(_ResNet50):
+    """ResNet-50 that decodes each batch's JPEGs in calls of the batch size."""
 
     def _decode_gpu(self, batch: list, stream: torch.cuda.Stream) -> list:
         encoded = [x for x in batch if isinstance(x, torch.Tensor) and x.dim() == 1]
