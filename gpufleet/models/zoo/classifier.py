@@ -232,7 +232,7 @@ class ImageClassifier(TorchModel):
         if self._cuda:
             batch = self._tensors(batch)
             if any(isinstance(x, torch.Tensor) and x.dim() == 1 for x in batch):  # not prepared: decode now
-                stream = self._launch_decode_stream or self._stream
+                stream = self._stream if self._launch_decode_stream is None else self._launch_decode_stream
                 batch = self._decode_gpu(batch, stream)
                 # The batch is stacked next on the current stream: it must see the decodes and resizes.
                 torch.cuda.current_stream(self._dev).wait_stream(stream)
