@@ -46,11 +46,12 @@ Environment knobs (defaults in brackets):
   on each GPU (--workers-per-device 2; they share the process's one JPEG decoder); proc2: two process workers
   on each GPU (each with its own JPEG decoder and GIL); da: JPEGs decoded
   one batch ahead on a side thread, GPUFLEET_DECODE_AHEAD=1; dae: JPEGs decoded as they come on a side thread,
-  in chunks the engine joins into batches, GPUFLEET_DECODE_AHEAD=eager; hw<N>: --http-workers N; si<ms>: the engine's thread switch interval,
-  GPUFLEET_SWITCH_INTERVAL_MS=<ms>; dasi<ms>: both; cmc<N>: CUDA_DEVICE_MAX_CONNECTIONS=<N> (hardware work
-  queues per GPU; streams beyond them share one); eager: ResNet-50 without CUDA graphs; side: decoded and stacked
-  on a stream of its own; pad: decode calls of the batch size (all three benchmarks/classifier_variants.py); mps+NAME: config NAME with the MPS daemon running (gpufleet mps start/stop around it);
-  NAME.2, NAME.3 ...: config NAME again, reported apart]
+  in chunks the engine joins into batches, GPUFLEET_DECODE_AHEAD=eager; hw<N>: --http-workers N; si<ms>: the
+  engine's thread switch interval, GPUFLEET_SWITCH_INTERVAL_MS=<ms>; dasi<ms>: both; cmc<N>:
+  CUDA_DEVICE_MAX_CONNECTIONS=<N> (hardware work queues per GPU; streams beyond them share one); eager:
+  ResNet-50 without CUDA graphs; side: decoded and stacked on a stream of its own; pad: decode calls of the
+  batch size (all three benchmarks/classifier_variants.py); mps+NAME: config NAME with the MPS daemon running
+  (gpufleet mps start/stop around it); NAME.2, NAME.3 ...: config NAME again, reported apart]
   ROUNDS [3] rounds of the video figures
   TUNED_ARGS ["--http-workers 8 --max-batch-size 128 --max-wait-ms 2"]
   VIDEO_MODEL [resnet18]
