@@ -17,6 +17,7 @@ from typing import Any
 
 __all__ = [
     "device_count",
+    "driver_loaded",
     "driver_version",
     "gpu_utilization",
     "gpu_uuids",
@@ -57,6 +58,12 @@ def _str(value: Any) -> str:
 def nvml_available() -> bool:
     """True when NVML could be loaded and initialised."""
     return _nvml() is not None
+
+
+def driver_loaded() -> bool:
+    """True when this host has an NVIDIA driver (NVML loads, or its control device exists): CUDA may work here;
+    False means no CUDA device, without importing torch to find out."""
+    return nvml_available() or os.path.exists("/dev/nvidiactl")
 
 
 def driver_version() -> str | None:

@@ -27,6 +27,7 @@ import threading
 import time
 from typing import Any
 
+from gpufleet.devices import nvml
 from gpufleet.devices.device import Device
 from gpufleet.engine import wire
 from gpufleet.engine.process.child import STICKY_EXIT, HostPins, is_sticky_cuda_error
@@ -72,7 +73,7 @@ class GpuActor:
 
         gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         cuda = False
-        if use_gpu and gpu_ids:
+        if use_gpu and gpu_ids and nvml.driver_loaded():  # no torch import on a node without a driver
             import torch
 
             cuda = torch.cuda.is_available()  # Ray set CUDA_VISIBLE_DEVICES: the actor's GPU is cuda:0

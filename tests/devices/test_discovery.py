@@ -235,6 +235,19 @@ def test_nvml_helpers_never_raise():
     assert isinstance(nvml.mig_parents(), dict)
 
 
+def test_driver_loaded_without_torch(monkeypatch):
+    # NVML or the driver's control device, either says a driver is here (a Ray actor then imports torch)
+    monkeypatch.setitem(nvml._state, "tried", True)
+    monkeypatch.setitem(nvml._state, "module", None)
+    monkeypatch.setattr(nvml.os.path, "exists", lambda path: False)
+    assert nvml.driver_loaded() is False
+    monkeypatch.setattr(nvml.os.path, "exists", lambda path: path == "/dev/nvidiactl")
+    assert nvml.driver_loaded() is True
+    monkeypatch.setitem(nvml._state, "module", object())
+    monkeypatch.setattr(nvml.os.path, "exists", lambda path: False)
+    assert nvml.driver_loaded() is True
+
+
 def fake_pynvml(monkeypatch, *, util_error=False):
     class NVMLError(Exception):
         pass
