@@ -48,10 +48,10 @@ Environment knobs (defaults in brackets):
   one batch ahead on a side thread, GPUFLEET_DECODE_AHEAD=1; dae: JPEGs decoded as they come on a side thread,
   in chunks the engine joins into batches, GPUFLEET_DECODE_AHEAD=eager; hw<N>: --http-workers N; si<ms>: the
   engine's thread switch interval, GPUFLEET_SWITCH_INTERVAL_MS=<ms>; dasi<ms>: both; cmc<N>:
-  CUDA_DEVICE_MAX_CONNECTIONS=<N> (hardware work queues per GPU; streams beyond them share one); eager:
-  ResNet-50 without CUDA graphs; side: decoded and stacked on a stream of its own; pad: decode calls of the
-  batch size (all three benchmarks/classifier_variants.py); mps+NAME: config NAME with the MPS daemon running
-  (gpufleet mps start/stop around it); NAME.2, NAME.3 ...: config NAME again, reported apart]
+  CUDA_DEVICE_MAX_CONNECTIONS=<N> (hardware work queues per GPU; gpufleet sets 32 unless it is set, cmc8 is
+  CUDA's own default); eager: ResNet-50 without CUDA graphs; side: decoded and stacked on a stream of its
+  own; pad: decode calls of the batch size (all three benchmarks/classifier_variants.py); mps+NAME: config
+  NAME with the MPS daemon running (gpufleet mps start/stop around it); NAME.2, NAME.3 ...: config NAME again, reported apart]
   ROUNDS [3] rounds of the video figures
   TUNED_ARGS ["--http-workers 8 --max-batch-size 128 --max-wait-ms 2"]
   VIDEO_MODEL [resnet18]
@@ -161,15 +161,16 @@ for step in ${STEPS:-pool serve video jpeg}; do
           process) args="--backend process" ;;
           w2) args="--workers-per-device 2" ;;
           proc2) args="--backend process --workers-per-device 2" ;;
+          # exact names before the patterns: side is not si<ms>
+          eager) args=""; model=benchmarks/classifier_variants.py:EagerResNet50 ;;
+          side) args=""; model=benchmarks/classifier_variants.py:SideStreamResNet50 ;;
+          pad) args=""; model=benchmarks/classifier_variants.py:PaddedDecodeResNet50 ;;
           si*) args=""; envs="GPUFLEET_SWITCH_INTERVAL_MS=${base#si}" ;;
           dasi*) args=""; envs="GPUFLEET_DECODE_AHEAD=1 GPUFLEET_SWITCH_INTERVAL_MS=${base#dasi}" ;;
           da) args=""; envs="GPUFLEET_DECODE_AHEAD=1" ;;
           dae) args=""; envs="GPUFLEET_DECODE_AHEAD=eager" ;;
           hw*) args="--http-workers ${base#hw}" ;;
           cmc*) args=""; envs="CUDA_DEVICE_MAX_CONNECTIONS=${base#cmc}" ;;
-          eager) args=""; model=benchmarks/classifier_variants.py:EagerResNet50 ;;
-          side) args=""; model=benchmarks/classifier_variants.py:SideStreamResNet50 ;;
-          pad) args=""; model=benchmarks/classifier_variants.py:PaddedDecodeResNet50 ;;
           *) echo "unknown serve config $cfg" >> "$W/steps.txt"; continue ;;
         esac
         for label in $LABELS; do

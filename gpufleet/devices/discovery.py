@@ -18,7 +18,7 @@ from gpufleet.devices.arch import arch_for
 from gpufleet.devices.device import Device
 from gpufleet.errors import ConfigError
 
-__all__ = ["discover", "remap_visible", "select"]
+__all__ = ["cuda_env_defaults", "discover", "remap_visible", "select"]
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,22 @@ def cpu_devices_list(count: int | None = None) -> list[Device]:
     ]
 
 
+# Hardware work queues per CUDA context (CUDA's default is 8). With 8, a JPEG decode on a side stream beside
+# ResNet-50 replayed as a CUDA graph ran at a quarter of its own speed (7,301 of 29,542 img/s on one H100,
+# 2026-12-07, benchmarks/decode_overlap.py): the graph's kernels took the queues the decoder's streams map to.
+# With 32 it ran at 27,740 and decoding the next batch while the model ran cost the model 1.5% instead of 12%.
+CUDA_CONNECTIONS = "32"
+
+
+def cuda_env_defaults() -> None:
+    """Set CUDA's environment defaults that gpufleet relies on, unless the user set them: read when a process
+    creates its CUDA context, so call it before (device discovery does)."""
+    os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", CUDA_CONNECTIONS)
+
+
 def _cuda_devices() -> list[Device]:
     """The CUDA devices torch sees, enriched with NVML uuids and physical indices; [] without CUDA."""
+    cuda_env_defaults()
     import torch
 
     try:

@@ -29,6 +29,7 @@ from typing import Any
 
 from gpufleet.devices import nvml
 from gpufleet.devices.device import Device
+from gpufleet.devices.discovery import cuda_env_defaults
 from gpufleet.engine import wire
 from gpufleet.engine.process.child import STICKY_EXIT, HostPins, is_sticky_cuda_error
 from gpufleet.engine.process.placement import GPU_CHILD_THREADS
@@ -74,6 +75,7 @@ class GpuActor:
         gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         cuda = False
         if use_gpu and gpu_ids and nvml.driver_loaded():  # no torch import on a node without a driver
+            cuda_env_defaults()
             import torch
 
             cuda = torch.cuda.is_available()  # Ray set CUDA_VISIBLE_DEVICES: the actor's GPU is cuda:0

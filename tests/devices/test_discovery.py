@@ -235,6 +235,15 @@ def test_nvml_helpers_never_raise():
     assert isinstance(nvml.mig_parents(), dict)
 
 
+def test_discovery_sets_cuda_connections_unless_the_user_did(monkeypatch):
+    monkeypatch.delenv("CUDA_DEVICE_MAX_CONNECTIONS", raising=False)
+    discover()
+    assert os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] == "32"  # before any CUDA context: side streams overlap
+    monkeypatch.setenv("CUDA_DEVICE_MAX_CONNECTIONS", "8")
+    discover()
+    assert os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] == "8"
+
+
 def test_driver_loaded_without_torch(monkeypatch):
     # NVML or the driver's control device, either says a driver is here (a Ray actor then imports torch)
     monkeypatch.setitem(nvml._state, "tried", True)
