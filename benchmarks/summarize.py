@@ -105,7 +105,7 @@ def _engine_during(tag: str, before: dict | None, after: dict | None) -> list[st
         if span else ""
     st = after.get("stages", {})
     stages = ", ".join(f"{k} {st[k]['p50_ms']:.2f}/{st[k]['p99_ms']:.2f}" for k in
-                       ("queue_wait", "launch", "collect", "predict", "e2e") if k in st)
+                       ("queue_wait", "launch", "decode", "collect", "compute", "predict", "e2e") if k in st)
     return [f"engine [{tag}] over c=256: {batches:,} batches, avg {items / batches if batches else 0:.1f} items; "
             f"loop idle {idle_txt or '-'} of {span:.1f} s; stages p50/p99 ms: {stages}"]
 

@@ -197,7 +197,9 @@ def test_jpegs_prepared_ahead_give_the_answers_of_decoding_in_launch() -> None:
     for cls in (ImageClassifier, InLaunch):
         with Pool(cls("resnet18", image_size=64, precision="fp32"), "0", max_batch_size=32, max_wait_ms=2) as pool:
             results.append(list(pool.map(jpegs, return_exceptions=True)))
+            stages = pool.stats()["stages"]
     ahead, inline = results
+    assert stages["decode"]["count"] > 0  # launch's decode, timed apart in the stats
     assert isinstance(ahead[7], Exception) and isinstance(inline[7], Exception)
     for a, b in zip(ahead, inline):
         if not isinstance(a, Exception):

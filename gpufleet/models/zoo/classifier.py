@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -229,25 +230,33 @@ class ImageClassifier(TorchModel):
         return [x if isinstance(x, (torch.Tensor, _Bad)) else _as_tensor(x) for x in batch]
 
     def launch(self, batch: list) -> Any:
+        decode_s = 0.0
         if self._cuda:
             batch = self._tensors(batch)
             if any(isinstance(x, torch.Tensor) and x.dim() == 1 for x in batch):  # not prepared: decode now
+                t0 = time.perf_counter()
                 stream = self._stream if self._launch_decode_stream is None else self._launch_decode_stream
                 batch = self._decode_gpu(batch, stream)
                 # The batch is stacked next on the current stream: it must see the decodes and resizes.
                 torch.cuda.current_stream(self._dev).wait_stream(stream)
+                decode_s = time.perf_counter() - t0
         bad = {i: x for i, x in enumerate(batch) if isinstance(x, _Bad)}
         if bad:
             blank = torch.zeros((3, self.image_size, self.image_size), dtype=torch.uint8, device=self._dev)
             batch = [blank if i in bad else x for i, x in enumerate(batch)]
         handle = super().launch(batch)
-        handle.extra = bad
+        handle.extra = (bad, decode_s)
         return handle
 
     def collect(self, handle: Any) -> list:
+        """As :meth:`TorchModel.collect`; ``last_timings`` gains ``decode`` (the host time of the batch's GPU JPEG
+        decode in launch) when launch decoded."""
         outs = super().collect(handle)
-        for i, b in (handle.extra or {}).items():
+        bad, decode_s = handle.extra
+        for i, b in bad.items():
             outs[i] = b
+        if decode_s:
+            self.last_timings["decode"] = decode_s
         return outs
 
     def _decode_gpu(self, batch: list, stream: torch.cuda.Stream) -> list:
