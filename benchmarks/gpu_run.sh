@@ -51,7 +51,8 @@ Environment knobs (defaults in brackets):
   CUDA_DEVICE_MAX_CONNECTIONS=<N> (hardware work queues per GPU; gpufleet sets 32 unless it is set, cmc8 is
   CUDA's own default); eager: ResNet-50 without CUDA graphs; side: decoded and stacked on a stream of its
   own; pad: decode calls of the batch size (all three benchmarks/classifier_variants.py); mps+NAME: config
-  NAME with the MPS daemon running (gpufleet mps start/stop around it); NAME.2, NAME.3 ...: config NAME again, reported apart]
+  NAME with the MPS daemon running (gpufleet mps start/stop around it); NAME.2, NAME.3 ...: config NAME
+  again, reported apart]
   ROUNDS [3] rounds of the video figures
   TUNED_ARGS ["--http-workers 8 --max-batch-size 128 --max-wait-ms 2"]
   VIDEO_MODEL [resnet18]
