@@ -9,9 +9,10 @@ typer, rich, prometheus-client, nvidia-ml-py, but no internet): the server (msgs
 httptools, orjson), PyAV and PyNvVideoCodec, for its Python 3.12 x86-64, into .whl/ (git-ignored, ~63 MB).
 Carry it with the device tool: run(command="bash benchmarks/gpu_run.sh", carry=[".whl"]).
 
-jpeg: instead, the server's wheels and nvImageCodec (nvidia-nvimgcodec-cu13 and nvidia-nvjpeg, for decode_overlap.py)
-into .whl2/ (~30 MB): run(command="WHEELS=.whl2 STEPS='overlap serve' bash benchmarks/gpu_run.sh",
-carry=[".whl2"]). The two sets do not fit in one call's 64 MiB together.
+jpeg: instead, the server's wheels, nvImageCodec (nvidia-nvimgcodec-cu13 and nvidia-nvjpeg, for decode_overlap.py)
+and py-spy (for serve_profile.sh) into .whl2/ (~32 MB): run(command="WHEELS=.whl2 STEPS='overlap serve'
+bash benchmarks/gpu_run.sh; WHEELS=.whl2 bash benchmarks/serve_profile.sh", carry=[".whl2"]). The two sets do
+not fit in one call's 64 MiB together.
 USAGE
 }
 case "${1:-}" in
@@ -28,7 +29,7 @@ P=(--no-deps --only-binary=:all: --python-version 3.12 --implementation cp -d "$
 SERVER=(msgspec==0.23.0 uvicorn==0.54.0 starlette==1.10.0 httptools==0.9.0 orjson==3.13.0)
 if [ "${1:-}" = jpeg ]; then
   python3 -m pip download -q "${P[@]}" "${SERVER[@]}" nvidia-nvimgcodec-cu13==0.9.0.20 \
-    nvidia-nvjpeg==13.3.2.43
+    nvidia-nvjpeg==13.3.2.43 py-spy==0.4.3
   ls -la .whl2 && du -sh .whl2
   exit
 fi
