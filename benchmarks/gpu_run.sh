@@ -20,6 +20,8 @@ $OUT/summary.txt (a few lines per workload) and $OUT/results.tgz (every raw JSON
          and decoded input).
   overlap benchmarks/decode_overlap.py: does the GPU JPEG decode of the next batch overlap the model's replay
          (torchvision; nvImageCodec on default and high-priority streams when importable)? Not run unless named.
+  convoy benchmarks/gil_convoy.py: how much a busy Python thread stretches a launch of many GIL-releasing calls
+         in the same process (this host's CPU; not run unless named).
   tune   gpufleet tune resnet50 --slo-p99-ms 50 (TUNE_BUDGET s), then W3 through serve --config tuned.toml beside
          the defaults (not run unless named in STEPS).
   tests  pytest -m gpu on the test files that have GPU tests (not run unless named in STEPS).
@@ -227,6 +229,11 @@ for step in ${STEPS:-pool serve video jpeg}; do
         stamp "JPEG serving [backend $b, tuned]"
         serve_one new "$b" "--backend $b ${TUNED_ARGS:---http-workers 8 --max-batch-size 128 --max-wait-ms 2}"
       done
+      summary ;;
+    convoy)
+      stamp "GIL convoy (benchmarks/gil_convoy.py)"
+      pkg new timeout 120 python3 benchmarks/gil_convoy.py > "$W/gil_convoy.jsonl" 2> "$W/gil_convoy.err"
+      cat "$W/gil_convoy.jsonl" >> "$W/steps.txt"
       summary ;;
     jpeg)
       stamp "JPEG ceilings (decode 1/2 threads; engine decoding in launch / a batch ahead / as they come / decoded)"
