@@ -22,13 +22,17 @@ import sys
 import threading
 import time
 
+import numpy as np
+
+from gpufleet.engine.stats import percentiles
+
 
 def launch(calls: int, wait_s: float) -> float:
-    """One stand-in launch: ``calls`` GIL-releasing waits; returns its wall time in ms."""
+    """One stand-in launch: ``calls`` GIL-releasing waits; returns its wall time in seconds."""
     t = time.perf_counter()
     for _ in range(calls):
         time.sleep(wait_s)
-    return (time.perf_counter() - t) * 1e3
+    return time.perf_counter() - t
 
 
 def hog(stop: threading.Event, busy_s: float, rest_s: float) -> None:
@@ -49,13 +53,13 @@ def measure(calls: int, wait_s: float, busy_s: float, share: float, launches: in
         th.start()
         time.sleep(0.05)
     try:
-        times = sorted(launch(calls, wait_s) for _ in range(launches))
+        times = np.array([launch(calls, wait_s) for _ in range(launches)])
     finally:
         stop.set()
         if th is not None:
             th.join()
-    return {"busy_share": share, "launch_ms_p50": round(times[len(times) // 2], 2),
-            "launch_ms_p99": round(times[min(len(times) - 1, int(len(times) * 0.99))], 2)}
+    p = percentiles(times, (50, 99))
+    return {"busy_share": share, "launch_ms_p50": round(p["p50_ms"], 2), "launch_ms_p99": round(p["p99_ms"], 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
