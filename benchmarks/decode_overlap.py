@@ -24,6 +24,10 @@ import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
+
+from gpufleet.engine.stats import percentiles
+
 
 def w3_jpegs(n: int) -> list[bytes]:
     """The JPEGs of ``gpufleet load --payload jpeg224``."""
@@ -86,6 +90,11 @@ class Busy:
         self.thread.join()
 
 
+def p50_ms(samples: list[float]) -> float:
+    """The median of ``samples`` (seconds) in ms, rounded for the JSON lines."""
+    return round(percentiles(np.array(samples), (50,))["p50_ms"], 2)
+
+
 def timed(fn: Callable[[], None], seconds: float) -> list[float]:
     fn()
     calls: list[float] = []
@@ -94,22 +103,21 @@ def timed(fn: Callable[[], None], seconds: float) -> list[float]:
         t = time.perf_counter()
         fn()
         calls.append(time.perf_counter() - t)
-    return sorted(calls)
+    return calls
 
 
 def measure(name: str, fn: Callable[[], None], models: dict[str, Callable[[], None]], dev, batch: int,  # noqa: ANN001
             seconds: float) -> dict:
     """``fn``'s per-call time alone, then beside each of ``models`` (name: its step, batch 64) kept busy."""
-    p50 = lambda c: round(c[len(c) // 2] * 1e3, 2)  # noqa: E731
     alone = timed(fn, seconds)
-    out = {"decoder": name, "batch": batch, "alone_ms_p50": p50(alone),
+    out = {"decoder": name, "batch": batch, "alone_ms_p50": p50_ms(alone),
            "alone_img_per_s": round(batch * len(alone) / sum(alone))}
     for model, step in models.items():
         with Busy(step, dev, 64) as busy:
             n0, t0 = busy.n, time.perf_counter()
             beside = timed(fn, seconds)
             model_rate = (busy.n - n0) / (time.perf_counter() - t0)
-        out[f"beside_{model}"] = {"ms_p50": p50(beside), "img_per_s": round(batch * len(beside) / sum(beside)),
+        out[f"beside_{model}"] = {"ms_p50": p50_ms(beside), "img_per_s": round(batch * len(beside) / sum(beside)),
                                   "model_img_per_s_meanwhile": round(model_rate)}
     return out
 
@@ -156,9 +164,8 @@ def serving_loop(name: str, decode: Callable, step: Callable, x, dev, seconds: f
             n += last
         prev, last = done, k
     prev.synchronize()
-    dec.sort()
     return {"loop": name, "stack_on": stack_on, "sizes": f"{min(sizes)}-{max(sizes)}", "img_per_s": round(n / seconds),
-            "decode_ms_p50": round(dec[len(dec) // 2] * 1e3, 2)}
+            "decode_ms_p50": p50_ms(dec)}
 
 
 def main() -> None:
@@ -175,7 +182,7 @@ def main() -> None:
     data = [jpegs[i % len(jpegs)] for i in range(args.batch)]
     graph, x, net = graph_model(dev, 64)
     t = timed(lambda: (graph.replay(), torch.cuda.synchronize(dev)), args.seconds)
-    print(json.dumps({"model": "resnet50 fp16 graph", "batch": 64, "replay_ms_p50": round(t[len(t) // 2] * 1e3, 2)}),
+    print(json.dumps({"model": "resnet50 fp16 graph", "batch": 64, "replay_ms_p50": p50_ms(t)}),
           flush=True)
 
     tensors = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in data]
