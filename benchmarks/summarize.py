@@ -104,8 +104,8 @@ def _engine_during(tag: str, before: dict | None, after: dict | None) -> list[st
     idle_txt = ", ".join(f"{(a - b) / span / n:.0%}" for a, b, n in idle if a is not None and b is not None) \
         if span else ""
     st = after.get("stages", {})
-    stages = ", ".join(f"{k} {st[k]['p50_ms']:.2f}/{st[k]['p99_ms']:.2f}" for k in
-                       ("queue_wait", "launch", "decode", "collect", "compute", "predict", "e2e") if k in st)
+    names = ("queue_wait", "launch", "decode", "decode_cpu", "collect", "compute", "predict", "e2e")
+    stages = ", ".join(f"{k} {st[k]['p50_ms']:.2f}/{st[k]['p99_ms']:.2f}" for k in names if k in st)
     return [f"engine [{tag}] over c=256: {batches:,} batches, avg {items / batches if batches else 0:.1f} items; "
             f"loop idle {idle_txt or '-'} of {span:.1f} s; stages p50/p99 ms: {stages}"]
 

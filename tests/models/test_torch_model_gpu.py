@@ -200,6 +200,7 @@ def test_jpegs_prepared_ahead_give_the_answers_of_decoding_in_launch() -> None:
             stages = pool.stats()["stages"]
     ahead, inline = results
     assert stages["decode"]["count"] > 0  # launch's decode, timed apart in the stats
+    assert stages["decode_cpu"]["count"] > 0  # and the CPU time of the launching thread in it
     assert isinstance(ahead[7], Exception) and isinstance(inline[7], Exception)
     for a, b in zip(ahead, inline):
         if not isinstance(a, Exception):

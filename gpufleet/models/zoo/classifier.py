@@ -230,33 +230,35 @@ class ImageClassifier(TorchModel):
         return [x if isinstance(x, (torch.Tensor, _Bad)) else _as_tensor(x) for x in batch]
 
     def launch(self, batch: list) -> Any:
-        decode_s = 0.0
+        decode_s = decode_cpu_s = 0.0
         if self._cuda:
             batch = self._tensors(batch)
             if any(isinstance(x, torch.Tensor) and x.dim() == 1 for x in batch):  # not prepared: decode now
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 stream = self._stream if self._launch_decode_stream is None else self._launch_decode_stream
                 batch = self._decode_gpu(batch, stream)
                 # The batch is stacked next on the current stream: it must see the decodes and resizes.
                 torch.cuda.current_stream(self._dev).wait_stream(stream)
-                decode_s = time.perf_counter() - t0
+                decode_s, decode_cpu_s = time.perf_counter() - t0, time.thread_time() - c0
         bad = {i: x for i, x in enumerate(batch) if isinstance(x, _Bad)}
         if bad:
             blank = torch.zeros((3, self.image_size, self.image_size), dtype=torch.uint8, device=self._dev)
             batch = [blank if i in bad else x for i, x in enumerate(batch)]
         handle = super().launch(batch)
-        handle.extra = (bad, decode_s)
+        handle.extra = (bad, decode_s, decode_cpu_s)
         return handle
 
     def collect(self, handle: Any) -> list:
-        """As :meth:`TorchModel.collect`; ``last_timings`` gains ``decode`` (the host time of the batch's GPU JPEG
-        decode in launch) when launch decoded."""
+        """As :meth:`TorchModel.collect`; ``last_timings`` gains ``decode`` (the wall time of the batch's GPU JPEG
+        decode in launch) and ``decode_cpu`` (the CPU time the launching thread spent in it; the rest it waited,
+        for the GPU or for a core) when launch decoded."""
         outs = super().collect(handle)
-        bad, decode_s = handle.extra
+        bad, decode_s, decode_cpu_s = handle.extra
         for i, b in bad.items():
             outs[i] = b
         if decode_s:
             self.last_timings["decode"] = decode_s
+            self.last_timings["decode_cpu"] = decode_cpu_s
         return outs
 
     def _decode_gpu(self, batch: list, stream: torch.cuda.Stream) -> list:
