@@ -6,9 +6,9 @@ batch is assembled and copied while the device computes the previous one. Other 
 The pool runs the model's ``preprocess`` before items reach the batcher; ``postprocess`` runs on the pool's
 threads, so this thread only feeds the device. A model with ``prepare_batch`` (the embedded
 classifiers with ``GPUFLEET_DECODE_AHEAD=1``: JPEG decoding on the GPU) gets a second thread that takes batches
-from the batcher and prepares each one while the previous ones run on the device, at most one prepared batch
-waiting ahead of the loop; it takes a batch only when at most ``pipeline_depth`` are prepared or launched (so
-the next batch is ready when the oldest launched one finishes), and requests gather in the batcher meanwhile.
+from the batcher and prepares each one while the previous one runs on the device, at most one prepared batch
+waiting ahead of the loop; it takes a batch only when fewer than ``pipeline_depth`` are prepared or launched,
+so requests gather in the batcher meanwhile.
 """
 
 from __future__ import annotations
@@ -279,13 +279,10 @@ class ThreadWorker(BaseWorker):
                             break
                         continue
                 else:
-                    # Take the next batch only when the device will soon have room for it (at most ``depth``
-                    # batches launched or prepared): it is prepared while the launched ones run, so the loop
-                    # launches it as soon as the oldest finishes; meanwhile requests gather in the batcher and
-                    # the batches stay full. (Waiting for fewer than ``depth`` left the loop waiting for the
-                    # prepared batch once per batch: 7,858 against 8,960 req/s, 1x H100, 2026-12-06.)
+                    # Take the next batch only when the device has room for it (fewer than ``depth`` batches
+                    # launched or prepared): meanwhile requests gather in the batcher and the batches stay full.
                     with self._room:
-                        while len(self._inflight) + self._ahead.qsize() > depth and not self._stopping.is_set():
+                        while len(self._inflight) + self._ahead.qsize() >= depth and not self._stopping.is_set():
                             self._room.wait(0.05)
                     taken = self.batcher.take(self.max_batch)
                 if taken is None:

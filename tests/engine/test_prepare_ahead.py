@@ -112,9 +112,8 @@ def test_a_crash_in_the_prepare_thread_fails_its_items_and_stops_the_worker() ->
 
 @pytest.mark.timeout(60)
 def test_the_prepare_thread_takes_a_batch_only_when_the_device_has_room() -> None:
-    """With a slow device, the next batch is prepared while ``pipeline_depth`` (2) are launched, and batches
-    prepared or launched never exceed one more than that: the requests wait in the batcher meanwhile, so later
-    batches are full instead of many small ones queued for the device."""
+    """With a slow device, batches prepared or launched never exceed ``pipeline_depth`` (2): the requests wait in
+    the batcher meanwhile, so later batches are full instead of many small ones queued for the device."""
 
     class Slow(NotAhead):
         def setup(self, device: object) -> None:
@@ -140,7 +139,7 @@ def test_the_prepare_thread_takes_a_batch_only_when_the_device_has_room() -> Non
         futures = [pool.submit(str(i).encode()) for i in range(64)]
         assert [f.result(timeout=30) for f in futures] == [2 * i for i in range(64)]
         model = pool.workers[0].model
-    assert model.most == 3
+    assert model.most <= 2
     assert max(model.sizes) == 8 and len(model.sizes) <= 10  # 64 items in full batches, not one by one
 
 
