@@ -18,6 +18,8 @@ $OUT/summary.txt (a few lines per workload) and $OUT/results.tgz (every raw JSON
   jpeg   benchmarks/jpeg_ceiling.py: W3's JPEG decode ceiling (torchvision batched decode_jpeg on the GPU, 1 and
          2 threads) and the engine on those JPEGs without HTTP (decoding in launch, a batch ahead, as they come;
          and decoded input).
+  video2p the same 8 inputs as one process and as two processes of 4 started together, decode-only and through
+         gpufleet video (ROUNDS times; the summary adds the two processes' rates). Not run unless named.
   overlap benchmarks/decode_overlap.py: does the GPU JPEG decode of the next batch overlap the model's replay
          (torchvision; nvImageCodec on default and high-priority streams when importable)? Not run unless named.
   convoy benchmarks/gil_convoy.py: how much a busy Python thread stretches a launch of many GIL-releasing calls
@@ -203,6 +205,32 @@ for step in ${STEPS:-pool serve video jpeg}; do
       stamp "video 1080p: gpufleet video, 8 inputs, --batch-size 128"
       pkg new timeout 120 "${Vm[@]}" "${eight[@]}" --batch-size 128 --jsonl "$V/eight.{stream}.jsonl" \
         > "$W/video_8_bs128.json" 2> "$W/video_8_bs128.err"
+      rm -f "$V"/*.jsonl
+      summary ;;
+    video2p)
+      # Does one process hold 8 inputs back? The same 8 inputs decoded (and run through gpufleet video) as one
+      # process and as two processes of 4 started together; the summary adds the two processes' rates.
+      V=/tmp/video; mkdir -p "$V"; F=$V/video1080.mp4
+      four=("$F" "$F" "$F" "$F")
+      Vm=(python3 -m gpufleet video --model "${VIDEO_MODEL:-resnet18}" --gpus 0 --no-progress --json)
+      pkg new timeout 200 python3 benchmarks/video_ceiling.py --file "$F" --make-only > /dev/null 2>&1
+      for r in $(seq 1 "${ROUNDS:-3}"); do
+        stamp "video 1080p round $r: 8 inputs in one process and in two processes of 4 (decode-only, gpufleet video)"
+        pkg new timeout 200 python3 benchmarks/video_ceiling.py --file "$F" --inputs 8 \
+          > "$W/video2p_ceiling_8_one_r$r.json" 2> "$W/video2p_ceiling_8_one_r$r.err"
+        for part in a b; do
+          pkg new timeout 200 python3 benchmarks/video_ceiling.py --file "$F" --inputs 4 \
+            > "$W/video2p_ceiling_8_$part""_r$r.json" 2> "$W/video2p_ceiling_8_$part""_r$r.err" &
+        done
+        wait
+        pkg new timeout 120 "${Vm[@]}" "${four[@]}" "${four[@]}" --jsonl "$V/e.{stream}.jsonl" \
+          > "$W/video2p_8_one_r$r.json" 2> "$W/video2p_8_one_r$r.err"
+        for part in a b; do
+          pkg new timeout 120 "${Vm[@]}" "${four[@]}" --jsonl "$V/$part.{stream}.jsonl" \
+            > "$W/video2p_8_$part""_r$r.json" 2> "$W/video2p_8_$part""_r$r.err" &
+        done
+        wait
+      done
       rm -f "$V"/*.jsonl
       summary ;;
     ray)

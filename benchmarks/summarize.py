@@ -7,6 +7,7 @@ Reads only JSON (no gpufleet import), so it reports an older package's results t
   stats_<label>_<config>_{before,c256}.json  the server's /stats on either side of the c=256 run
   video_ceiling_<n>[_r<k>].json          benchmarks/video_ceiling.py (decode-only, n inputs; round k)
   video_<n>[_<variant>][_r<k>].json      gpufleet video --json (n inputs); rounds are summarised by their median
+  video2p_[ceiling_]<n>_<one|a|b>_r<k>.json  n inputs in one process, or in two (a, b) started together
 
     python3 benchmarks/summarize.py /tmp/work
 """
@@ -146,6 +147,33 @@ def _video(d: Path) -> list[str]:
     return lines
 
 
+def _video_split(d: Path) -> list[str]:
+    """``video2p``: n inputs as one process beside two processes of n/2 started together (their rates added);
+    medians over rounds."""
+    rounds: dict[tuple[str, str, str], dict[str, float | None]] = {}
+    for p in sorted(d.glob("video2p_*.json")):
+        m = re.fullmatch(r"video2p_(ceiling_)?(\d+)_(one|a|b)_r(\d+)", p.stem)
+        if m is None:
+            continue
+        r = _load(p)
+        key = ("decode-only" if m[1] else "gpufleet video", m[2], m[4])
+        rounds.setdefault(key, {})[m[3]] = r["fps"] if r and "fps" in r else None
+    figures: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for (what, n, _), parts in rounds.items():
+        fig = figures.setdefault((what, n), {"one": [], "two": []})
+        if parts.get("one") is not None:
+            fig["one"].append(parts["one"])  # type: ignore[arg-type]
+        if parts.get("a") is not None and parts.get("b") is not None:
+            fig["two"].append(parts["a"] + parts["b"])  # type: ignore[operator]
+    lines = []
+    for (what, n), fig in sorted(figures.items()):
+        one, two = sorted(fig["one"]), sorted(fig["two"])
+        txt = [f"{label} {statistics.median(v):,.0f} fps (median of {_listed(v)})"
+               for label, v in (("one process", one), ("two processes", two)) if v]
+        lines.append(f"video 1080p split, {n} inputs, {what}: " + "; ".join(txt or ["no result (see the .err files)"]))
+    return lines
+
+
 def _listed(values: list[float]) -> str:
     return " / ".join(f"{v:,.0f}" for v in values)
 
@@ -170,7 +198,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path, help="the runner's results folder")
     d = ap.parse_args().folder
-    print("\n".join(_pool(d) + _serve(d) + _video(d) + _tune(d)))
+    print("\n".join(_pool(d) + _serve(d) + _video(d) + _video_split(d) + _tune(d)))
 
 
 if __name__ == "__main__":
