@@ -150,22 +150,20 @@ def _video(d: Path) -> list[str]:
 def _video_split(d: Path) -> list[str]:
     """``video2p``: n inputs as one process beside two processes of n/2 started together (their rates added);
     medians over rounds."""
-    rounds: dict[tuple[str, str, str], dict[str, float | None]] = {}
+    rounds: dict[tuple[str, str, str], dict[str, float]] = {}  # (what, inputs, round) -> fps of one, a, b
     for p in sorted(d.glob("video2p_*.json")):
         m = re.fullmatch(r"video2p_(ceiling_)?(\d+)_(one|a|b)_r(\d+)", p.stem)
-        if m is None:
-            continue
-        r = _load(p)
-        key = ("decode-only" if m[1] else "gpufleet video", m[2], m[4])
-        rounds.setdefault(key, {})[m[3]] = r["fps"] if r and "fps" in r else None
+        r = _load(p) if m is not None else None
+        if m is not None and r and "fps" in r:
+            rounds.setdefault(("decode-only" if m[1] else "gpufleet video", m[2], m[4]), {})[m[3]] = r["fps"]
     figures: dict[tuple[str, str], dict[str, list[float]]] = {}
     for (what, n, _), parts in rounds.items():
         fig = figures.setdefault((what, n), {"one": [], "two": []})
-        if parts.get("one") is not None:
-            fig["one"].append(parts["one"])  # type: ignore[arg-type]
-        if parts.get("a") is not None and parts.get("b") is not None:
-            fig["two"].append(parts["a"] + parts["b"])  # type: ignore[operator]
-    lines = []
+        if "one" in parts:
+            fig["one"].append(parts["one"])
+        if "a" in parts and "b" in parts:
+            fig["two"].append(parts["a"] + parts["b"])
+    lines = [] if figures or not any(d.glob("video2p_*.json")) else ["video 1080p split: no result (see the .err files)"]
     for (what, n), fig in sorted(figures.items()):
         one, two = sorted(fig["one"]), sorted(fig["two"])
         txt = [f"{label} {statistics.median(v):,.0f} fps (median of {_listed(v)})"
