@@ -163,7 +163,8 @@ def _video_split(d: Path) -> list[str]:
             fig["one"].append(parts["one"])
         if "a" in parts and "b" in parts:
             fig["two"].append(parts["a"] + parts["b"])
-    lines = [] if figures or not any(d.glob("video2p_*.json")) else ["video 1080p split: no result (see the .err files)"]
+    none = not figures and any(d.glob("video2p_*.json"))
+    lines = ["video 1080p split: no result (see the .err files)"] if none else []
     for (what, n), fig in sorted(figures.items()):
         one, two = sorted(fig["one"]), sorted(fig["two"])
         txt = [f"{label} {statistics.median(v):,.0f} fps (median of {_listed(v)})"
