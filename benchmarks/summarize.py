@@ -131,8 +131,10 @@ def _video(d: Path) -> list[str]:
     for n, cs in sorted(ceiling_runs.items()):
         fps = sorted(c["fps"] for c in cs)
         ceiling[n] = statistics.median(fps)
+        took = [t for c in cs for t in c.get("decoders_took_s", [])]
+        spread = f", decoders took {min(took):.2f}–{max(took):.2f} s" if took else ""
         lines.append(f"video decode-only ceiling, {n} input(s) on {cs[0]['decoders']} NVDEC decoders: "
-                     f"{ceiling[n]:,.0f} fps (median of {_listed(fps)}), {cs[0]['cpu_cores_used']} cores")
+                     f"{ceiling[n]:,.0f} fps (median of {_listed(fps)}), {cs[0]['cpu_cores_used']} cores{spread}")
     for (n, variant), rs in sorted(runs.items()):
         ok = [r for r in rs if r is not None]
         if not ok:
@@ -141,8 +143,11 @@ def _video(d: Path) -> list[str]:
         fps = sorted(r["fps"] for r in ok)
         med = statistics.median(fps)
         vs = f" = {med / ceiling[n]:.0%} of decode-only" if ceiling.get(n) else ""
+        # Each input's own time: the run's figure is set by the slowest, so a wide spread means uneven sharing.
+        spans = [x["elapsed_s"] for r in ok for x in r.get("inputs", []) if x.get("elapsed_s")]
+        spread = f", inputs took {min(spans):.2f}–{max(spans):.2f} s" if len(spans) > 1 else ""
         lines.append(f"video 1080p, {n} input(s) [{variant}]: {med:,.0f} fps (median of {_listed(fps)}){vs}, "
-                     f"{ok[0]['cpu_cores_used']} cores, avg batch {ok[0].get('avg_batch_size')}, "
+                     f"{ok[0]['cpu_cores_used']} cores, avg batch {ok[0].get('avg_batch_size')}{spread}, "
                      f"{len(rs) - len(ok)} failed")
     return lines
 
