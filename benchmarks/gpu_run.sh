@@ -57,7 +57,8 @@ Environment knobs (defaults in brackets):
   own; pad: decode calls of the batch size (all three benchmarks/classifier_variants.py); mps+NAME: config
   NAME with the MPS daemon running (gpufleet mps start/stop around it); NAME.2, NAME.3 ...: config NAME
   again, reported apart]
-  ROUNDS [3] rounds of the video figures
+  ROUNDS [3] rounds of the video figures   VIDEO_VARIANTS [""; streams: also, each round, the 8-input ceiling
+  and gpufleet video with GPUFLEET_NVDEC_STREAMS=own, every decoder on a CUDA stream of its own]
   TUNED_ARGS ["--http-workers 8 --max-batch-size 128 --max-wait-ms 2"]
   VIDEO_MODEL [resnet18]
 EOF
@@ -201,6 +202,12 @@ for step in ${STEPS:-pool serve video jpeg}; do
         pkg new timeout 60 python3 benchmarks/video_ceiling.py --file "$F" --inputs 1 --segments 4 \
           > "$W/video_ceiling_1_r$r.json" 2> "$W/video_ceiling_1_r$r.err"
         pkg new timeout 120 "${Vm[@]}" "$F" --jsonl "$V/one.jsonl" > "$W/video_1_r$r.json" 2> "$W/video_1_r$r.err"
+        if [[ " ${VIDEO_VARIANTS:-} " == *" streams "* ]]; then  # every NVDEC decoder on a CUDA stream of its own
+          GPUFLEET_NVDEC_STREAMS=own pkg new timeout 200 python3 benchmarks/video_ceiling.py --file "$F" --inputs 8 \
+            --segments 1 > "$W/video_ceiling_8_streams_r$r.json" 2> "$W/video_ceiling_8_streams_r$r.err"
+          GPUFLEET_NVDEC_STREAMS=own pkg new timeout 120 "${Vm[@]}" "${eight[@]}" --jsonl "$V/eight.{stream}.jsonl" \
+            > "$W/video_8_streams_r$r.json" 2> "$W/video_8_streams_r$r.err"
+        fi
       done
       stamp "video 1080p: gpufleet video, 8 inputs, --batch-size 128"
       pkg new timeout 120 "${Vm[@]}" "${eight[@]}" --batch-size 128 --jsonl "$V/eight.{stream}.jsonl" \

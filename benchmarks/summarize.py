@@ -5,7 +5,7 @@ Reads only JSON (no gpufleet import), so it reports an older package's results t
   serve_<label>_<config>_c<N>.json       gpufleet load --json (closed loop at concurrency N)
   burst_<label>_<config>_<N>.json        gpufleet load --burst N --json
   stats_<label>_<config>_{before,c256}.json  the server's /stats on either side of the c=256 run
-  video_ceiling_<n>[_r<k>].json          benchmarks/video_ceiling.py (decode-only, n inputs; round k)
+  video_ceiling_<n>[_<variant>][_r<k>].json  benchmarks/video_ceiling.py (decode-only, n inputs; round k)
   video_<n>[_<variant>][_r<k>].json      gpufleet video --json (n inputs); rounds are summarised by their median
   video2p_[ceiling_]<n>_<one|a|b>_r<k>.json  n inputs in one process, or in two (a, b) started together
 
@@ -113,28 +113,31 @@ def _engine_during(tag: str, before: dict | None, after: dict | None) -> list[st
 
 def _video(d: Path) -> list[str]:
     """Ceilings and pipeline runs; files ending ``_r<k>`` are rounds of one figure, summarised by their median."""
-    ceiling_runs: dict[str, list[dict]] = {}
+    ceiling_runs: dict[tuple[str, str], list[dict]] = {}
     runs: dict[tuple[str, str], list[dict | None]] = {}
     for p in sorted(d.glob("video_*.json")):
         stem = re.sub(r"_r\d+$", "", p.stem)  # a round of a figure taken several times
-        m = re.fullmatch(r"video_ceiling_(\d+)", stem)
+        m = re.fullmatch(r"video_ceiling_(\d+)(?:_(.+))?", stem)
         if m is not None:
             c = _load(p)
-            if c and "fps" in c:
-                ceiling_runs.setdefault(m[1], []).append(c)
+            if c and "fps" in c:  # a variant's ceiling (e.g. 8_streams) is listed; runs compare with the plain one
+                ceiling_runs.setdefault((m[1], m[2] or ""), []).append(c)
             continue
         m = re.fullmatch(r"video_(\d+)(?:_(.+))?", stem)
         if m is not None:
             r = _load(p)
             runs.setdefault((m[1], m[2] or "defaults"), []).append(r if r and "fps" in r else None)
     lines, ceiling = [], {}
-    for n, cs in sorted(ceiling_runs.items()):
+    for (n, variant), cs in sorted(ceiling_runs.items()):
         fps = sorted(c["fps"] for c in cs)
-        ceiling[n] = statistics.median(fps)
+        if not variant:
+            ceiling[n] = statistics.median(fps)
         took = [t for c in cs for t in c.get("decoders_took_s", [])]
         spread = f", decoders took {min(took):.2f}–{max(took):.2f} s" if took else ""
-        lines.append(f"video decode-only ceiling, {n} input(s) on {cs[0]['decoders']} NVDEC decoders: "
-                     f"{ceiling[n]:,.0f} fps (median of {_listed(fps)}), {cs[0]['cpu_cores_used']} cores{spread}")
+        label = f" [{variant}]" if variant else ""
+        lines.append(f"video decode-only ceiling{label}, {n} input(s) on {cs[0]['decoders']} NVDEC decoders: "
+                     f"{statistics.median(fps):,.0f} fps (median of {_listed(fps)}), {cs[0]['cpu_cores_used']} "
+                     f"cores{spread}")
     for (n, variant), rs in sorted(runs.items()):
         ok = [r for r in rs if r is not None]
         if not ok:

@@ -18,7 +18,9 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -338,16 +340,22 @@ class VideoJob:
             metas: deque[tuple[int, float, Any]] = deque()
             prepare, keep = self.preparer, self.keep_images
             sync = None
+            on_stream: Callable[[], AbstractContextManager[Any]] = nullcontext
             if dev is not None:
                 import torch
 
-                sync = torch.cuda.current_stream(torch.device(dev.torch)).synchronize
+                stream = getattr(source, "stream", None)  # the decoder's own CUDA stream, if it has one
+                if stream is None:
+                    stream = torch.cuda.current_stream(torch.device(dev.torch))
+                sync = stream.synchronize
+                on_stream = partial(torch.cuda.stream, stream)
 
             def items() -> Iterator[Any]:
                 for chunk in chunks:
                     t0 = time.perf_counter()
                     images = [f.image for f in chunk]
-                    batch = prepare(images) if prepare is not None else images
+                    with on_stream():  # the stream the chunk was made on
+                        batch = prepare(images) if prepare is not None else images
                     if sync is not None:
                         sync()  # the pool's workers read these tensors on their own CUDA streams
                     with s.lock:

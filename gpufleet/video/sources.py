@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from gpufleet.errors import InputError
+from gpufleet.errors import ConfigError, InputError
 
 __all__ = ["CpuSource", "Frame", "NvdecSource", "Reconnecting", "SourceError", "VideoInfo", "is_url", "probe"]
 
@@ -202,6 +202,16 @@ class CpuSource:
             container.close()
 
 
+def nvdec_streams() -> str:
+    """``GPUFLEET_NVDEC_STREAMS``: ``shared`` (the default: every NVDEC decoder, and the stacking and resizing of
+    its chunks, on the device's default CUDA stream) or ``own`` (each decoder on a CUDA stream of its own; an
+    experiment: one process's decoders then no longer wait for each other's GPU work)."""
+    value = os.environ.get("GPUFLEET_NVDEC_STREAMS", "").strip().lower() or "shared"
+    if value not in ("shared", "own"):
+        raise ConfigError(f"GPUFLEET_NVDEC_STREAMS must be 'shared' or 'own', got {value!r}")
+    return value
+
+
 def nvdec_available() -> str | None:
     """``None`` if PyNvVideoCodec and a CUDA device are usable, else the reason they are not."""
     try:
@@ -234,7 +244,9 @@ class NvdecSource:
 
     Each chunk is one CUDA tensor ``[N, 3, H, W]`` made by stacking the decoder's RGB planar surfaces
     (``torch.from_dlpack``, device to device): the decoder reuses its surfaces on the next call, so frames
-    must not outlive it. NATIVE (NV12) output is converted with :func:`nv12_to_rgb`.
+    must not outlive it. NATIVE (NV12) output is converted with :func:`nv12_to_rgb`. ``stream`` is the CUDA
+    stream the decoder and the stacking run on: ``None`` (the device's default stream) unless
+    ``GPUFLEET_NVDEC_STREAMS=own``; work on a chunk belongs on it (``with torch.cuda.stream(source.stream)``).
     """
 
     def __init__(self, info: VideoInfo, start: int = 0, stop: int | None = None, *, gpu_id: int = 0,
@@ -246,13 +258,19 @@ class NvdecSource:
         self.chunk, self.every_nth = chunk, every_nth
         self.stop_event = stop_event or threading.Event()
         self.decode_s = 0.0
+        self.stream: Any = None
+        if nvdec_streams() == "own":
+            import torch
+
+            self.stream = torch.cuda.Stream(torch.device("cuda", gpu_id))
 
     def _decoder(self) -> Any:
         import PyNvVideoCodec as nvc
 
         try:
             return nvc.SimpleDecoder(self.info.spec, gpu_id=self.gpu_id, use_device_memory=True,
-                                     output_color_type=nvc.OutputColorType.RGBP)
+                                     output_color_type=nvc.OutputColorType.RGBP,
+                                     cuda_stream=self.stream.cuda_stream if self.stream is not None else 0)
         except Exception as exc:  # noqa: BLE001 - PyNvVideoCodec raises plain RuntimeErrors
             raise SourceError(f"{self.info.spec}: nvdec cannot open it ({self.info.codec}): {exc}") from exc
 
@@ -275,7 +293,7 @@ class NvdecSource:
                     raise SourceError(f"{info.spec}: nvdec failed at frame {index}: {exc}") from exc
                 if not got:
                     break
-                with torch.cuda.device(dev):
+                with torch.cuda.device(dev), torch.cuda.stream(self.stream):  # None: the current stream
                     planes = [torch.from_dlpack(f) for f in got]
                     if planes[0].dim() == 2:  # NATIVE NV12 surface
                         planes = [nv12_to_rgb(p, info.height, info.width) for p in planes]

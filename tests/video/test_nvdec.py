@@ -40,3 +40,29 @@ def test_nvdec_pipeline_matches_frame_count(clips, tmp_path) -> None:
     assert sum(1 for _ in open(tmp_path / "f.jsonl")) == 40
     # With several GPUs a frame may be batched on another GPU's worker (moved there): still a CUDA tensor.
     assert len(seen) == 40 and all(d.startswith("cuda") for d in seen), "NVDEC frames reach the model on a GPU"
+
+
+def test_decoders_on_their_own_streams_give_the_same_frames_and_results(clips, tmp_path, monkeypatch) -> None:
+    """``GPUFLEET_NVDEC_STREAMS=own``: each decoder (and its chunks' stacking and resizing) on a CUDA stream of
+    its own gives the same frames, and the same pipeline results, as the default stream."""
+    from gpufleet.video import run
+
+    info = probe(str(clips["text"]))
+    shared = [f.image.cpu() for chunk in NvdecSource(info, 0, 40, gpu_id=0, chunk=8) for f in chunk]
+    monkeypatch.setenv("GPUFLEET_NVDEC_STREAMS", "own")
+    source = NvdecSource(info, 0, 40, gpu_id=0, chunk=8)
+    assert source.stream is not None
+    own = [f.image.cpu() for chunk in source for f in chunk]
+    assert len(own) == len(shared) == 40 and all(torch.equal(a, b) for a, b in zip(own, shared))
+
+    def mean(batch: list) -> list:
+        return [float(x.float().mean()) for x in batch]
+
+    lines = []
+    for streams in ("shared", "own"):
+        monkeypatch.setenv("GPUFLEET_NVDEC_STREAMS", streams)
+        summary = run([str(clips["text"])] * 4, mean, decoder="nvdec", batch_size=8, progress=False,
+                      jsonl=str(tmp_path / (streams + ".{stream}.jsonl")))
+        assert summary["exit_code"] == 0 and summary["frames"] == 160
+        lines.append(sorted(p.read_text() for p in tmp_path.glob(f"{streams}.*.jsonl")))
+    assert len(lines[0]) == 4 and lines[0] == lines[1]

@@ -7,8 +7,9 @@ import threading
 import numpy as np
 import pytest
 
+from gpufleet.errors import ConfigError
 from gpufleet.video.segments import OrderedMerge, Segment, split
-from gpufleet.video.sources import CpuSource, Frame, Reconnecting, SourceError, probe
+from gpufleet.video.sources import CpuSource, Frame, Reconnecting, SourceError, nvdec_streams, probe
 
 
 def _decode(info, start=0, stop=None, every_nth=1):
@@ -107,3 +108,13 @@ def test_ordered_merge_raises_a_producers_error_in_turn() -> None:
     assert next(it) == "a"
     with pytest.raises(SourceError, match="seg 1 broke"):
         next(it)
+
+
+def test_nvdec_streams_setting(monkeypatch) -> None:
+    monkeypatch.delenv("GPUFLEET_NVDEC_STREAMS", raising=False)
+    assert nvdec_streams() == "shared"
+    monkeypatch.setenv("GPUFLEET_NVDEC_STREAMS", " Own ")
+    assert nvdec_streams() == "own"
+    monkeypatch.setenv("GPUFLEET_NVDEC_STREAMS", "many")
+    with pytest.raises(ConfigError, match="GPUFLEET_NVDEC_STREAMS must be 'shared' or 'own'"):
+        nvdec_streams()
