@@ -344,11 +344,11 @@ class VideoJob:
             if dev is not None:
                 import torch
 
-                stream = getattr(source, "stream", None)  # the decoder's own CUDA stream, if it has one
-                if stream is None:
-                    stream = torch.cuda.current_stream(torch.device(dev.torch))
-                sync = stream.synchronize
-                on_stream = partial(torch.cuda.stream, stream)
+                own = getattr(source, "stream", None)  # the decoder's own CUDA stream (GPUFLEET_NVDEC_STREAMS=own)
+                if own is not None:
+                    sync, on_stream = own.synchronize, partial(torch.cuda.stream, own)
+                else:
+                    sync = torch.cuda.current_stream(torch.device(dev.torch)).synchronize
 
             def items() -> Iterator[Any]:
                 for chunk in chunks:

@@ -267,10 +267,10 @@ class NvdecSource:
     def _decoder(self) -> Any:
         import PyNvVideoCodec as nvc
 
+        own = {"cuda_stream": self.stream.cuda_stream} if self.stream is not None else {}
         try:
             return nvc.SimpleDecoder(self.info.spec, gpu_id=self.gpu_id, use_device_memory=True,
-                                     output_color_type=nvc.OutputColorType.RGBP,
-                                     cuda_stream=self.stream.cuda_stream if self.stream is not None else 0)
+                                     output_color_type=nvc.OutputColorType.RGBP, **own)
         except Exception as exc:  # noqa: BLE001 - PyNvVideoCodec raises plain RuntimeErrors
             raise SourceError(f"{self.info.spec}: nvdec cannot open it ({self.info.codec}): {exc}") from exc
 
