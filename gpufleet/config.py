@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from gpufleet.errors import ConfigError
 
 __all__ = ["BACKENDS", "BALANCERS", "ENV_NAMES", "MPS_MODES", "SPARE_MODES", "EnvValue", "PoolConfig",
-           "env_overrides", "with_options"]
+           "env_choice", "env_overrides", "with_options"]
 
 BALANCERS = ("round-robin", "queue-depth", "speed")
 BACKENDS = ("thread", "process", "ray")
@@ -177,6 +177,16 @@ class EnvValue(str):
 
     def __reduce__(self) -> Any:  # pickled into process workers' children with its name
         return (EnvValue, (self.env, str(self)))
+
+
+def env_choice(name: str, choices: tuple[str, ...]) -> str:
+    """The value of the environment variable ``name`` (case and spaces ignored; unset or empty: ``choices[0]``),
+    or ConfigError naming the choices."""
+    value = os.environ.get(name, "").strip().lower() or choices[0]
+    if value not in choices:
+        quoted = [repr(c) for c in choices]
+        raise ConfigError(f"{name} must be {', '.join(quoted[:-1])} or {quoted[-1]}, got {value!r}")
+    return value
 
 
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:

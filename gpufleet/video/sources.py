@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from gpufleet.errors import ConfigError, InputError
+from gpufleet.config import env_choice
+from gpufleet.errors import InputError
 
 __all__ = ["CpuSource", "Frame", "NvdecSource", "Reconnecting", "SourceError", "VideoInfo", "is_url", "probe"]
 
@@ -206,10 +207,7 @@ def nvdec_streams() -> str:
     """``GPUFLEET_NVDEC_STREAMS``: ``shared`` (the default: every NVDEC decoder, and the stacking and resizing of
     its chunks, on the device's default CUDA stream) or ``own`` (each decoder on a CUDA stream of its own; an
     experiment: one process's decoders then no longer wait for each other's GPU work)."""
-    value = os.environ.get("GPUFLEET_NVDEC_STREAMS", "").strip().lower() or "shared"
-    if value not in ("shared", "own"):
-        raise ConfigError(f"GPUFLEET_NVDEC_STREAMS must be 'shared' or 'own', got {value!r}")
-    return value
+    return env_choice("GPUFLEET_NVDEC_STREAMS", ("shared", "own"))
 
 
 def nvdec_available() -> str | None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import os
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from gpufleet.errors import ConfigError, InputError
+from gpufleet.config import env_choice
+from gpufleet.errors import InputError
 
 __all__ = ["EXPECTED", "complete_jpeg", "image_bytes", "jpeg_decode_where", "to_pil", "to_rgb_array"]
 
@@ -91,25 +91,15 @@ def to_pil(item: Any) -> Image.Image:
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
 
 
-def _env_choice(name: str, choices: tuple[str, ...]) -> str:
-    """The value of the environment variable ``name`` (case and spaces ignored; unset or empty: ``choices[0]``),
-    or ConfigError naming the choices."""
-    value = os.environ.get(name, "").strip().lower() or choices[0]
-    if value not in choices:
-        quoted = [repr(c) for c in choices]
-        raise ConfigError(f"{name} must be {', '.join(quoted[:-1])} or {quoted[-1]}, got {value!r}")
-    return value
-
-
 def jpeg_decode_where() -> str:
     """``GPUFLEET_JPEG_DECODE``: ``engine`` (the default: a GPU engine decodes JPEGs in batches) or ``frontend``."""
-    return _env_choice("GPUFLEET_JPEG_DECODE", ("engine", "frontend"))
+    return env_choice("GPUFLEET_JPEG_DECODE", ("engine", "frontend"))
 
 
 def decode_ahead() -> str:
     """``GPUFLEET_DECODE_AHEAD`` (a GPU engine's JPEG decoding): ``0`` (the default: in the batch's launch),
     ``1`` (one batch ahead on a side thread) or ``eager`` (on that thread as the JPEGs come)."""
-    return _env_choice("GPUFLEET_DECODE_AHEAD", ("0", "1", "eager"))
+    return env_choice("GPUFLEET_DECODE_AHEAD", ("0", "1", "eager"))
 
 
 def complete_jpeg(data: bytes) -> bytes:
