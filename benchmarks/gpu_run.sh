@@ -145,6 +145,11 @@ serve_one() {  # $1 = label, $2 = config name, $3 = extra serve flags, $4 = VAR=
   wait $spid; echo "server $tag exit code $?" >> "$W/steps.txt"
 }
 
+# The video steps' file (made by video_ceiling.py when missing), its 4 and 8 copies, and the command they run.
+V=/tmp/video; F=$V/video1080.mp4
+four=("$F" "$F" "$F" "$F"); eight=("${four[@]}" "${four[@]}")
+Vm=(python3 -m gpufleet video --model "${VIDEO_MODEL:-resnet18}" --gpus 0 --no-progress --json)
+
 for step in ${STEPS:-pool serve video jpeg}; do
   case $step in
     pool)
@@ -188,9 +193,7 @@ for step in ${STEPS:-pool serve video jpeg}; do
         done
       done ;;
     video)
-      V=/tmp/video; mkdir -p "$V"; F=$V/video1080.mp4
-      eight=("$F" "$F" "$F" "$F" "$F" "$F" "$F" "$F")
-      Vm=(python3 -m gpufleet video --model "${VIDEO_MODEL:-resnet18}" --gpus 0 --no-progress --json)
+      mkdir -p "$V"
       # Runs of 2 s vary by ~10% from one to the next: each figure is taken ROUNDS times, the ceiling and the
       # pipeline in turn, and the summary compares medians.
       for r in $(seq 1 "${ROUNDS:-3}"); do
@@ -217,9 +220,7 @@ for step in ${STEPS:-pool serve video jpeg}; do
     video2p)
       # Does one process hold 8 inputs back? The same 8 inputs decoded (and run through gpufleet video) as one
       # process and as two processes of 4 started together; the summary adds the two processes' rates.
-      V=/tmp/video; mkdir -p "$V"; F=$V/video1080.mp4
-      four=("$F" "$F" "$F" "$F")
-      Vm=(python3 -m gpufleet video --model "${VIDEO_MODEL:-resnet18}" --gpus 0 --no-progress --json)
+      mkdir -p "$V"
       pkg new timeout 200 python3 benchmarks/video_ceiling.py --file "$F" --make-only > /dev/null 2>&1
       for r in $(seq 1 "${ROUNDS:-3}"); do
         stamp "video 1080p round $r: 8 inputs in one process and in two processes of 4 (decode-only, gpufleet video)"
@@ -230,7 +231,7 @@ for step in ${STEPS:-pool serve video jpeg}; do
             > "$W/video2p_ceiling_8_$part""_r$r.json" 2> "$W/video2p_ceiling_8_$part""_r$r.err" &
         done
         wait
-        pkg new timeout 120 "${Vm[@]}" "${four[@]}" "${four[@]}" --jsonl "$V/e.{stream}.jsonl" \
+        pkg new timeout 120 "${Vm[@]}" "${eight[@]}" --jsonl "$V/e.{stream}.jsonl" \
           > "$W/video2p_8_one_r$r.json" 2> "$W/video2p_8_one_r$r.err"
         for part in a b; do
           pkg new timeout 120 "${Vm[@]}" "${four[@]}" --jsonl "$V/$part.{stream}.jsonl" \
