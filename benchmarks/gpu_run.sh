@@ -58,9 +58,7 @@ Environment knobs (defaults in brackets):
   NAME with the MPS daemon running (gpufleet mps start/stop around it); NAME.2, NAME.3 ...: config NAME
   again, reported apart]
   ROUNDS [3] rounds of the video figures   VIDEO_VARIANTS [""; streams: also, each round, the 8-input ceiling
-  and gpufleet video with GPUFLEET_NVDEC_STREAMS=own, every decoder on a CUDA stream of its own; ahead: gpufleet
-  video (8 inputs and 1) with GPUFLEET_NVDEC_AHEAD=1, every decoder a chunk ahead on a thread of its own, and 8
-  inputs with both (aheadown)]
+  and gpufleet video with GPUFLEET_NVDEC_STREAMS=own, every decoder on a CUDA stream of its own]
   TUNED_ARGS ["--http-workers 8 --max-batch-size 128 --max-wait-ms 2"]
   VIDEO_MODEL [resnet18]
 EOF
@@ -212,14 +210,6 @@ for step in ${STEPS:-pool serve video jpeg}; do
             --segments 1 > "$W/video_ceiling_8_streams_r$r.json" 2> "$W/video_ceiling_8_streams_r$r.err"
           GPUFLEET_NVDEC_STREAMS=own pkg new timeout 120 "${Vm[@]}" "${eight[@]}" --jsonl "$V/eight.{stream}.jsonl" \
             > "$W/video_8_streams_r$r.json" 2> "$W/video_8_streams_r$r.err"
-        fi
-        if [[ " ${VIDEO_VARIANTS:-} " == *" ahead "* ]]; then  # every NVDEC decoder a chunk ahead on a thread of its own
-          GPUFLEET_NVDEC_AHEAD=1 pkg new timeout 120 "${Vm[@]}" "${eight[@]}" --jsonl "$V/eight.{stream}.jsonl" \
-            > "$W/video_8_ahead_r$r.json" 2> "$W/video_8_ahead_r$r.err"
-          GPUFLEET_NVDEC_AHEAD=1 pkg new timeout 120 "${Vm[@]}" "$F" --jsonl "$V/one.jsonl" \
-            > "$W/video_1_ahead_r$r.json" 2> "$W/video_1_ahead_r$r.err"
-          GPUFLEET_NVDEC_AHEAD=1 GPUFLEET_NVDEC_STREAMS=own pkg new timeout 120 "${Vm[@]}" "${eight[@]}" \
-            --jsonl "$V/eight.{stream}.jsonl" > "$W/video_8_aheadown_r$r.json" 2> "$W/video_8_aheadown_r$r.err"
         fi
       done
       stamp "video 1080p: gpufleet video, 8 inputs, --batch-size 128"

@@ -2,8 +2,7 @@
 
 Makes the file when it is missing (1920x1080 H.264, 30 fps, 600 frames of moving text, a keyframe every 30
 frames), then decodes ``--inputs`` copies of it at once on one GPU, each split at keyframes into ``--segments``
-parts, one NVDEC decoder thread per part, frames to CUDA tensors and nothing else
-(no decoding ahead on a second thread: each decoder's own pace). That is the decoding the
+parts, one NVDEC decoder thread per part, frames to CUDA tensors and nothing else. That is the decoding the
 pipeline does with its defaults (8 inputs: one decoder each; 1 input: 4 segments), without the model.
 
     python3 benchmarks/video_ceiling.py --file /tmp/video1080.mp4 --inputs 8 --segments 1
@@ -48,7 +47,7 @@ def decode_only(path: Path, inputs: int, segments: int, gpu: int) -> dict:
     ends = [0.0] * len(parts)
 
     def work(i: int) -> None:
-        for chunk in NvdecSource(info, parts[i].start, parts[i].stop, gpu_id=gpu, chunk=32, ahead=0):
+        for chunk in NvdecSource(info, parts[i].start, parts[i].stop, gpu_id=gpu, chunk=32):
             counts[i] += len(chunk)
         ends[i] = time.perf_counter()
 

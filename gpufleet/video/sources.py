@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,8 +24,7 @@ from typing import Any
 from gpufleet.config import env_choice
 from gpufleet.errors import InputError
 
-__all__ = ["CpuSource", "Frame", "NvdecSource", "Reconnecting", "SourceError", "VideoInfo", "is_url", "probe",
-           "read_ahead"]
+__all__ = ["CpuSource", "Frame", "NvdecSource", "Reconnecting", "SourceError", "VideoInfo", "is_url", "probe"]
 
 log = logging.getLogger(__name__)
 
@@ -212,68 +210,6 @@ def nvdec_streams() -> str:
     return env_choice("GPUFLEET_NVDEC_STREAMS", ("shared", "own"))
 
 
-def nvdec_ahead() -> int:
-    """``GPUFLEET_NVDEC_AHEAD``: how many chunks each NVDEC decoder decodes ahead of the thread that uses them,
-    on a thread of its own (``0``: none, the decoder waits while its chunks are prepared and submitted)."""
-    return int(env_choice("GPUFLEET_NVDEC_AHEAD", ("0", "1", "2")))
-
-
-_END = object()
-
-
-class _Raised:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-def read_ahead(items: Iterator[Any], depth: int, *, name: str = "gpufleet-read-ahead") -> Iterator[Any]:
-    """Iterate ``items`` on a thread of its own, at most ``depth`` items ahead of the consumer (``depth <= 0``:
-    here, as they are asked for). Its error is raised here in turn; when the consumer stops early, ``items``
-    is closed on that thread (a decoder is made and freed on one thread) once its current item is done."""
-    if depth <= 0:
-        yield from items
-        return
-    ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    quit_ = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not quit_.is_set():
-            try:
-                ready.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def produce() -> None:
-        last: Any = _END
-        try:
-            for item in items:
-                if not put(item):
-                    break
-        except BaseException as exc:  # noqa: BLE001 - raised on the consumer's thread
-            last = _Raised(exc)
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
-        put(last)
-
-    thread = threading.Thread(target=produce, name=name, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = ready.get()
-            if item is _END:
-                return
-            if isinstance(item, _Raised):
-                raise item.exc
-            yield item
-    finally:
-        quit_.set()
-        thread.join()
-
-
 def nvdec_available() -> str | None:
     """``None`` if PyNvVideoCodec and a CUDA device are usable, else the reason they are not."""
     try:
@@ -309,13 +245,10 @@ class NvdecSource:
     must not outlive it. NATIVE (NV12) output is converted with :func:`nv12_to_rgb`. ``stream`` is the CUDA
     stream the decoder and the stacking run on: ``None`` (the device's default stream) unless
     ``GPUFLEET_NVDEC_STREAMS=own``; work on a chunk belongs on it (``with torch.cuda.stream(source.stream)``).
-    ``ahead`` chunks are decoded ahead on a thread of the source's own (:func:`read_ahead`; ``None``:
-    ``GPUFLEET_NVDEC_AHEAD``), so the decoder keeps decoding while the caller prepares and submits a chunk.
     """
 
     def __init__(self, info: VideoInfo, start: int = 0, stop: int | None = None, *, gpu_id: int = 0,
-                 chunk: int = 32, every_nth: int = 1, stop_event: threading.Event | None = None,
-                 ahead: int | None = None) -> None:
+                 chunk: int = 32, every_nth: int = 1, stop_event: threading.Event | None = None) -> None:
         reason = nvdec_available()
         if reason:
             raise SourceError(f"{info.spec}: nvdec decoder unavailable: {reason}")
@@ -323,7 +256,6 @@ class NvdecSource:
         self.chunk, self.every_nth = chunk, every_nth
         self.stop_event = stop_event or threading.Event()
         self.decode_s = 0.0
-        self.ahead = nvdec_ahead() if ahead is None else ahead
         self.stream: Any = None
         if nvdec_streams() == "own":
             import torch
@@ -341,9 +273,6 @@ class NvdecSource:
             raise SourceError(f"{self.info.spec}: nvdec cannot open it ({self.info.codec}): {exc}") from exc
 
     def __iter__(self) -> Iterator[list[Frame]]:
-        return read_ahead(self._chunks(), self.ahead, name=f"gpufleet-nvdec-{self.start}")
-
-    def _chunks(self) -> Iterator[list[Frame]]:
         import torch
 
         info = self.info

@@ -24,21 +24,6 @@ def test_nvdec_frames_are_cuda_tensors_close_to_pyav(clips) -> None:
     assert diff.mean() < 6
 
 
-def test_decoding_ahead_gives_the_same_frames_and_frees_the_decoder_thread(clips) -> None:
-    """``ahead=1``: a thread of the source's own decodes a chunk ahead; the frames are those decoded in turn, and
-    stopping early ends that thread."""
-    import threading
-
-    info = probe(str(clips["text"]))
-    plain = [f.image.cpu() for chunk in NvdecSource(info, 0, 40, gpu_id=0, chunk=8, ahead=0) for f in chunk]
-    ahead = [f.image.cpu() for chunk in NvdecSource(info, 0, 40, gpu_id=0, chunk=8, ahead=1) for f in chunk]
-    assert len(ahead) == len(plain) == 40 and all(torch.equal(a, b) for a, b in zip(ahead, plain))
-    chunks = iter(NvdecSource(info, 0, 40, gpu_id=0, chunk=8, ahead=2))
-    assert len(next(chunks)) == 8
-    chunks.close()
-    assert not any(t.name.startswith("gpufleet-nvdec") for t in threading.enumerate())
-
-
 def test_nvdec_pipeline_matches_frame_count(clips, tmp_path) -> None:
     from gpufleet.video import run
 

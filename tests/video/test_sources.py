@@ -9,16 +9,7 @@ import pytest
 
 from gpufleet.errors import ConfigError
 from gpufleet.video.segments import OrderedMerge, Segment, split
-from gpufleet.video.sources import (
-    CpuSource,
-    Frame,
-    Reconnecting,
-    SourceError,
-    nvdec_ahead,
-    nvdec_streams,
-    probe,
-    read_ahead,
-)
+from gpufleet.video.sources import CpuSource, Frame, Reconnecting, SourceError, nvdec_streams, probe
 
 
 def _decode(info, start=0, stop=None, every_nth=1):
@@ -127,74 +118,3 @@ def test_nvdec_streams_setting(monkeypatch) -> None:
     monkeypatch.setenv("GPUFLEET_NVDEC_STREAMS", "many")
     with pytest.raises(ConfigError, match="GPUFLEET_NVDEC_STREAMS must be 'shared' or 'own'"):
         nvdec_streams()
-
-
-def test_nvdec_ahead_setting(monkeypatch) -> None:
-    monkeypatch.delenv("GPUFLEET_NVDEC_AHEAD", raising=False)
-    assert nvdec_ahead() == 0
-    monkeypatch.setenv("GPUFLEET_NVDEC_AHEAD", " 2 ")
-    assert nvdec_ahead() == 2
-    monkeypatch.setenv("GPUFLEET_NVDEC_AHEAD", "9")
-    with pytest.raises(ConfigError, match="GPUFLEET_NVDEC_AHEAD must be '0', '1' or '2'"):
-        nvdec_ahead()
-
-
-def _reader_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "test-ahead"]
-
-
-def test_read_ahead_yields_every_item_in_order_from_a_thread_of_its_own() -> None:
-    threads: set[str] = set()
-
-    def items():
-        for i in range(10):
-            threads.add(threading.current_thread().name)
-            yield i
-
-    assert list(read_ahead(items(), 2, name="test-ahead")) == list(range(10))
-    assert threads == {"test-ahead"} and not _reader_threads()
-    assert list(read_ahead(iter(range(3)), 0)) == [0, 1, 2]  # depth 0: no thread
-
-
-def test_read_ahead_stays_at_most_depth_items_ahead() -> None:
-    made: list[int] = []
-
-    def items():
-        for i in range(100):
-            made.append(i)
-            yield i
-
-    it = read_ahead(items(), 2, name="test-ahead")
-    assert next(it) == 0
-    deadline = threading.Event()
-    deadline.wait(0.3)
-    # One handed out, two queued, and one made that waits for room.
-    assert len(made) <= 4
-    it.close()
-
-
-def test_read_ahead_raises_the_producers_error_in_turn() -> None:
-    def items():
-        yield "a"
-        raise SourceError("broke at frame 1")
-
-    it = read_ahead(items(), 1, name="test-ahead")
-    assert next(it) == "a"
-    with pytest.raises(SourceError, match="broke at frame 1"):
-        next(it)
-    assert not _reader_threads()
-
-
-def test_read_ahead_closed_early_closes_the_items_on_their_thread() -> None:
-    closed_on: list[str] = []
-
-    def items():
-        try:
-            yield from range(1000)
-        finally:
-            closed_on.append(threading.current_thread().name)
-
-    it = read_ahead(items(), 1, name="test-ahead")
-    assert next(it) == 0
-    it.close()
-    assert closed_on == ["test-ahead"] and not _reader_threads()
