@@ -22,6 +22,8 @@ $OUT/summary.txt (a few lines per workload) and $OUT/results.tgz (every raw JSON
          gpufleet video (ROUNDS times; the summary adds the two processes' rates). Not run unless named.
   overlap benchmarks/decode_overlap.py: does the GPU JPEG decode of the next batch overlap the model's replay
          (torchvision; nvImageCodec on default and high-priority streams when importable)? Not run unless named.
+  contention benchmarks/video_contention.py: 8 NVDEC decoders alone, with the pipeline's resize, with ResNet-18
+         beside them, and gpufleet video, with the video and SM clocks (not run unless named).
   convoy benchmarks/gil_convoy.py: how much a busy Python thread stretches a launch of many GIL-releasing calls
          in the same process (this host's CPU; not run unless named).
   tune   gpufleet tune resnet50 --slo-p99-ms 50 (TUNE_BUDGET s), then W3 through serve --config tuned.toml beside
@@ -265,6 +267,13 @@ for step in ${STEPS:-pool serve video jpeg}; do
         stamp "JPEG serving [backend $b, tuned]"
         serve_one new "$b" "--backend $b ${TUNED_ARGS:---http-workers 8 --max-batch-size 128 --max-wait-ms 2}"
       done
+      summary ;;
+    contention)
+      stamp "video contention (benchmarks/video_contention.py: decoders beside the pipeline's GPU work)"
+      mkdir -p "$V"
+      pkg new timeout "${CONTENTION_TIMEOUT:-400}" python3 benchmarks/video_contention.py --file "$F" --inputs 8 \
+        --rounds "${ROUNDS:-2}" --only "${CONTENTION_ONLY:-}" > "$W/video_contention.jsonl" 2> "$W/video_contention.err"
+      grep "^video contention" "$W/video_contention.jsonl" >> "$W/steps.txt"
       summary ;;
     convoy)
       stamp "GIL convoy (benchmarks/gil_convoy.py)"
