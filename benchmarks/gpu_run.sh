@@ -63,6 +63,8 @@ Environment knobs (defaults in brackets):
   and gpufleet video with GPUFLEET_NVDEC_STREAMS=own, every decoder on a CUDA stream of its own]
   TUNED_ARGS ["--http-workers 8 --max-batch-size 128 --max-wait-ms 2"]
   VIDEO_MODEL [resnet18]
+  CONTENTION_ONLY [""; all] the contention step's variants, ';'-separated (e.g. "decode-only;gpufleet video");
+  it runs each ROUNDS times [2 there]   CONTENTION_TIMEOUT [400] seconds for the whole step
 EOF
 }
 case "${1:-}" in
