@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -27,19 +26,19 @@ HERE = Path(__file__).resolve().parent
 FIELDS = ("clocks.video", "clocks.sm", "utilization.decoder", "utilization.gpu", "power.draw")
 
 
-def variants(file: str, inputs: int) -> dict[str, tuple[dict[str, str], list[str]]]:
-    """name -> (environment, command)."""
+def variants(file: str, inputs: int) -> dict[str, list[str]]:
+    """name -> command."""
     py = sys.executable
     ceiling = [py, str(HERE / "video_ceiling.py"), "--file", file, "--inputs", str(inputs), "--segments", "1"]
     video = [py, "-m", "gpufleet", "video", *([file] * inputs), "--model", "resnet18", "--gpus", "0",
              "--no-progress", "--json"]
     return {
-        "decode-only": ({}, ceiling),
-        "decode + resize": ({}, [*ceiling, "--prepare"]),
-        "decode + ResNet-18 at 2,700/s": ({}, [*ceiling, "--load", "2700"]),
-        "decode + ResNet-18 flat out": ({}, [*ceiling, "--load", "0"]),
-        "decode + resize + ResNet-18 at 2,700/s": ({}, [*ceiling, "--prepare", "--load", "2700"]),
-        "gpufleet video": ({}, video),
+        "decode-only": ceiling,
+        "decode + resize": [*ceiling, "--prepare"],
+        "decode + ResNet-18 at 2,700/s": [*ceiling, "--load", "2700"],
+        "decode + ResNet-18 flat out": [*ceiling, "--load", "0"],
+        "decode + resize + ResNet-18 at 2,700/s": [*ceiling, "--prepare", "--load", "2700"],
+        "gpufleet video": video,
     }
 
 
@@ -58,7 +57,7 @@ def usable_fields() -> list[str]:
 
 
 class Sampler:
-    """``nvidia-smi -lms 50`` in the background; ``busy()`` returns the medians over samples whose decoder
+    """``nvidia-smi -lms 50`` in the background; ``stop()`` returns the medians over samples whose decoder
     utilisation is above 0 (all samples when the driver does not report it)."""
 
     def __init__(self, fields: list[str]) -> None:
@@ -73,9 +72,11 @@ class Sampler:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             try:
-                self.rows.append([float(x) for x in line.split(",")])
-            except ValueError:
-                pass
+                row = [float(x) for x in line.split(",")]
+            except ValueError:  # "[N/A]" and the like
+                continue
+            if len(row) == len(self.fields):
+                self.rows.append(row)
 
     def stop(self) -> dict[str, float]:
         self.proc.terminate()
@@ -86,15 +87,10 @@ class Sampler:
             k = self.fields.index("utilization.decoder")
             rows = [r for r in rows if r[k] > 0] or rows
         out: dict[str, float] = {"samples": len(rows)}
-        for i, f in enumerate(self.fields):
-            vals = [r[i] for r in rows if len(r) == len(self.fields)]
-            if vals:
-                out[f] = round(statistics.median(vals), 1)
+        if rows:
+            for i, f in enumerate(self.fields):
+                out[f] = round(statistics.median(r[i] for r in rows), 1)
         return out
-
-
-def fps_of(report: dict) -> tuple[float, float]:
-    return float(report.get("fps", 0.0)), float(report.get("cpu_cores_used", 0.0))
 
 
 def main() -> None:
@@ -113,17 +109,17 @@ def main() -> None:
         todo = {k: v for k, v in todo.items() if k in args.only.split(";")}
     runs: dict[str, list[dict]] = {k: [] for k in todo}
     for r in range(args.rounds):
-        for name, (env, cmd) in todo.items():
+        for name, cmd in todo.items():
             sampler = Sampler(fields) if fields else None
             t0 = time.perf_counter()
-            p = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             clocks = sampler.stop() if sampler else {}
             try:  # gpufleet video --json prints one indented object; video_ceiling.py one line
                 report = json.loads(p.stdout)
             except ValueError:
                 report = {"error": (p.stderr.strip().splitlines() or ["no output"])[-1]}
-            fps, cores = fps_of(report)
-            row = {"variant": name, "round": r + 1, "fps": fps, "cores": cores, "rc": p.returncode,
+            row = {"variant": name, "round": r + 1, "fps": float(report.get("fps", 0.0)),
+                   "cores": float(report.get("cpu_cores_used", 0.0)), "rc": p.returncode,
                    "seconds": round(time.perf_counter() - t0, 1), "clocks": clocks,
                    **{k: report[k] for k in ("load_img_s", "decoders_took_s", "error") if k in report}}
             runs[name].append(row)
