@@ -60,7 +60,8 @@ Environment knobs (defaults in brackets):
   NAME with the MPS daemon running (gpufleet mps start/stop around it); NAME.2, NAME.3 ...: config NAME
   again, reported apart]
   ROUNDS [3] rounds of the video figures   VIDEO_VARIANTS [""; streams: also, each round, the 8-input ceiling
-  and gpufleet video with GPUFLEET_NVDEC_STREAMS=own, every decoder on a CUDA stream of its own]
+  and gpufleet video with GPUFLEET_NVDEC_STREAMS=own, every decoder on a CUDA stream of its own; steal: also
+  the 8-input ceiling with the decoders balanced (--steal 60) and gpufleet video without (--steal-frames 0)]
   TUNED_ARGS ["--http-workers 8 --max-batch-size 128 --max-wait-ms 2"]
   VIDEO_MODEL [resnet18]
   CONTENTION_ONLY [""; all] the contention step's variants, ';'-separated (e.g. "decode-only;gpufleet video");
@@ -209,6 +210,14 @@ for step in ${STEPS:-pool serve video jpeg}; do
         pkg new timeout 60 python3 benchmarks/video_ceiling.py --file "$F" --inputs 1 --segments 4 \
           > "$W/video_ceiling_1_r$r.json" 2> "$W/video_ceiling_1_r$r.err"
         pkg new timeout 120 "${Vm[@]}" "$F" --jsonl "$V/one.jsonl" > "$W/video_1_r$r.json" 2> "$W/video_1_r$r.err"
+        if [[ " ${VIDEO_VARIANTS:-} " == *" steal "* ]]; then  # balanced decoders against each part to the end
+          pkg new timeout 200 python3 benchmarks/video_ceiling.py --file "$F" --inputs 8 --segments 1 --steal 60 \
+            > "$W/video_ceiling_8_steal_r$r.json" 2> "$W/video_ceiling_8_steal_r$r.err"
+          pkg new timeout 120 "${Vm[@]}" "${eight[@]}" --steal-frames 0 --jsonl "$V/eight.{stream}.jsonl" \
+            > "$W/video_8_nosteal_r$r.json" 2> "$W/video_8_nosteal_r$r.err"
+          pkg new timeout 120 "${Vm[@]}" "$F" --steal-frames 0 --jsonl "$V/one.jsonl" > "$W/video_1_nosteal_r$r.json" \
+            2> "$W/video_1_nosteal_r$r.err"
+        fi
         if [[ " ${VIDEO_VARIANTS:-} " == *" streams "* ]]; then  # every NVDEC decoder on a CUDA stream of its own
           GPUFLEET_NVDEC_STREAMS=own pkg new timeout 200 python3 benchmarks/video_ceiling.py --file "$F" --inputs 8 \
             --segments 1 > "$W/video_ceiling_8_streams_r$r.json" 2> "$W/video_ceiling_8_streams_r$r.err"

@@ -9,6 +9,9 @@ pipeline does with its defaults (8 inputs: one decoder each; 1 input: 4 segments
 ResNet-18 (fp16, batch 48, eager) at about N images/s on a CUDA stream of its own beside the decoders (0: as fast
 as it goes): does the GPU work beside them slow the decoders down? ``GPUFLEET_NVDEC_STREAMS`` picks the
 decoders' streams as in the pipeline (benchmarks/video_contention.py runs these variants in turn).
+``--steal N`` balances the decoders as the pipeline does (``gpufleet video --steal-frames N``): a decoder that is
+done takes the back half of the part with the most frames left; the default, 0, decodes each part on its own
+thread to the end.
 
     python3 benchmarks/video_ceiling.py --file /tmp/video1080.mp4 --inputs 8 --segments 1
     python3 benchmarks/video_ceiling.py --inputs 8 --prepare --load 2700
@@ -91,11 +94,11 @@ class ModelLoad:
 
 
 def decode_only(path: Path, inputs: int, segments: int, gpu: int, prepare: bool = False,
-                load: float | None = None) -> dict:
+                load: float | None = None, steal: int = 0) -> dict:
     import torch
 
     from gpufleet.video.models import _resize_preparer
-    from gpufleet.video.segments import split
+    from gpufleet.video.segments import Spans, split
     from gpufleet.video.sources import NvdecSource, probe
 
     info = probe(str(path))
@@ -103,15 +106,26 @@ def decode_only(path: Path, inputs: int, segments: int, gpu: int, prepare: bool 
     counts = [0] * len(parts)
     ends = [0.0] * len(parts)
     resize = _resize_preparer((224, 224), torch.uint8) if prepare else None
+    spans = Spans(steal)
+    first = [spans.add(i, p.start, p.stop or 0, info.keyframes) if steal else None for i, p in enumerate(parts)]
 
     def work(i: int) -> None:
-        source = NvdecSource(info, parts[i].start, parts[i].stop, gpu_id=gpu, chunk=32)
-        for chunk in source:
-            if resize is not None:  # as the pipeline's decoding threads do
-                with torch.cuda.stream(source.stream):
-                    resize([f.image for f in chunk])
-                (source.stream or torch.cuda.current_stream(gpu)).synchronize()
-            counts[i] += len(chunk)
+        part, span = parts[i], first[i]
+        while True:
+            source = NvdecSource(info, part.start, part.stop, gpu_id=gpu, chunk=32, span=span)
+            for chunk in source:
+                if resize is not None:  # as the pipeline's decoding threads do
+                    with torch.cuda.stream(source.stream):
+                        resize([f.image for f in chunk])
+                    (source.stream or torch.cuda.current_stream(gpu)).synchronize()
+                counts[i] += len(chunk)
+            if span is None:
+                break
+            span.finish()
+            span = spans.steal()
+            if span is None:
+                break
+            part = span
         ends[i] = time.perf_counter()
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(parts))]
@@ -131,7 +145,8 @@ def decode_only(path: Path, inputs: int, segments: int, gpu: int, prepare: bool 
     out = {"inputs": inputs, "decoders": len(parts), "frames": n, "seconds": round(wall, 3),
            "fps": round(n / wall, 1), "cpu_cores_used": round(cpu / wall, 2),
            "decoders_took_s": [took[0], took[-1]] if took else [], "prepare": prepare,
-           "streams": os.environ.get("GPUFLEET_NVDEC_STREAMS", "") or "shared"}
+           "streams": os.environ.get("GPUFLEET_NVDEC_STREAMS", "") or "shared", "steal": steal,
+           "stolen": spans.stolen}
     if beside is not None:
         out["load_img_s"] = round(beside.images / beside.seconds, 1) if beside.seconds else 0.0
     return out
@@ -147,6 +162,8 @@ def main() -> None:
     ap.add_argument("--prepare", action="store_true", help="resize each chunk to 224x224 as the pipeline does")
     ap.add_argument("--load", type=float, default=None, metavar="IMG_S",
                     help="ResNet-18 beside the decoders at about this many images/s (0: flat out)")
+    ap.add_argument("--steal", type=int, default=0, metavar="N",
+                    help="a decoder that is done takes the back half of the longest part left (0: never)")
     ap.add_argument("--make-only", action="store_true", help="make the file and stop")
     args = ap.parse_args()
     out: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -154,7 +171,7 @@ def main() -> None:
         out["made"] = make(args.file, args.frames)
     if not args.make_only:
         decode_only(args.file, 1, 1, args.gpu)  # warm-up: file cache, CUDA context, decoder library
-        out |= decode_only(args.file, args.inputs, args.segments, args.gpu, args.prepare, args.load)
+        out |= decode_only(args.file, args.inputs, args.segments, args.gpu, args.prepare, args.load, args.steal)
     print(json.dumps(out))
 
 

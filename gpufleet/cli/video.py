@@ -57,6 +57,10 @@ def register(app: typer.Typer) -> None:
         queue_size: int = typer.Option(50, "--queue-size", min=1, help="Frames in flight per decoder."),
         every_nth: int = typer.Option(1, "--every-nth", min=1, help="Process every Nth frame."),
         segments: int = typer.Option(0, "--segments", min=0, help="Split one file into N parts (0 = auto)."),
+        steal_frames: int = typer.Option(
+            60, "--steal-frames", min=0,
+            help="A decoder that is done takes the back half of the part with the most frames left when both "
+                 "halves keep at least N frames, so decoders finish together (0 = never)."),
         reconnect: int = typer.Option(5, "--reconnect", min=1, help="Attempts to (re)connect a stream."),
         progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Default: when a TTY."),  # noqa: UP045
         process_per_gpu: Optional[bool] = typer.Option(  # noqa: UP045
@@ -91,7 +95,7 @@ def register(app: typer.Typer) -> None:
             cfg = VideoConfig(model=model, runtime=runtime, devices=gpus, cpu_devices=cpu_devices, decoder=decoder,
                               encoder=encoder, out=out, jsonl=jsonl, batch_size=batch_size,
                               max_batch_size=max_batch_size, queue_size=queue_size, every_nth=every_nth,
-                              segments=segments, reconnect_attempts=reconnect,
+                              segments=segments, steal_frames=steal_frames, reconnect_attempts=reconnect,
                               progress=False if json_output else progress, process_per_gpu=process_per_gpu)
             summary = run(inputs, config=cfg, on_stream_end=_report_end)
         except GpufleetError as exc:

@@ -21,7 +21,10 @@ class VideoConfig:
     ``batch_size=0`` probes the best batch per worker up to ``max_batch_size``. ``queue_size`` bounds the
     frames in flight per decoder (decoded, not yet answered). ``segments``: how many parts one file is split
     into at keyframes and decoded in parallel (0 = auto: ``decoders_per_gpu`` per GPU with nvdec, one per
-    device with the CPU decoder, shared out between the inputs; 1 = never split). ``out``/``jsonl`` with
+    device with the CPU decoder, shared out between the inputs; 1 = one part per file to start with).
+    ``steal_frames``: a decoder that is done takes the back half of the part with the most frames left, of any
+    input (cut at a keyframe), when both halves keep at least this many frames, so that the decoders finish
+    together (0 = never: each part is decoded by the thread that started it). ``out``/``jsonl`` with
     several inputs become one file per input (``name.<stream>.ext``, or put ``{stream}`` in the path).
     ``process_per_gpu``: run the inputs as one process per device, each with its own share of the inputs
     (``None`` = when several GPUs and several inputs are given): NVDEC decoding of many streams is bound by one
@@ -43,6 +46,7 @@ class VideoConfig:
     every_nth: int = 1
     segments: int = 0
     decoders_per_gpu: int = 4
+    steal_frames: int = 60
     chunk: int = 0
     reconnect_attempts: int = 5
     backoff_s: float = 0.5
@@ -55,7 +59,7 @@ class VideoConfig:
             raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}; got {self.decoder!r}")
         if self.encoder not in ENCODERS:
             raise ConfigError(f"encoder must be one of {', '.join(ENCODERS)}; got {self.encoder!r}")
-        for name in ("batch_size", "segments", "chunk"):
+        for name in ("batch_size", "segments", "chunk", "steal_frames"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_batch_size", "queue_size", "every_nth", "decoders_per_gpu", "reconnect_attempts"):

@@ -1,7 +1,9 @@
 """``VideoJob``: decode every input (and every segment of a split input) on its own thread, run the frames
 through one :class:`gpufleet.Pool`, and hand back per-frame results in frame order per stream.
 
-Threads: one per input, plus one per segment when a file is split. Each decoding thread prepares its chunks
+Threads: one per input, plus one per segment of a file (files are decoded as spans, see
+:mod:`gpufleet.video.segments`: a decoding thread that is done takes the back half of the span with the most
+frames left, of any input, so that the decoders finish together). Each decoding thread prepares its chunks
 on the frames' device (see :mod:`gpufleet.video.models`) and feeds them to ``Pool.map(ordered=True)``, which
 routes every batch to a worker through the pool's balancer. Results meet in one bounded queue that the
 caller's thread drains (:meth:`VideoJob.events`); every stream ends with exactly one :class:`StreamEnd`,
@@ -28,7 +30,7 @@ from gpufleet.engine import Pool
 from gpufleet.errors import GpufleetError
 from gpufleet.video.config import VideoConfig
 from gpufleet.video.models import make_preparer, on_device, resolve_model
-from gpufleet.video.segments import OrderedMerge, Segment, split
+from gpufleet.video.segments import OrderedMerge, Segment, Span, Spans, split
 from gpufleet.video.sinks import jsonable
 from gpufleet.video.sources import (
     NVDEC_CODECS,
@@ -154,6 +156,7 @@ class VideoJob:
         self.devices = self.pool.devices if self.pool is not None else []
         self._load: Counter[int] = Counter()
         self._load_lock = threading.Lock()
+        self._spans = Spans(cfg.steal_frames)
         self._out: queue.Queue[Any] = queue.Queue(maxsize=cfg.queue_size * len(self.streams) + len(self.streams))
         self._threads: list[threading.Thread] = []
         self.started = time.perf_counter()
@@ -185,7 +188,7 @@ class VideoJob:
             self.stop.set()
             for s in self.streams:
                 s.stop.set()
-        for t in self._threads:
+        for t in list(self._threads):
             t.join(timeout=None if drain else 5)
         if self.pool is not None:
             self.pool.close(drain=drain, timeout=None if drain else 5)
@@ -257,7 +260,7 @@ class VideoJob:
             s.decoder, s.note = self._decoder_for(s)
             segments = split(s.info, self._n_segments(s)) if not is_url(s.spec) else [Segment(0, 0, None)]
             s.segments = len(segments)
-            if len(segments) == 1:
+            if len(segments) == 1 and not self._stealable(s):
                 self._run_segment(s, segments[0], lambda ev: self._put(ev, s.stop))
             else:
                 self._run_split(s, segments)
@@ -276,30 +279,61 @@ class VideoJob:
             decode_s=s.decode_s, prepare_s=s.prepare_s, reconnects=s.reconnects,
             fps_in=info.fps if info is not None else 0.0))
 
+    def _stealable(self, s: _Stream) -> bool:
+        """Whether other decoders may take over parts of ``s``: a file with a keyframe index."""
+        info = s.info
+        return (self._spans.min_frames > 0 and info is not None and not is_url(s.spec) and not info.live
+                and bool(info.frames) and bool(info.keyframes))
+
     def _run_split(self, s: _Stream, segments: list[Segment]) -> None:
+        """Decode ``s`` as segments on threads of their own and emit their results in frame order; the threads
+        go on with other spans when theirs are done (``_decode``)."""
         limit = 2 * self.config.queue_size if self.keep_images else None
-        merge = OrderedMerge(len(segments), limit=limit, stop_event=s.stop)
-
-        def work(seg: Segment) -> None:
-            try:
-                self._run_segment(s, seg, lambda ev: merge.put(seg.index, ev))
-                merge.close(seg.index)
-            except BaseException as exc:  # noqa: BLE001 - raised where the merge reaches this segment
-                merge.close(seg.index, exc)
-
-        threads = [threading.Thread(target=work, args=(seg,), name=f"gpufleet-video-{s.name}-{seg.index}",
-                                    daemon=True) for seg in segments]
-        for t in threads:
+        merge = OrderedMerge([seg.start for seg in segments], limit=limit, stop_event=s.stop)
+        stealable = self._stealable(s)
+        for seg in segments:
+            span = None
+            if stealable:
+                assert s.info is not None and seg.stop is not None
+                span = self._spans.add(s, seg.start, seg.stop, s.info.keyframes, merge)
+            t = threading.Thread(target=self._decode, args=(s, seg, merge, span),
+                                 name=f"gpufleet-video-{s.name}-{seg.index}", daemon=True)
+            self._threads.append(t)
             t.start()
         try:
             for ev in merge:
                 if not self._put(ev, s.stop):
                     break
+        except BaseException:
+            s.stop.set()  # a span failed: the others stop too (this stream fails with its error)
+            raise
         finally:
             if self.stop.is_set():
                 s.stop.set()
-            for t in threads:
-                t.join()
+            merge.wait_closed()
+
+    def _decode(self, s: _Stream, seg: Segment | Span, merge: OrderedMerge, span: Span | None) -> None:
+        """Decode one segment (or span) into ``merge``; then, while the job runs, spans taken from other
+        decoders, of any input."""
+        while True:
+            key = seg.start
+            try:
+                self._run_segment(s, seg, partial(merge.put, key), span)
+                error = None
+            except BaseException as exc:  # noqa: BLE001 - raised where the merge reaches this span
+                error = exc
+            if span is not None:
+                span.finish()  # before close: nothing may be taken from a span whose merge saw it closed
+            merge.close(key, error)
+            if span is None or self.stop.is_set():
+                return
+            span = self._spans.steal(lambda victim: not victim.owner.stop.is_set())
+            if span is None or span.merge is None:
+                return
+            s, seg, merge = span.owner, span, span.merge
+            with s.lock:
+                s.segments += 1
+            log.debug("a decoder took frames %d-%d of %s", span.start, span.stop, s.name)
 
     def _acquire(self, decoder: str) -> Any:
         if decoder != "nvdec":
@@ -314,12 +348,12 @@ class VideoJob:
             with self._load_lock:
                 self._load[dev.index] -= 1
 
-    def _source(self, s: _Stream, seg: Segment, dev: Any) -> Any:
+    def _source(self, s: _Stream, seg: Segment | Span, dev: Any, span: Span | None = None) -> Any:
         cfg, info = self.config, s.info
         assert info is not None
         if s.decoder == "nvdec":
             return NvdecSource(info, seg.start, seg.stop, gpu_id=dev.index, chunk=cfg.chunk or 32,
-                               every_nth=cfg.every_nth, stop_event=s.stop)
+                               every_nth=cfg.every_nth, stop_event=s.stop, span=span)
         chunk = cfg.chunk or 8
         if is_url(s.spec):
             def reopen(_next_index: int) -> CpuSource:
@@ -329,13 +363,13 @@ class VideoJob:
             return Reconnecting(reopen, attempts=cfg.reconnect_attempts, backoff_s=cfg.backoff_s,
                                 stop_event=s.stop)
         return CpuSource(info, seg.start, seg.stop, chunk=chunk, every_nth=cfg.every_nth, stop_event=s.stop,
-                         timeout_s=cfg.timeout_s)
+                         timeout_s=cfg.timeout_s, span=span)
 
-    def _run_segment(self, s: _Stream, seg: Segment, emit: Any) -> None:
+    def _run_segment(self, s: _Stream, seg: Segment | Span, emit: Any, span: Span | None = None) -> None:
         assert self.pool is not None
         dev = self._acquire(s.decoder)
         try:
-            source = self._source(s, seg, dev)
+            source = self._source(s, seg, dev, span)
             chunks = iter(source)
             metas: deque[tuple[int, float, Any]] = deque()
             prepare, keep = self.preparer, self.keep_images

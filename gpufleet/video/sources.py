@@ -19,10 +19,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpufleet.config import env_choice
 from gpufleet.errors import InputError
+
+if TYPE_CHECKING:
+    from gpufleet.video.segments import Span
 
 __all__ = ["CpuSource", "Frame", "NvdecSource", "Reconnecting", "SourceError", "VideoInfo", "is_url", "probe"]
 
@@ -149,12 +152,15 @@ class CpuSource:
     """Decode ``info.spec`` frames ``[start, stop)`` with PyAV, in chunks of up to ``chunk`` frames.
 
     ``start`` must be a keyframe index (segments start at keyframes); the source seeks there and drops
-    anything outside the range, so a segment's frames equal the same frames of a full decode.
+    anything outside the range, so a segment's frames equal the same frames of a full decode. With ``span``,
+    frames are claimed from it a chunk at a time and decoding ends where the span now ends.
     """
 
     def __init__(self, info: VideoInfo, start: int = 0, stop: int | None = None, *, chunk: int = 8,
-                 every_nth: int = 1, stop_event: threading.Event | None = None, timeout_s: float = 10.0) -> None:
+                 every_nth: int = 1, stop_event: threading.Event | None = None, timeout_s: float = 10.0,
+                 span: Span | None = None) -> None:
         self.info, self.start, self.stop, self.chunk, self.every_nth = info, start, stop, chunk, every_nth
+        self.span = span
         self.stop_event = stop_event or threading.Event()
         self.timeout_s = timeout_s
         self.decode_s = 0.0
@@ -168,7 +174,7 @@ class CpuSource:
             if self.start > 0 and info.pts:
                 container.seek(info.pts[self.start], stream=stream, backward=True, any_frame=False)
             chunk: list[Frame] = []
-            counter = self.start
+            counter = claimed = self.start
             t0 = time.perf_counter()
             try:
                 for frame in container.decode(stream):
@@ -181,6 +187,11 @@ class CpuSource:
                     counter = index + 1
                     if self.stop is not None and index >= self.stop:
                         break
+                    if self.span is not None and index >= claimed:
+                        n = self.span.claim(index, self.chunk)
+                        if not n:
+                            break  # another decoder took the rest
+                        claimed = index + n
                     if index % self.every_nth:
                         continue
                     pts = info.seconds(index) if info.pts else float(frame.time or index / (info.fps or 30))
@@ -242,18 +253,20 @@ class NvdecSource:
 
     Each chunk is one CUDA tensor ``[N, 3, H, W]`` made by stacking the decoder's RGB planar surfaces
     (``torch.from_dlpack``, device to device): the decoder reuses its surfaces on the next call, so frames
-    must not outlive it. NATIVE (NV12) output is converted with :func:`nv12_to_rgb`. ``stream`` is the CUDA
+    must not outlive it. NATIVE (NV12) output is converted with :func:`nv12_to_rgb`. With ``span``, frames are
+    claimed from it a chunk at a time and decoding ends where the span now ends. ``stream`` is the CUDA
     stream the decoder and the stacking run on: ``None`` (the device's default stream) unless
     ``GPUFLEET_NVDEC_STREAMS=own``; work on a chunk belongs on it (``with torch.cuda.stream(source.stream)``).
     """
 
     def __init__(self, info: VideoInfo, start: int = 0, stop: int | None = None, *, gpu_id: int = 0,
-                 chunk: int = 32, every_nth: int = 1, stop_event: threading.Event | None = None) -> None:
+                 chunk: int = 32, every_nth: int = 1, stop_event: threading.Event | None = None,
+                 span: Span | None = None) -> None:
         reason = nvdec_available()
         if reason:
             raise SourceError(f"{info.spec}: nvdec decoder unavailable: {reason}")
         self.info, self.start, self.stop, self.gpu_id = info, start, stop, gpu_id
-        self.chunk, self.every_nth = chunk, every_nth
+        self.chunk, self.every_nth, self.span = chunk, every_nth, span
         self.stop_event = stop_event or threading.Event()
         self.decode_s = 0.0
         self.stream: Any = None
@@ -284,9 +297,14 @@ class NvdecSource:
             if self.start:
                 dec.seek_to_index(self.start)
             while index < stop and not self.stop_event.is_set():
+                want = min(self.chunk, stop - index)
+                if self.span is not None:
+                    want = self.span.claim(index, want)
+                    if not want:
+                        break  # another decoder took the rest
                 t0 = time.perf_counter()
                 try:
-                    got = dec.get_batch_frames(min(self.chunk, stop - index))
+                    got = dec.get_batch_frames(want)
                 except Exception as exc:  # noqa: BLE001
                     raise SourceError(f"{info.spec}: nvdec failed at frame {index}: {exc}") from exc
                 if not got:

@@ -66,3 +66,22 @@ def test_decoders_on_their_own_streams_give_the_same_frames_and_results(clips, t
         assert summary["exit_code"] == 0 and summary["frames"] == 160
         lines.append(sorted(p.read_text() for p in tmp_path.glob(f"{streams}.*.jsonl")))
     assert len(lines[0]) == 4 and lines[0] == lines[1]
+
+
+def test_a_span_cut_while_decoding_gives_the_same_frames_as_one_decoder(clips) -> None:
+    """Work stealing on NVDEC: the victim stops at the cut, the thief decodes from it; together they give
+    exactly the frames of one decoder."""
+    from gpufleet.video.segments import Spans
+
+    info = probe(str(clips["text"]))
+    whole = [f.image.cpu() for chunk in NvdecSource(info, 0, 40, gpu_id=0, chunk=8) for f in chunk]
+    spans = Spans(min_frames=10)
+    victim = spans.add("text", 0, 40, info.keyframes)
+    source = iter(NvdecSource(info, 0, 40, gpu_id=0, chunk=8, span=victim))
+    first = [f for f in next(source)]  # frames 0-7 claimed and read
+    thief = spans.steal()
+    assert thief is not None and (victim.stop, thief.start, thief.stop) == (20, 20, 40)
+    first += [f for chunk in source for f in chunk]
+    rest = [f for chunk in NvdecSource(info, thief.start, thief.stop, gpu_id=0, chunk=8, span=thief) for f in chunk]
+    assert [f.index for f in first] == list(range(20)) and [f.index for f in rest] == list(range(20, 40))
+    assert all(torch.equal(f.image.cpu(), w) for f, w in zip(first + rest, whole, strict=True))

@@ -83,12 +83,12 @@ def test_reconnecting_retries_with_backoff_then_gives_up() -> None:
 
 
 def test_ordered_merge_yields_producers_in_order() -> None:
-    merge = OrderedMerge(3, limit=2)
+    merge = OrderedMerge([0, 10, 20], limit=2)
 
     def produce(i: int) -> None:
         for k in range(5):
-            assert merge.put(i, (i, k))
-        merge.close(i)
+            assert merge.put(10 * i, (i, k))
+        merge.close(10 * i)
 
     threads = [threading.Thread(target=produce, args=(i,)) for i in (2, 1, 0)]
     for t in threads:
@@ -100,7 +100,7 @@ def test_ordered_merge_yields_producers_in_order() -> None:
 
 
 def test_ordered_merge_raises_a_producers_error_in_turn() -> None:
-    merge = OrderedMerge(2)
+    merge = OrderedMerge([0, 1])
     merge.put(0, "a")
     merge.close(0)
     merge.close(1, SourceError("seg 1 broke"))
