@@ -60,8 +60,9 @@ Environment knobs (defaults in brackets):
   NAME with the MPS daemon running (gpufleet mps start/stop around it); NAME.2, NAME.3 ...: config NAME
   again, reported apart]
   ROUNDS [3] rounds of the video figures   VIDEO_VARIANTS [""; streams: also, each round, the 8-input ceiling
-  and gpufleet video with GPUFLEET_NVDEC_STREAMS=own, every decoder on a CUDA stream of its own; steal: also
-  the 8-input ceiling with the decoders balanced (--steal 60) and gpufleet video without (--steal-frames 0)]
+  and gpufleet video with GPUFLEET_NVDEC_STREAMS=own, every decoder on a CUDA stream of its own]
+  VIDEO_STEALS [""] e.g. "0 15": also, each round, gpufleet video (8 inputs, 1 input) with --steal-frames N,
+  and the 8-input ceiling balanced the same way (video_ceiling.py --steal N; not for 0)
   TUNED_ARGS ["--http-workers 8 --max-batch-size 128 --max-wait-ms 2"]
   VIDEO_MODEL [resnet18]
   CONTENTION_ONLY [""; all] the contention step's variants, ';'-separated (e.g. "decode-only;gpufleet video");
@@ -210,14 +211,14 @@ for step in ${STEPS:-pool serve video jpeg}; do
         pkg new timeout 60 python3 benchmarks/video_ceiling.py --file "$F" --inputs 1 --segments 4 \
           > "$W/video_ceiling_1_r$r.json" 2> "$W/video_ceiling_1_r$r.err"
         pkg new timeout 120 "${Vm[@]}" "$F" --jsonl "$V/one.jsonl" > "$W/video_1_r$r.json" 2> "$W/video_1_r$r.err"
-        if [[ " ${VIDEO_VARIANTS:-} " == *" steal "* ]]; then  # balanced decoders against each part to the end
-          pkg new timeout 200 python3 benchmarks/video_ceiling.py --file "$F" --inputs 8 --segments 1 --steal 60 \
-            > "$W/video_ceiling_8_steal_r$r.json" 2> "$W/video_ceiling_8_steal_r$r.err"
-          pkg new timeout 120 "${Vm[@]}" "${eight[@]}" --steal-frames 0 --jsonl "$V/eight.{stream}.jsonl" \
-            > "$W/video_8_nosteal_r$r.json" 2> "$W/video_8_nosteal_r$r.err"
-          pkg new timeout 120 "${Vm[@]}" "$F" --steal-frames 0 --jsonl "$V/one.jsonl" > "$W/video_1_nosteal_r$r.json" \
-            2> "$W/video_1_nosteal_r$r.err"
-        fi
+        for n in ${VIDEO_STEALS:-}; do  # the decoders balanced with another --steal-frames (0: not at all)
+          [ "$n" = 0 ] || pkg new timeout 200 python3 benchmarks/video_ceiling.py --file "$F" --inputs 8 --segments 1 \
+            --steal "$n" > "$W/video_ceiling_8_steal${n}_r$r.json" 2> "$W/video_ceiling_8_steal${n}_r$r.err"
+          pkg new timeout 120 "${Vm[@]}" "${eight[@]}" --steal-frames "$n" --jsonl "$V/eight.{stream}.jsonl" \
+            > "$W/video_8_steal${n}_r$r.json" 2> "$W/video_8_steal${n}_r$r.err"
+          pkg new timeout 120 "${Vm[@]}" "$F" --steal-frames "$n" --jsonl "$V/one.jsonl" \
+            > "$W/video_1_steal${n}_r$r.json" 2> "$W/video_1_steal${n}_r$r.err"
+        done
         if [[ " ${VIDEO_VARIANTS:-} " == *" streams "* ]]; then  # every NVDEC decoder on a CUDA stream of its own
           GPUFLEET_NVDEC_STREAMS=own pkg new timeout 200 python3 benchmarks/video_ceiling.py --file "$F" --inputs 8 \
             --segments 1 > "$W/video_ceiling_8_streams_r$r.json" 2> "$W/video_ceiling_8_streams_r$r.err"

@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
         every_nth: int = typer.Option(1, "--every-nth", min=1, help="Process every Nth frame."),
         segments: int = typer.Option(0, "--segments", min=0, help="Split one file into N parts (0 = auto)."),
         steal_frames: int = typer.Option(
-            60, "--steal-frames", min=0,
+            30, "--steal-frames", min=0,
             help="A decoder that is done takes the back half of the part with the most frames left when both "
                  "halves keep at least N frames, so decoders finish together (0 = never)."),
         reconnect: int = typer.Option(5, "--reconnect", min=1, help="Attempts to (re)connect a stream."),

@@ -46,7 +46,7 @@ class VideoConfig:
     every_nth: int = 1
     segments: int = 0
     decoders_per_gpu: int = 4
-    steal_frames: int = 60
+    steal_frames: int = 30
     chunk: int = 0
     reconnect_attempts: int = 5
     backoff_s: float = 0.5

@@ -96,7 +96,7 @@ class Spans:
     keyframe nearest the middle of what it has not claimed, when both halves keep at least ``min_frames``
     (starting a decoder is not free), and returns the back half as a new span of the same owner."""
 
-    def __init__(self, min_frames: int = 60) -> None:
+    def __init__(self, min_frames: int = 30) -> None:
         self.lock = threading.Lock()
         self.open: set[Span] = set()
         self.min_frames = min_frames
