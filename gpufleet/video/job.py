@@ -1,9 +1,10 @@
 """``VideoJob``: decode every input (and every segment of a split input) on its own thread, run the frames
 through one :class:`gpufleet.Pool`, and hand back per-frame results in frame order per stream.
 
-Threads: one per input, plus one per segment of a file (files are decoded as spans, see
-:mod:`gpufleet.video.segments`: a decoding thread that is done takes the back half of the span with the most
-frames left, of any input, so that the decoders finish together). Each decoding thread prepares its chunks
+Threads: one per input, plus one per segment of a file. Files are decoded as spans (see
+:mod:`gpufleet.video.segments`): when a decoder has read its last frame, a new thread takes its place on the
+back half of the span with the most frames left, of any input, so that the decoders finish together. Each
+decoding thread prepares its chunks
 on the frames' device (see :mod:`gpufleet.video.models`) and feeds them to ``Pool.map(ordered=True)``, which
 routes every batch to a worker through the pool's balancer. Results meet in one bounded queue that the
 caller's thread drains (:meth:`VideoJob.events`); every stream ends with exactly one :class:`StreamEnd`,
@@ -286,8 +287,8 @@ class VideoJob:
                 and bool(info.frames) and bool(info.keyframes))
 
     def _run_split(self, s: _Stream, segments: list[Segment]) -> None:
-        """Decode ``s`` as segments on threads of their own and emit their results in frame order; the threads
-        go on with other spans when theirs are done (``_decode``)."""
+        """Decode ``s`` as segments on threads of their own and emit their results in frame order (``_decode``;
+        other threads may add spans of ``s`` to the merge, see ``_take_over``)."""
         limit = 2 * self.config.queue_size if self.keep_images else None
         merge = OrderedMerge([seg.start for seg in segments], limit=limit, stop_event=s.stop)
         stealable = self._stealable(s)
@@ -313,27 +314,34 @@ class VideoJob:
             merge.wait_closed()
 
     def _decode(self, s: _Stream, seg: Segment | Span, merge: OrderedMerge, span: Span | None) -> None:
-        """Decode one segment (or span) into ``merge``; then, while the job runs, spans taken from other
-        decoders, of any input."""
-        while True:
-            key = seg.start
-            try:
-                self._run_segment(s, seg, partial(merge.put, key), span)
-                error = None
-            except BaseException as exc:  # noqa: BLE001 - raised where the merge reaches this span
-                error = exc
-            if span is not None:
-                span.finish()  # before close: nothing may be taken from a span whose merge saw it closed
-            merge.close(key, error)
-            if span is None or self.stop.is_set():
-                return
-            span = self._spans.steal(lambda victim: not victim.owner.stop.is_set())
-            if span is None or span.merge is None:
-                return
-            s, seg, merge = span.owner, span, span.merge
-            with s.lock:
-                s.segments += 1
-            log.debug("a decoder took frames %d-%d of %s", span.start, span.stop, s.name)
+        """Decode one segment (or span) into ``merge``. Once its decoder has read its last frame, a span's
+        thread hands the decoder's place on: a new thread decodes the back half of the longest span left, of
+        any input (``_take_over``), while this one waits for its last results."""
+        try:
+            self._run_segment(s, seg, partial(merge.put, seg.start), span)
+            error = None
+        except BaseException as exc:  # noqa: BLE001 - raised where the merge reaches this span
+            error = exc
+        if span is not None and not span.done:
+            span.finish()  # failed or stopped: nothing more is taken from it
+        merge.close(seg.start, error)  # after finish: nothing may be taken from a span its merge saw closed
+
+    def _take_over(self, span: Span) -> None:
+        """``span``'s decoder read its last frame: start a thread on a span taken from another decoder."""
+        span.finish()
+        if self.stop.is_set():
+            return
+        new = self._spans.steal(lambda victim: not victim.owner.stop.is_set())
+        if new is None or new.merge is None:
+            return
+        s: _Stream = new.owner
+        with s.lock:
+            s.segments += 1
+        log.debug("a decoder took frames %d-%d of %s", new.start, new.stop, s.name)
+        t = threading.Thread(target=self._decode, args=(s, new, new.merge, new),
+                             name=f"gpufleet-video-{s.name}-{new.start}", daemon=True)
+        self._threads.append(t)
+        t.start()
 
     def _acquire(self, decoder: str) -> Any:
         if decoder != "nvdec":
@@ -399,6 +407,8 @@ class VideoJob:
                         yield item
                     if s.stop.is_set():
                         return
+                if span is not None:  # the decoder is done (and closed): its place goes to another span
+                    self._take_over(span)
 
             limit = max(self.config.queue_size, 2 * (self.config.chunk or 8))
             # Frames decoded into a GPU's memory are served by that GPU's workers when it has any.
