@@ -19,15 +19,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from gpufleet.config import env_choice
 from gpufleet.errors import InputError
 
-if TYPE_CHECKING:
-    from gpufleet.video.segments import Span
-
-__all__ = ["CpuSource", "Frame", "NvdecSource", "Reconnecting", "SourceError", "VideoInfo", "is_url", "probe"]
+__all__ = ["Claims", "CpuSource", "Frame", "NvdecSource", "Reconnecting", "SourceError", "VideoInfo", "is_url", "probe"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +33,14 @@ NVDEC_CODECS = frozenset({"h264", "hevc", "av1", "vp9", "vp8", "mpeg2video", "mp
 
 class SourceError(InputError):
     """An input cannot be opened or decoded: missing, not a video, unsupported codec, never connected."""
+
+
+class Claims(Protocol):
+    """Where a source may read to: :class:`gpufleet.video.segments.Span`, whose end can come down while it runs."""
+
+    def claim(self, index: int, want: int) -> int:
+        """Reserve frames ``[index, index + n)`` and return ``n <= want`` (0: read no further)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,7 @@ class CpuSource:
 
     def __init__(self, info: VideoInfo, start: int = 0, stop: int | None = None, *, chunk: int = 8,
                  every_nth: int = 1, stop_event: threading.Event | None = None, timeout_s: float = 10.0,
-                 span: Span | None = None) -> None:
+                 span: Claims | None = None) -> None:
         self.info, self.start, self.stop, self.chunk, self.every_nth = info, start, stop, chunk, every_nth
         self.span = span
         self.stop_event = stop_event or threading.Event()
@@ -261,7 +266,7 @@ class NvdecSource:
 
     def __init__(self, info: VideoInfo, start: int = 0, stop: int | None = None, *, gpu_id: int = 0,
                  chunk: int = 32, every_nth: int = 1, stop_event: threading.Event | None = None,
-                 span: Span | None = None) -> None:
+                 span: Claims | None = None) -> None:
         reason = nvdec_available()
         if reason:
             raise SourceError(f"{info.spec}: nvdec decoder unavailable: {reason}")
