@@ -18,6 +18,8 @@ $OUT/summary.txt (a few lines per workload) and $OUT/results.tgz (every raw JSON
   jpeg   benchmarks/jpeg_ceiling.py: W3's JPEG decode ceiling (torchvision batched decode_jpeg on the GPU, 1 and
          2 threads) and the engine on those JPEGs without HTTP (decoding in launch, a batch ahead, as they come;
          and decoded input).
+  unequal gpufleet video on one input of 600 frames and three of 120, with --steal-frames 0 and 30 (ROUNDS
+         times). Not run unless named.
   video2p the same 8 inputs as one process and as two processes of 4 started together, decode-only and through
          gpufleet video (ROUNDS times; the summary adds the two processes' rates). Not run unless named.
   overlap benchmarks/decode_overlap.py: does the GPU JPEG decode of the next batch overlap the model's replay
@@ -229,6 +231,22 @@ for step in ${STEPS:-pool serve video jpeg}; do
       stamp "video 1080p: gpufleet video, 8 inputs, --batch-size 128"
       pkg new timeout 120 "${Vm[@]}" "${eight[@]}" --batch-size 128 --jsonl "$V/eight.{stream}.jsonl" \
         > "$W/video_8_bs128.json" 2> "$W/video_8_bs128.err"
+      rm -f "$V"/*.jsonl
+      summary ;;
+    unequal)
+      # Inputs of unequal length: the 600-frame file and three of 120 frames (made here), one decoder each; with
+      # --steal-frames 0 the long one is left to its own decoder once the short ones are done.
+      mkdir -p "$V"
+      pkg new timeout 200 python3 benchmarks/video_ceiling.py --file "$F" --make-only > /dev/null 2>&1
+      pkg new timeout 200 python3 benchmarks/video_ceiling.py --file "$V/short.mp4" --frames 120 --make-only \
+        > /dev/null 2>&1
+      for r in $(seq 1 "${ROUNDS:-3}"); do
+        stamp "video 1080p round $r: one input of 600 frames and three of 120, with and without --steal-frames"
+        for n in 0 30; do
+          pkg new timeout 120 "${Vm[@]}" "$F" "$V/short.mp4" "$V/short.mp4" "$V/short.mp4" --steal-frames "$n" \
+            --jsonl "$V/uneq.{stream}.jsonl" > "$W/video_4_uneq_steal${n}_r$r.json" 2> "$W/video_4_uneq_steal${n}_r$r.err"
+        done
+      done
       rm -f "$V"/*.jsonl
       summary ;;
     video2p)
