@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         steal_frames: int = typer.Option(
             30, "--steal-frames", min=0,
             help="A decoder that is done takes the back half of the part with the most frames left when both "
-                 "halves keep at least N frames, so decoders finish together (0 = never)."),
+                 "halves keep at least N frames: no decoder idles while a longer input goes on (0 = never)."),
         reconnect: int = typer.Option(5, "--reconnect", min=1, help="Attempts to (re)connect a stream."),
         progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Default: when a TTY."),  # noqa: UP045
         process_per_gpu: Optional[bool] = typer.Option(  # noqa: UP045

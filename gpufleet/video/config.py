@@ -23,8 +23,8 @@ class VideoConfig:
     into at keyframes and decoded in parallel (0 = auto: ``decoders_per_gpu`` per GPU with nvdec, one per
     device with the CPU decoder, shared out between the inputs; 1 = one part per file to start with).
     ``steal_frames``: a decoder that is done takes the back half of the part with the most frames left, of any
-    input (cut at a keyframe), when both halves keep at least this many frames, so that the decoders finish
-    together (0 = never: each part is decoded by the thread that started it). ``out``/``jsonl`` with
+    input (cut at a keyframe), when both halves keep at least this many frames, so that no decoder idles while
+    a longer input goes on (0 = never: each part is decoded by the thread that started it). ``out``/``jsonl`` with
     several inputs become one file per input (``name.<stream>.ext``, or put ``{stream}`` in the path).
     ``process_per_gpu``: run the inputs as one process per device, each with its own share of the inputs
     (``None`` = when several GPUs and several inputs are given): NVDEC decoding of many streams is bound by one

@@ -322,8 +322,8 @@ class VideoJob:
             error = None
         except BaseException as exc:  # noqa: BLE001 - raised where the merge reaches this span
             error = exc
-        if span is not None and not span.done:
-            span.finish()  # failed or stopped: nothing more is taken from it
+        if span is not None:
+            span.finish()  # (again, or failed or stopped:) nothing more is taken from it
         merge.close(seg.start, error)  # after finish: nothing may be taken from a span its merge saw closed
 
     def _take_over(self, span: Span) -> None:

@@ -2,9 +2,9 @@
 results back in order.
 
 H.264/HEVC closed GOPs decode independently from their keyframe, so a span ``[start, stop)`` that starts at a
-keyframe yields exactly the frames a full decode yields there. :class:`Spans` lets a decoder thread that
-finished its span take the back half of the span with the most frames left (work stealing, cut at a
-keyframe), so that no decoder sits idle while another still has a long way to go; :class:`OrderedMerge` puts
+keyframe yields exactly the frames a full decode yields there. :class:`Spans` lets a decoder that has read
+its span hand its place to one on the back half of the span with the most frames left (work stealing, cut at
+a keyframe), so that no decoder sits idle while another still has a long way to go; :class:`OrderedMerge` puts
 the spans' results back in frame order. A span other than the one being emitted buffers at most ``limit``
 results (``None``: unbounded, fine for small results; bounded when frames are kept for drawing).
 """
@@ -68,7 +68,6 @@ class Span:
         self._spans = spans
         self.owner, self.start, self.stop, self.keyframes, self.merge = owner, start, stop, keyframes, merge
         self.pos = start  # the first frame not claimed yet
-        self.done = False
 
     def claim(self, index: int, want: int) -> int:
         """Reserve frames ``[index, index + n)`` for this span's decoder and return ``n`` (0: the span ends
@@ -81,11 +80,7 @@ class Span:
     def finish(self) -> None:
         """The decoder is done with this span (ended, failed or stopped): nothing is taken from it any more."""
         with self._spans.lock:
-            self.done = True
             self._spans.open.discard(self)
-
-    def __len__(self) -> int:
-        return self.stop - self.start
 
     def __repr__(self) -> str:
         return f"Span({self.start}, {self.stop}, pos={self.pos})"
