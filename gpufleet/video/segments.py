@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,7 +104,7 @@ class Spans:
             self.open.add(span)
         return span
 
-    def steal(self, can_take: Any = None) -> Span | None:
+    def steal(self, can_take: Callable[[Span], bool] | None = None) -> Span | None:
         """A new span made of the back half of the open span with the most frames left, or ``None``.
         ``can_take(span)`` may refuse a victim (e.g. its input failed)."""
         if self.min_frames <= 0:

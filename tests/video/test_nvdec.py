@@ -78,7 +78,7 @@ def test_a_span_cut_while_decoding_gives_the_same_frames_as_one_decoder(clips) -
     spans = Spans(min_frames=10)
     victim = spans.add("text", 0, 40, info.keyframes)
     source = iter(NvdecSource(info, 0, 40, gpu_id=0, chunk=8, span=victim))
-    first = [f for f in next(source)]  # frames 0-7 claimed and read
+    first = list(next(source))  # frames 0-7 claimed and read
     thief = spans.steal()
     assert thief is not None and (victim.stop, thief.start, thief.stop) == (20, 20, 40)
     first += [f for chunk in source for f in chunk]
