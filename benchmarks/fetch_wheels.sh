@@ -9,8 +9,8 @@ typer, rich, prometheus-client, nvidia-ml-py, but no internet): the server (msgs
 httptools, orjson), PyAV and PyNvVideoCodec, for its Python 3.12 x86-64, into .whl/ (git-ignored, ~63 MB).
 Carry it with the device tool: run(command="bash benchmarks/gpu_run.sh", carry=[".whl"]).
 
-jpeg: instead, the server's wheels, nvImageCodec (nvidia-nvimgcodec-cu13 and nvidia-nvjpeg, for decode_overlap.py)
-and py-spy (for serve_profile.sh) into .whl2/ (~32 MB): run(command="WHEELS=.whl2 STEPS='overlap serve'
+jpeg: instead, the server's wheels, nvImageCodec (nvidia-nvimgcodec-cu13 and nvidia-nvjpeg, for decode_overlap.py
+and jpeg_decoders.py) and py-spy (for serve_profile.sh) into .whl2/ (~32 MB): run(command="WHEELS=.whl2 STEPS='overlap serve'
 bash benchmarks/gpu_run.sh; WHEELS=.whl2 bash benchmarks/serve_profile.sh", carry=[".whl2"]). The two sets do
 not fit in one call's 64 MiB together.
 USAGE
