@@ -168,12 +168,17 @@ def serving_loop(name: str, decode: Callable, step: Callable, x, dev, seconds: f
             "decode_ms_p50": p50_ms(dec)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def probe_args(doc: str) -> argparse.Namespace:
+    """The JPEG probes' command line: ``--seconds`` per measurement, ``--batch`` JPEGs per call, ``--gpu``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--gpu", type=int, default=0)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = probe_args(__doc__)
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 

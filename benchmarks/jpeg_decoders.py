@@ -18,12 +18,11 @@ decoding. So torchvision stays the engine's decoder.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Callable
 
-from decode_overlap import Busy, graph_model, p50_ms, serving_loop, w3_jpegs
+from decode_overlap import Busy, graph_model, p50_ms, probe_args, serving_loop, w3_jpegs
 
 
 def timed(fn: Callable[[], None], seconds: float) -> tuple[list[float], list[float], float]:
@@ -50,11 +49,7 @@ def report(wall: list[float], cpu: list[float], process_cpu: float, batch: int) 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=2.0)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--gpu", type=int, default=0)
-    args = ap.parse_args()
+    args = probe_args(__doc__)
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
