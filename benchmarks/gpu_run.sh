@@ -46,7 +46,7 @@ Wheels the machine lacks (uvicorn, starlette, msgspec, PyAV, PyNvVideoCodec ...)
 
 Environment knobs (defaults in brackets):
   OUT [/tmp/out]  WORK [/tmp/work] scratch  STEPS ["pool serve video jpeg"]  WHEELS [.whl]
-  AB [1: A/B when .old is there; 0: new only]
+  AB [1: A/B when .old is there; 0: new only]  AB_STEPS ["pool serve"; "pool": serve runs new only]
   SECS [3] seconds per bench point   BENCH_ARGS ["--model resnet50 --precision fp16 --cuda-graphs
   --batch-sizes 64,128 --scale"]   DUR [8] / WARM [2] load seconds   LOADP [12] load processes at c=256
   SERVE_CONFIGS ["default tuned"; also frontdec: JPEGs decoded on the front ends' CPUs,
@@ -93,9 +93,10 @@ for dir in ${WHEELS:-.whl}; do
   fi
 done
 
-LABELS=new
+LABELS=new SERVE_LABELS=new
 if [ "${AB:-1}" != 0 ] && [ -f .old/gpufleet.tar.xz ]; then
   rm -rf .old/gpufleet && tar -xJf .old/gpufleet.tar.xz -C .old && LABELS="old new"  # never a stale copy
+  case " ${AB_STEPS:-pool serve} " in *" serve "*) SERVE_LABELS=$LABELS ;; esac
 fi
 # pkg LABEL CMD...: run CMD with that copy of the package first on sys.path. PYTHONSAFEPATH keeps `python3 -m`
 # and `-c` from putting the working directory (this checkout's gpufleet) first for the old copy.
@@ -192,7 +193,7 @@ for step in ${STEPS:-pool serve video jpeg}; do
           cmc*) args=""; envs="CUDA_DEVICE_MAX_CONNECTIONS=${base#cmc}" ;;
           *) echo "unknown serve config $cfg" >> "$W/steps.txt"; continue ;;
         esac
-        for label in $LABELS; do
+        for label in $SERVE_LABELS; do
           stamp "JPEG serving [$label $cfg: ${envs:-}${envs:+ }gpufleet serve $model $args]"
           [ $mps = 1 ] && pkg new python3 -m gpufleet mps start >> "$W/steps.txt" 2>&1
           serve_one "$label" "$cfg" "$args" "${envs:-}"
