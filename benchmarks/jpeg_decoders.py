@@ -1,10 +1,11 @@
-"""What each GPU JPEG decoder costs the host: W3's JPEGs (224x224, ~14.7 KB) decoded in batches on the GPU by
-torchvision's ``decode_jpeg`` (nvJPEG's default backend, Huffman decoding on the CPU) and, when
-``nvidia-nvimgcodec-cu13`` is importable, by nvImageCodec's backends (``GPU_ONLY``: Huffman decoding on the GPU
-too; ``HYBRID_CPU_GPU``; ``HW_GPU_ONLY``: the hardware JPEG decoder), each alone and beside ResNet-50 fp16
-(batch 64, CUDA graph) kept busy on another stream, then in the serving loop (decode batch N+1, stack, replay,
-wait for batch N). One JSON line each: per-batch wall and host CPU time (p50, ms), images/s, CPU µs per image
-(the calling thread's and the whole process's).
+"""What each GPU JPEG decoder costs the host: W3's JPEGs (224x224) decoded in batches on the GPU by torchvision's
+``decode_jpeg`` (nvJPEG's default backend, Huffman decoding on the CPU) and, when ``nvidia-nvimgcodec-cu13`` is
+importable, by nvImageCodec: its CUDA decoder (``HYBRID_CPU_GPU``; Huffman decoding on its own CPU threads, or on
+the GPU with ``hybrid_huffman_threshold=0``, or on one CPU thread) and the hardware decoder (``HW_GPU_ONLY``; a
+``GPU_ONLY`` decoder cannot be created for JPEGs in nvImageCodec 0.9: "Code: 7"), each alone and beside
+ResNet-50 fp16 (batch 64, CUDA graph) kept busy on another stream, then in the serving loop (decode batch N+1,
+stack, replay, wait for batch N). One JSON line each: per-batch wall and host CPU time (p50, ms), images/s, CPU
+µs per image (the calling thread's and the whole process's).
 
     python3 benchmarks/jpeg_decoders.py [--seconds 2] [--batch 64]
 
@@ -109,6 +110,7 @@ def main() -> None:
     blank = [torch.zeros((3, 224, 224), dtype=torch.uint8, device=dev)] * args.batch
     print(json.dumps(serving_loop("no decode", lambda compute, k: blank[:k], graph.replay, x, dev, args.seconds,
                                   "compute")), flush=True)
+
 
 if __name__ == "__main__":
     main()
