@@ -261,10 +261,11 @@ class VideoJob:
             s.decoder, s.note = self._decoder_for(s)
             segments = split(s.info, self._n_segments(s)) if not is_url(s.spec) else [Segment(0, 0, None)]
             s.segments = len(segments)
-            if len(segments) == 1 and not self._stealable(s):
+            stealable = self._stealable(s)
+            if len(segments) == 1 and not stealable:
                 self._run_segment(s, segments[0], lambda ev: self._put(ev, s.stop))
             else:
-                self._run_split(s, segments)
+                self._run_split(s, segments, stealable)
             if self.stop.is_set():
                 status = "interrupted"
         except BaseException as exc:  # noqa: BLE001 - reported as this stream's one-line error
@@ -286,12 +287,11 @@ class VideoJob:
         return (self._spans.min_frames > 0 and info is not None and not is_url(s.spec) and not info.live
                 and bool(info.frames) and bool(info.keyframes))
 
-    def _run_split(self, s: _Stream, segments: list[Segment]) -> None:
+    def _run_split(self, s: _Stream, segments: list[Segment], stealable: bool) -> None:
         """Decode ``s`` as segments on threads of their own and emit their results in frame order (``_decode``;
-        other threads may add spans of ``s`` to the merge, see ``_take_over``)."""
+        when ``stealable``, other threads may add spans of ``s`` to the merge, see ``_take_over``)."""
         limit = 2 * self.config.queue_size if self.keep_images else None
         merge = OrderedMerge([seg.start for seg in segments], limit=limit, stop_event=s.stop)
-        stealable = self._stealable(s)
         for seg in segments:
             span = None
             if stealable:
