@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,16 +25,8 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-# When each CUDA copy in this process last stacked a batch of host items (id -> time.monotonic()): a copy that
-# stacks alone stacks in one call (see TorchModel._stack).
-_STACKED: dict[int, float] = {}
-_ALONE_S = 1.0  # another copy that stacked within this many seconds is stacking beside this one
-
-
-def _stacks_alone(key: int, now: float) -> bool:
-    """Record that copy ``key`` stacks now; whether no other copy of this process stacked lately."""
-    _STACKED[key] = now
-    return all(t < now - _ALONE_S for k, t in list(_STACKED.items()) if k != key)
+# The copies set up on CUDA in this process: the only one stacks a batch in one call (see TorchModel._stack).
+_CUDA_COPIES: weakref.WeakSet = weakref.WeakSet()
 
 
 def resolve_dtype(precision: str, device: Device) -> torch.dtype:
@@ -153,6 +146,7 @@ class TorchModel(Model):
         self._slot = 0
         self._graphs: GraphCache | None = None
         if self._cuda:
+            _CUDA_COPIES.add(self)
             self._stream = torch.cuda.Stream(self._dev)
             self._copy_stream = torch.cuda.Stream(self._dev)
             if self.cuda_graphs:
@@ -344,17 +338,16 @@ class TorchModel(Model):
             return torch.stack(items)
         n = len(items)
         buf = self._staging_buffer(slot, n, shape, items[0].dtype)
-        if _stacks_alone(id(self), time.monotonic()):
-            # The only copy of the process stacking: one call that releases the GIL once. A copy per item waits
-            # to retake the GIL after each one behind the process's other Python threads (W2 on a slow host:
-            # 2.7 ms for 64 items of 150 KB, 6 ms for 128).
+        if len(_CUDA_COPIES) == 1:
+            # The process's only GPU copy: one call that releases the GIL once. A copy per item waits to retake
+            # the GIL after each one behind the process's other Python threads (W2 on a slow host: 2.7 ms for
+            # 64 items of 150 KB, 6 ms for 128).
             torch.stack(items, out=buf[:n])
             return buf[:n]
         try:
-            # Several copies stacking in one process: one plain memcpy per item (numpy, GIL released):
-            # torch.stack here runs OpenMP regions that stall for whole scheduler ticks when several workers'
-            # thread teams share the cores (measured on 2x H200: 2.8 ms -> 539 ms per batch of 64 with two
-            # workers).
+            # Several copies in one process: one plain memcpy per item (numpy, GIL released): torch.stack here
+            # runs OpenMP regions that stall for whole scheduler ticks when several workers' thread teams share
+            # the cores (measured on 2x H200: 2.8 ms -> 539 ms per batch of 64 with two process workers).
             dst = buf.numpy()
             for i, t in enumerate(items):
                 np.copyto(dst[i], t.numpy(), casting="no")
