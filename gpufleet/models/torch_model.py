@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,9 +23,6 @@ __all__ = ["TorchModel", "resolve_dtype"]
 log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-# The copies set up on CUDA in this process: the only one stacks a batch in one call (see TorchModel._stack).
-_CUDA_COPIES: weakref.WeakSet = weakref.WeakSet()
 
 
 def resolve_dtype(precision: str, device: Device) -> torch.dtype:
@@ -146,7 +142,6 @@ class TorchModel(Model):
         self._slot = 0
         self._graphs: GraphCache | None = None
         if self._cuda:
-            _CUDA_COPIES.add(self)
             self._stream = torch.cuda.Stream(self._dev)
             self._copy_stream = torch.cuda.Stream(self._dev)
             if self.cuda_graphs:
@@ -338,16 +333,10 @@ class TorchModel(Model):
             return torch.stack(items)
         n = len(items)
         buf = self._staging_buffer(slot, n, shape, items[0].dtype)
-        if len(_CUDA_COPIES) == 1:
-            # The process's only GPU copy: one call that releases the GIL once. A copy per item waits to retake
-            # the GIL after each one behind the process's other Python threads (W2 on a slow host: 2.7 ms for
-            # 64 items of 150 KB, 6 ms for 128).
-            torch.stack(items, out=buf[:n])
-            return buf[:n]
         try:
-            # Several copies in one process: one plain memcpy per item (numpy, GIL released): torch.stack here
-            # runs OpenMP regions that stall for whole scheduler ticks when several workers' thread teams share
-            # the cores (measured on 2x H200: 2.8 ms -> 539 ms per batch of 64 with two process workers).
+            # One plain memcpy per item (numpy, GIL released): torch.stack here runs OpenMP regions that stall
+            # for whole scheduler ticks when several workers' thread teams share the cores (measured on 2x H200:
+            # 2.8 ms -> 539 ms per batch of 64 with two process workers).
             dst = buf.numpy()
             for i, t in enumerate(items):
                 np.copyto(dst[i], t.numpy(), casting="no")

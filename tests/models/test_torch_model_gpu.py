@@ -58,38 +58,6 @@ def test_staging_buffers_are_reused_not_grown() -> None:
     assert all(b.is_pinned() for b in m._staging if b is not None)
 
 
-def test_the_only_copy_in_a_process_stacks_in_one_call_and_several_copy_per_item(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    import weakref
-
-    import numpy as np
-
-    from gpufleet.models import torch_model
-
-    monkeypatch.setattr(torch_model, "_CUDA_COPIES", weakref.WeakSet())  # this test's copies only
-    copies = []
-    real_copyto = np.copyto
-    monkeypatch.setattr(np, "copyto", lambda *a, **k: (copies.append(1), real_copyto(*a, **k))[1])
-    dev = select("0")[0]
-    net = _net()
-    items = [torch.randn(3, 16, 16) for _ in range(8)]
-    a = TorchModel(net, precision="fp32")
-    a.setup(dev)
-    copies.clear()
-    one = torch.stack(a.predict(items))
-    assert not copies  # one torch.stack into the staging buffer
-    b = TorchModel(net, precision="fp32")
-    b.setup(dev)
-    copies.clear()
-    several = torch.stack(a.predict(items))
-    assert len(copies) == len(items)  # a memcpy per item once two copies share the process
-    torch.testing.assert_close(one, several)
-    with torch.inference_mode():
-        ref = net.to(dev.torch)(torch.stack(items).to(dev.torch)).cpu()
-    torch.testing.assert_close(one, ref, rtol=1e-3, atol=1e-3)
-    del b
-
-
 def test_items_already_on_gpu_skip_the_copy() -> None:
     dev = select("0")[0]
     m = TorchModel(_net(), precision="fp32")
