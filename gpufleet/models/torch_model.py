@@ -336,7 +336,9 @@ class TorchModel(Model):
         try:
             # One plain memcpy per item (numpy, GIL released): torch.stack here runs OpenMP regions that stall
             # for whole scheduler ticks when several workers' thread teams share the cores (measured on 2x H200:
-            # 2.8 ms -> 539 ms per batch of 64 with two process workers).
+            # 2.8 ms -> 539 ms per batch of 64 with two process workers), and even a process's only copy
+            # stacked slower with it (W2 on an H100, 2026-12-07: 5.8 / 17.5 ms against 3.7 / 6.6 ms per batch
+            # of 64 / 128 items of 150 KB, beside the pool's other threads).
             dst = buf.numpy()
             for i, t in enumerate(items):
                 np.copyto(dst[i], t.numpy(), casting="no")
