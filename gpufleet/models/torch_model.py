@@ -24,17 +24,6 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-# When each CUDA copy in this process last stacked a batch of host items (id -> time.monotonic()); see
-# TorchModel._stack.
-_STACKED: dict[int, float] = {}
-_ALONE_S = 1.0  # another copy that stacked within this many seconds is stacking beside this one
-
-
-def _stacks_alone(key: int, now: float) -> bool:
-    """Record that copy ``key`` stacks now; whether no other copy of this process stacked lately."""
-    _STACKED[key] = now
-    return all(t < now - _ALONE_S for k, t in list(_STACKED.items()) if k != key)
-
 
 def resolve_dtype(precision: str, device: Device) -> torch.dtype:
     """The compute dtype for ``precision`` ("auto" = the device's recommended one; always fp32 on CPU)."""
@@ -344,27 +333,16 @@ class TorchModel(Model):
             return torch.stack(items)
         n = len(items)
         buf = self._staging_buffer(slot, n, shape, items[0].dtype)
-        # One plain memcpy per item: torch.stack here runs OpenMP regions that stall for whole scheduler ticks
-        # when several workers' thread teams share the cores (measured on 2x H200: 2.8 ms -> 539 ms per batch
-        # of 64 with two process workers), and even a process's only copy stacked slower with it (W2 on an H100,
-        # 2026-12-07: 5.8 / 17.5 ms against 3.7 / 6.6 ms per batch of 64 / 128 items of 150 KB).
         try:
+            # One plain memcpy per item (numpy, GIL released): torch.stack here runs OpenMP regions that stall
+            # for whole scheduler ticks when several workers' thread teams share the cores (measured on 2x H200:
+            # 2.8 ms -> 539 ms per batch of 64 with two process workers), and even a process's only copy
+            # stacked slower with it (W2 on an H100, 2026-12-07: 5.8 / 17.5 ms against 3.7 / 6.6 ms per batch
+            # of 64 / 128 items of 150 KB, beside the pool's other threads).
             dst = buf.numpy()
-            if _stacks_alone(id(self), time.monotonic()):
-                # The only copy of the process stacking: memcpys that keep the GIL (~1 ms for 64 images of
-                # 150 KB). Released for each item, every copy waits to retake it behind the process's other
-                # Python threads (W2 on that H100: 3.7 ms per batch of 64).
-                flat, size = dst.data.cast("B"), dst[0].nbytes
-                for i, t in enumerate(items):
-                    a = t.numpy()
-                    if a.flags.c_contiguous:
-                        flat[i * size:(i + 1) * size] = a.reshape(-1).view(np.uint8).data
-                    else:
-                        np.copyto(dst[i], a, casting="no")
-            else:  # several copies stacking: their memcpys run in parallel, each with the GIL released
-                for i, t in enumerate(items):
-                    np.copyto(dst[i], t.numpy(), casting="no")
-        except (TypeError, RuntimeError, ValueError):  # no numpy dtype (bfloat16), a tensor that needs grad
+            for i, t in enumerate(items):
+                np.copyto(dst[i], t.numpy(), casting="no")
+        except (TypeError, RuntimeError):  # no numpy dtype (bfloat16), or a tensor that needs grad
             torch.stack(items, out=buf[:n])
         return buf[:n]
 

@@ -58,40 +58,6 @@ def test_staging_buffers_are_reused_not_grown() -> None:
     assert all(b.is_pinned() for b in m._staging if b is not None)
 
 
-def test_a_copy_stacking_alone_copies_holding_the_gil_and_beside_another_releases_it_per_item(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    import numpy as np
-
-    from gpufleet.models import torch_model
-
-    monkeypatch.setattr(torch_model, "_STACKED", {})  # this test's copies only
-    copies = []
-    real_copyto = np.copyto
-    monkeypatch.setattr(np, "copyto", lambda *a, **k: (copies.append(1), real_copyto(*a, **k))[1])
-    dev = select("0")[0]
-    net = _net()
-    items = [torch.randn(3, 16, 16) for _ in range(8)]
-    a, b = TorchModel(net, precision="fp32"), TorchModel(net, precision="fp32")
-    a.setup(dev)
-    b.setup(dev)
-    torch_model._STACKED.clear()
-    copies.clear()
-    one = torch.stack(a.predict(items))
-    assert not copies  # memcpys that keep the GIL
-    b.predict(items)  # now a second copy stacks in this process
-    copies.clear()
-    several = torch.stack(a.predict(items))
-    assert len(copies) == len(items)  # a memcpy per item
-    torch.testing.assert_close(one, several)
-    with torch.inference_mode():
-        ref = net.to(dev.torch)(torch.stack(items).to(dev.torch)).cpu()
-    torch.testing.assert_close(one, ref, rtol=1e-3, atol=1e-3)
-    torch_model._STACKED.clear()
-    strided = [torch.randn(3, 16, 32)[:, :, ::2] for _ in range(8)]  # not contiguous: copied by numpy
-    torch.testing.assert_close(torch.stack(a.predict(strided)),
-                               torch.stack(a.predict([x.contiguous() for x in strided])))
-
-
 def test_items_already_on_gpu_skip_the_copy() -> None:
     dev = select("0")[0]
     m = TorchModel(_net(), precision="fp32")
