@@ -95,15 +95,25 @@ def p50_ms(samples: list[float]) -> float:
     return round(percentiles(np.array(samples), (50,))["p50_ms"], 2)
 
 
-def timed(fn: Callable[[], None], seconds: float) -> list[float]:
+def timed_cpu(fn: Callable[[], None], seconds: float) -> tuple[list[float], list[float], float]:
+    """Wall and calling-thread CPU seconds of each call of ``fn`` for ``seconds`` (after one untimed call), and
+    the whole process's CPU seconds over them (the library's own threads too)."""
     fn()
-    calls: list[float] = []
+    wall: list[float] = []
+    cpu: list[float] = []
+    p0 = time.process_time()
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         fn()
-        calls.append(time.perf_counter() - t)
-    return calls
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.thread_time() - c)
+    return wall, cpu, time.process_time() - p0
+
+
+def timed(fn: Callable[[], None], seconds: float) -> list[float]:
+    """Wall seconds of each call of ``fn`` for ``seconds`` (after one untimed call)."""
+    return timed_cpu(fn, seconds)[0]
 
 
 def measure(name: str, fn: Callable[[], None], models: dict[str, Callable[[], None]], dev, batch: int,  # noqa: ANN001

@@ -23,23 +23,7 @@ import json
 import time
 from collections.abc import Callable
 
-from decode_overlap import Busy, graph_model, p50_ms, probe_args, serving_loop, w3_jpegs
-
-
-def timed(fn: Callable[[], None], seconds: float) -> tuple[list[float], list[float], float]:
-    """Wall and calling-thread CPU seconds of each call of ``fn`` for ``seconds`` (after one untimed call), and
-    the whole process's CPU seconds over them (the library's own threads too)."""
-    fn()
-    wall: list[float] = []
-    cpu: list[float] = []
-    p0 = time.process_time()
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t, c = time.perf_counter(), time.thread_time()
-        fn()
-        wall.append(time.perf_counter() - t)
-        cpu.append(time.thread_time() - c)
-    return wall, cpu, time.process_time() - p0
+from decode_overlap import Busy, graph_model, p50_ms, probe_args, serving_loop, timed_cpu, w3_jpegs
 
 
 def report(wall: list[float], cpu: list[float], process_cpu: float, batch: int) -> dict:
@@ -97,10 +81,10 @@ def main() -> None:
             side.synchronize()
 
         try:
-            out["alone"] = report(*timed(call, args.seconds), args.batch)
+            out["alone"] = report(*timed_cpu(call, args.seconds), args.batch)
             with Busy(graph.replay, dev, 64) as busy:
                 n0, t0 = busy.n, time.perf_counter()
-                out["beside_graph"] = report(*timed(call, args.seconds), args.batch)
+                out["beside_graph"] = report(*timed_cpu(call, args.seconds), args.batch)
                 out["beside_graph"]["model_img_per_s"] = round((busy.n - n0) / (time.perf_counter() - t0))
             out["serving_loop"] = serving_loop(name, lambda compute, k, fn=fn: fn(k), graph.replay, x, dev,
                                                args.seconds, "side", side)
