@@ -338,7 +338,9 @@ class TorchModel(Model):
             # for whole scheduler ticks when several workers' thread teams share the cores (measured on 2x H200:
             # 2.8 ms -> 539 ms per batch of 64 with two process workers), and even a process's only copy
             # stacked slower with it (W2 on an H100, 2026-12-07: 5.8 / 17.5 ms against 3.7 / 6.6 ms per batch
-            # of 64 / 128 items of 150 KB, beside the pool's other threads).
+            # of 64 / 128 items of 150 KB, beside the pool's other threads). Keeping the GIL for the whole batch's
+            # memcpys was faster to stack but held off those threads for as long (W2 on another H100: 91.0% ->
+            # 88.7% of the ceiling at batch 64).
             dst = buf.numpy()
             for i, t in enumerate(items):
                 np.copyto(dst[i], t.numpy(), casting="no")
