@@ -340,8 +340,8 @@ class TorchModel(Model):
             # stacked slower with it (W2 on an H100, 2026-12-07: 5.8 / 17.5 ms against 3.7 / 6.6 ms per batch
             # of 64 / 128 items of 150 KB, beside the pool's other threads). Keeping the GIL for the whole batch's
             # memcpys was faster to stack but held off those threads for as long (W2 on another H100: 91.0% ->
-            # 88.7% of the ceiling at batch 64), and so did stacking on a thread of its own one batch ahead of the
-            # launch (93.3% -> 88.0% on a third H100).
+            # 88.7% of the ceiling at batch 64); stacking on a thread of its own, one batch ahead of the launch,
+            # was slower too (93.3% -> 88.0% on a third H100).
             dst = buf.numpy()
             for i, t in enumerate(items):
                 np.copyto(dst[i], t.numpy(), casting="no")
