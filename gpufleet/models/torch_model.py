@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,6 +34,28 @@ def resolve_dtype(precision: str, device: Device) -> torch.dtype:
         return _DTYPES[precision]
     except KeyError:
         raise ConfigError(f"unknown precision {precision!r}; choose auto, fp32, fp16 or bf16") from None
+
+
+_local = threading.local()
+
+
+def _serial_here() -> bool:
+    """Make this thread's CPU ops single-threaded, leaving the others' thread count as it was; True if it is.
+
+    OpenMP keeps the thread count per thread: after ``torch.get_num_threads()`` has set up this thread's own,
+    ``torch.set_num_threads(1)`` here and the old count restored from a helper thread change only this thread.
+    Where the count is process-wide (a build without OpenMP) this thread keeps it and False comes back.
+    """
+    serial = getattr(_local, "serial", None)
+    if serial is None:
+        n = torch.get_num_threads()
+        if n > 1:
+            torch.set_num_threads(1)
+            restore = threading.Thread(target=torch.set_num_threads, args=(n,), name="gpufleet-threads")
+            restore.start()
+            restore.join()
+        serial = _local.serial = torch.get_num_threads() == 1
+    return serial
 
 
 class _Launch:
@@ -333,15 +356,16 @@ class TorchModel(Model):
             return torch.stack(items)
         n = len(items)
         buf = self._staging_buffer(slot, n, shape, items[0].dtype)
-        try:
-            # One plain memcpy per item (numpy, GIL released): torch.stack here runs OpenMP regions that stall
-            # for whole scheduler ticks when several workers' thread teams share the cores (measured on 2x H200:
-            # 2.8 ms -> 539 ms per batch of 64 with two process workers), and even a process's only copy
-            # stacked slower with it (W2 on an H100, 2026-12-07: 5.8 / 17.5 ms against 3.7 / 6.6 ms per batch
-            # of 64 / 128 items of 150 KB, beside the pool's other threads). Keeping the GIL for the whole batch's
-            # memcpys was faster to stack but held off those threads for as long (W2 on another H100: 91.0% ->
-            # 88.7% of the ceiling at batch 64); stacking on a thread of its own, one batch ahead of the launch,
-            # was slower too (93.3% -> 88.0% on a third H100; into reused pinned blocks, 70.6% -> 55.6% on a fourth).
+        if _serial_here():
+            # One C++ call for the whole batch, single-threaded in this thread: the GIL is released once, so a busy
+            # Python thread beside it (the serving loop) cannot stretch it (W2 on a slow-CPU H100, 2026-12-08:
+            # stacking took 4.4 / 8.9 ms of a 5.7 / 10.2 ms launch as one numpy memcpy per item). A thread
+            # count > 1 would run OpenMP regions that stall for whole scheduler ticks when several workers' thread
+            # teams share the cores (2x H200: 2.8 -> 539 ms per batch of 64 with two process workers).
+            with torch.no_grad():
+                torch.stack(items, out=buf[:n])
+            return buf[:n]
+        try:  # this torch's CPU thread count is not per thread: one plain memcpy per item (numpy, GIL released)
             dst = buf.numpy()
             for i, t in enumerate(items):
                 np.copyto(dst[i], t.numpy(), casting="no")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -224,3 +226,28 @@ def test_a_stacked_batch_gives_the_same_outputs_as_its_rows() -> None:
     assert batch.stacked is None
     assert torch.allclose(m.predict(batch)[2], m.predict([torch.zeros(3, 16, 16)])[0], atol=1e-6)
     assert StackedBatch(block)[1:3].__class__ is list  # a slice is a plain list of rows
+
+
+def test_a_thread_made_serial_leaves_the_other_threads_thread_count() -> None:
+    from gpufleet.models.torch_model import _serial_here
+
+    before = torch.get_num_threads()
+    seen: dict[str, object] = {}
+
+    def body() -> None:
+        seen["serial"] = _serial_here()
+        seen["count"] = torch.get_num_threads()
+        seen["again"] = _serial_here()
+
+    th = threading.Thread(target=body)
+    th.start()
+    th.join()
+    assert torch.get_num_threads() == before  # this thread's own count is untouched
+    assert seen["serial"] is seen["again"]
+    if seen["serial"]:
+        assert seen["count"] == 1
+    late: list[int] = []  # a thread started afterwards gets the process's count, not the serial thread's
+    th = threading.Thread(target=lambda: late.append(torch.get_num_threads()))
+    th.start()
+    th.join()
+    assert late == [before]

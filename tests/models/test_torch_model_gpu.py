@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -247,3 +249,25 @@ def test_process_worker_serves_blocks_from_shared_memory(cuda_graphs: bool) -> N
     with Pool(model, "0", backend="process", max_batch_size=16, max_wait_ms=1) as pool:
         out = torch.stack(list(pool.map(xs)))
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "bf16", "needs_grad"])
+def test_items_stacked_into_staging_give_the_answers_of_the_eager_module(kind: str) -> None:
+    dev = select("0")[0]
+    net = _net().eval()
+    m = TorchModel(copy.deepcopy(net), precision="fp32")
+    m.setup(dev)
+    xs = [torch.randn(3, 16, 16) for _ in range(6)]
+    items: list = xs
+    if kind == "numpy":
+        items = [x.numpy() for x in xs]
+    elif kind == "bf16":
+        xs = [x.bfloat16().float() for x in xs]
+        items = [x.bfloat16() for x in xs]
+    elif kind == "needs_grad":
+        items = [x.clone().requires_grad_() for x in xs]
+    got = m.predict(items)
+    with torch.no_grad():
+        want = net(torch.stack(xs))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-3)
