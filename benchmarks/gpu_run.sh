@@ -28,6 +28,8 @@ $OUT/summary.txt (a few lines per workload) and $OUT/results.tgz (every raw JSON
          beside them, and gpufleet video, with the video and SM clocks (not run unless named).
   convoy benchmarks/gil_convoy.py: how much a busy Python thread stretches a launch of many GIL-releasing calls
          in the same process (this host's CPU; not run unless named).
+  stack  benchmarks/stack_batch.py: a batch stacked as per-item memcpys against one serial torch.stack, alone and
+         beside a busy Python thread (this host's CPU; not run unless named).
   tune   gpufleet tune resnet50 --slo-p99-ms 50 (TUNE_BUDGET s), then W3 through serve --config tuned.toml beside
          the defaults (not run unless named in STEPS).
   tests  pytest -m gpu on the test files that have GPU tests (not run unless named in STEPS).
@@ -310,6 +312,11 @@ for step in ${STEPS:-pool serve video jpeg}; do
       stamp "GIL convoy (benchmarks/gil_convoy.py)"
       pkg new timeout 120 python3 benchmarks/gil_convoy.py > "$W/gil_convoy.jsonl" 2> "$W/gil_convoy.err"
       cat "$W/gil_convoy.jsonl" >> "$W/steps.txt"
+      summary ;;
+    stack)
+      stamp "stacking a batch (benchmarks/stack_batch.py)"
+      pkg new timeout 120 python3 benchmarks/stack_batch.py > "$W/stack_batch.jsonl" 2> "$W/stack_batch.err"
+      cat "$W/stack_batch.jsonl" >> "$W/steps.txt"
       summary ;;
     jpeg)
       stamp "JPEG ceilings (decode 1/2 threads; engine decoding in launch / a batch ahead / as they come / decoded)"
