@@ -26,7 +26,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from gpufleet.engine import Pool
-from gpufleet.models.resolve import resolve_model
+from gpufleet.tools.bench import BenchSpec, pool_workload
 
 
 def fused_transform(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
@@ -68,12 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         from gpufleet.models.zoo.classifier import ImageClassifier
 
         ImageClassifier.transform = fused_transform  # type: ignore[method-assign]
-    bs, size = args.batch, 224
-    g = torch.Generator().manual_seed(bs)
-    images = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g) for _ in range(min(512, bs * 8))]
-    buckets = tuple(b for b in sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, bs}) if b <= bs)
-    model = resolve_model("resnet50", image_size=size, precision="fp16", cuda_graphs=True, batch_buckets=buckets,
-                          example_shape=(3, size, size), example_dtype=torch.uint8, warmup_batch_sizes=buckets)
+    bs = args.batch
+    images, model = pool_workload(BenchSpec(model="resnet50", precision="fp16", cuda_graphs=True), bs)
     with Pool(model, "0" if torch.cuda.is_available() else None, max_batch_size=bs, max_wait_ms=2.0,
               max_queue=1_000_000, pipeline_depth=args.depth) as pool:
         for _ in pool.map(images[: bs * 4]):

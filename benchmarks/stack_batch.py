@@ -22,17 +22,9 @@ import time
 
 import numpy as np
 import torch
+from gil_convoy import hog
 
 from gpufleet.models.torch_model import _serial_here
-
-
-def hog(stop: threading.Event, busy_s: float = 300e-6) -> None:
-    """Pure Python for ``busy_s``, then sleep as long: busy half the time."""
-    while not stop.is_set():
-        end = time.perf_counter() + busy_s
-        while time.perf_counter() < end:
-            pass
-        time.sleep(busy_s)
 
 
 def per_item(items: list[torch.Tensor], buf: torch.Tensor) -> None:
@@ -74,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     buf = torch.empty((max(sizes), 3, 224, 224), dtype=torch.uint8)
     for busy in (False, True):
         stop = threading.Event()
-        th = threading.Thread(target=hog, args=(stop,), daemon=True)
+        th = threading.Thread(target=hog, args=(stop, 300e-6, 300e-6), daemon=True)  # busy half the time
         if busy:
             th.start()
             time.sleep(0.05)

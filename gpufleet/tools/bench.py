@@ -24,7 +24,7 @@ from gpufleet.models.resolve import resolve_model
 from gpufleet.models.torch_model import resolve_dtype
 from gpufleet.models.zoo.classifier import ImageClassifier, build_module
 
-__all__ = ["BenchSpec", "ImageClassifier", "build_module", "print_report", "run_bench"]
+__all__ = ["BenchSpec", "ImageClassifier", "build_module", "pool_workload", "print_report", "run_bench"]
 
 @dataclass(frozen=True, kw_only=True)
 class BenchSpec:
@@ -110,7 +110,8 @@ def _raw_graph(module: torch.nn.Module, dev: torch.device, dtype: torch.dtype, b
     return _time_steps(cap.graph.replay, dev, bs, seconds)
 
 
-def _pooled(spec: BenchSpec, bs: int, expect_rate: float | None) -> dict[str, Any]:
+def pool_workload(spec: BenchSpec, bs: int) -> tuple[list[torch.Tensor], Any]:
+    """The pooled run's inputs (uint8 CHW images on the host) and its model, made for batches up to ``bs``."""
     size = spec.image_size
     g = torch.Generator().manual_seed(bs)
     images = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g) for _ in range(min(512, bs * 8))]
@@ -118,6 +119,11 @@ def _pooled(spec: BenchSpec, bs: int, expect_rate: float | None) -> dict[str, An
     model = resolve_model(spec.model, image_size=size, precision=spec.precision, cuda_graphs=spec.cuda_graphs,
                           compile=spec.compile, batch_buckets=buckets, example_shape=(3, size, size),
                           example_dtype=torch.uint8, warmup_batch_sizes=buckets if spec.cuda_graphs else (bs,))
+    return images, model
+
+
+def _pooled(spec: BenchSpec, bs: int, expect_rate: float | None) -> dict[str, Any]:
+    images, model = pool_workload(spec, bs)
     with Pool(model, spec.devices, cpu_devices=spec.cpu_devices, workers_per_device=spec.workers_per_device,
               backend=spec.backend, max_batch_size=bs, max_wait_ms=2.0, max_queue=1_000_000) as pool:
         for _ in pool.map(images[: bs * 4]):  # warm-up: every worker sees full batches
